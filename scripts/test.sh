@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test with ava (TAP reporter) and ends with one line: "N passed, N failed[, N skipped]".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/node_modules/.bin:$PATH"
+log=$(mktemp)
+ava --tap "$@" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+pass=$(grep -E '^# pass ' "$log" | tail -1 | awk '{print $3}')
+fail=$(grep -E '^# fail ' "$log" | tail -1 | awk '{print $3}')
+skip=$(grep -E '^# skip ' "$log" | tail -1 | awk '{print $3}')
+todo=$(grep -E '^# todo ' "$log" | tail -1 | awk '{print $3}')
+rm -f "$log"
+pass=${pass:-0}; fail=${fail:-0}; skip=$(( ${skip:-0} + ${todo:-0} ))
+# ava exits non-zero on an uncaught exception or a timeout even when no assertion failed: count that as a failure.
+if [ "$rc" -ne 0 ] && [ "$fail" -eq 0 ]; then fail=1; fi
+if [ "$skip" -gt 0 ]; then echo "$pass passed, $fail failed, $skip skipped"; else echo "$pass passed, $fail failed"; fi
+[ "$fail" -eq 0 ] && [ "$rc" -eq 0 ]
