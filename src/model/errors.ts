@@ -11,6 +11,7 @@ export type ErrorCode =
   // system commands and mounts
   | 'COMMAND_FAILED' // an external tool exited non-zero or could not start
   | 'DEVICE_NOT_FOUND' // no block device carries the wanted label
+  | 'DEVICE_AMBIGUOUS' // several block devices carry the wanted label
   | 'MOUNT_FAILED'
   // OCI registry and images
   | 'REFERENCE_INVALID' // an image reference cannot be parsed

@@ -1,0 +1,35 @@
+/** Capabilities every action receives (built once at the edge, in cli.ts / main.ts). */
+import type { Runner } from '../sys/runner.ts';
+import type { SysRoot } from '../sys/root.ts';
+import type { Logger } from '../sys/log.ts';
+import type { HookRunner } from './hooks.ts';
+import type { RegistryClientOptions } from '../oci/types.ts';
+
+export interface AgentDeps {
+  root: SysRoot;
+  runner: Runner;
+  log: Logger;
+  hooks: HookRunner;
+  /** Process environment (ELEMENTAL_*, proxies, HOME for ~/.docker/config.json). */
+  env: NodeJS.ProcessEnv;
+  now: () => Date;
+  /** Extra registry client options (tests shorten retries). */
+  registry?: Partial<RegistryClientOptions>;
+  /**
+   * Test-only seam (AGENT_TEST_DISK): narrow label discovery to the partitions of this disk, because several test
+   * hosts carrying the same labels exist at once. Inert (undefined) on real hosts.
+   */
+  testDisk?: string;
+}
+
+export type Operation = 'idle' | 'checking' | 'downloading' | 'verifying' | 'staging' | 'hooks' | 'finalizing' | 'rebooting';
+
+export interface Progress {
+  operation: Operation;
+  percent: number;
+  message: string;
+  bytesDone: number;
+  bytesTotal: number;
+}
+
+export type ProgressFn = (p: Progress) => void;

@@ -1,0 +1,47 @@
+/** PURE: render the status document for people (text), or for programs (JSON, YAML). */
+import { stringify } from 'yaml';
+import type { HostStatusDocument, SlotStatus } from '../model/host.ts';
+
+export type StatusFormat = 'human' | 'json' | 'yaml';
+
+export function renderStatus(doc: HostStatusDocument, format: StatusFormat): string {
+  if (format === 'json') return `${JSON.stringify(doc, null, 2)}\n`;
+  if (format === 'yaml') return stringify(doc);
+  return renderHuman(doc);
+}
+
+function short(digest: string | null): string {
+  return digest === null ? '-' : digest.replace(/^sha256:/, '').slice(0, 12);
+}
+
+function slotLine(s: SlotStatus, booted: boolean): string {
+  const mark = booted ? '●' : ' ';
+  if (!s.present) return `${mark} ${s.slot.padEnd(9)} (no ${s.file})`;
+  const parts = [
+    `${mark} ${s.slot.padEnd(9)}`,
+    (s.label ?? s.fs ?? '-').padEnd(12),
+    s.version !== null ? `version ${s.version}` : 'version -',
+    s.image ?? 'image unknown',
+    `digest ${short(s.imageDigest)}`,
+    s.verification === 'skipped' ? 'UNVERIFIED' : s.verification,
+  ];
+  if (s.timestamp !== null) parts.push(s.timestamp);
+  return parts.join('  ');
+}
+
+function renderHuman(doc: HostStatusDocument): string {
+  const st = doc.status;
+  const lines: string[] = [];
+  lines.push(`Booted from: ${st.bootedFrom}${st.upgradeFailure ? ' (the last upgrade failed boot assessment and was rolled back)' : ''}`);
+  for (const name of ['active', 'passive', 'recovery'] as const) {
+    lines.push(slotLine(st.slots[name], st.bootedFrom === name));
+  }
+  lines.push(`Next boot: ${st.nextBoot.entry}${st.nextBoot.oneShot ? ' (one-shot)' : ''}`);
+  lines.push(`Boot assessment: ${st.bootAssessment.enabled ? (st.bootAssessment.tentative ? 'armed, tentative boot in progress' : 'armed') : 'off'}`);
+  if (doc.spec.image) lines.push(`Upgrade source: ${doc.spec.image.image}${doc.spec.verify ? '' : ' (signature verification OFF)'}`);
+  const last = st.lastUpgrade;
+  if (last) {
+    lines.push(`Last upgrade: ${last.result} (${last.target}, ${last.image ?? '-'}, ${last.finishedAt})${last.error ? `: ${last.error}` : ''}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
