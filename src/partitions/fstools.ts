@@ -1,0 +1,160 @@
+/**
+ * Filesystem tools on image files and devices: mkfs.ext2, tune2fs, e2fsck, blkid label probing, fallocate, mksquashfs.
+ */
+import { open, stat, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { AgentError, CommandError } from '../model/errors.ts';
+import type { Runner } from '../sys/runner.ts';
+import { freeBytes } from './space.ts';
+
+/** ext2/3/4 labels are at most 16 bytes; mke2fs would silently truncate a longer one. */
+const EXT_LABEL_MAX = 16;
+
+function checkExtLabel(label: string): void {
+  if (label === '' || Buffer.byteLength(label, 'utf8') > EXT_LABEL_MAX) {
+    throw new AgentError('CONFIG_INVALID', `filesystem label "${label}" must be 1 to ${EXT_LABEL_MAX} bytes long`);
+  }
+}
+
+const NO_SPACE_RE = /no space left on device|ENOSPC/i;
+
+function isNoSpace(err: unknown): boolean {
+  return err instanceof CommandError && NO_SPACE_RE.test(err.stderrTail);
+}
+
+async function exists(p: string): Promise<boolean> {
+  return stat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * `mkfs.ext2 -F -q -L <label> [-d fromDir] <file> [<sizeMiB>M]`. The file must exist (e.g. preallocated) unless
+ * `sizeMiB` is given, in which case mke2fs creates or sizes it (sparse). `fromDir` populates the new filesystem.
+ */
+export async function mkfsExt2(
+  runner: Runner,
+  file: string,
+  opts: { label: string; sizeMiB?: number; fromDir?: string },
+): Promise<void> {
+  checkExtLabel(opts.label);
+  if (opts.sizeMiB === undefined && !(await exists(file))) {
+    throw new AgentError('STAGE_FAILED', `cannot format ${file}: it does not exist and no size was given`);
+  }
+  if (opts.sizeMiB !== undefined && !(Number.isInteger(opts.sizeMiB) && opts.sizeMiB > 0)) {
+    throw new AgentError('STAGE_FAILED', `cannot format ${file}: size ${opts.sizeMiB} MiB is not a positive integer`);
+  }
+  const argv = ['mkfs.ext2', '-F', '-q', '-L', opts.label];
+  if (opts.fromDir !== undefined) argv.push('-d', opts.fromDir);
+  argv.push(file);
+  if (opts.sizeMiB !== undefined) argv.push(`${opts.sizeMiB}M`);
+  try {
+    await runner.run({ argv, description: `formatting ${file} as ext2 (${opts.label})` });
+  } catch (err) {
+    if (isNoSpace(err)) throw new AgentError('NO_SPACE', `formatting ${file}: no space left on its filesystem`, { cause: err });
+    throw err;
+  }
+}
+
+/** `tune2fs -L <label> <file>`. */
+export async function setExt2Label(runner: Runner, file: string, label: string): Promise<void> {
+  checkExtLabel(label);
+  await runner.run({ argv: ['tune2fs', '-L', label, file], description: `labelling ${file} ${label}` });
+}
+
+/** The filesystem label of a file or device (`blkid -p -s LABEL -o value`), undefined when it has none. */
+export async function probeLabel(runner: Runner, file: string): Promise<string | undefined> {
+  const res = await runner.run({
+    argv: ['blkid', '-p', '-s', 'LABEL', '-o', 'value', file],
+    description: `reading the filesystem label of ${file}`,
+    okExitCodes: [2],
+  });
+  if (res.exitCode === 2) return undefined;
+  const value = res.stdout.replace(/\n$/, '');
+  return value === '' ? undefined : value;
+}
+
+/** e2fsck exit codes 1..255 are reported as FSCK_FAILED with e2fsck's own output rather than as COMMAND_FAILED. */
+const ALL_NONZERO: readonly number[] = Array.from({ length: 255 }, (_v, i) => i + 1);
+
+/** `e2fsck -f -n <file>` (check only, never repair). Any problem -> AgentError('FSCK_FAILED') with the output tail. */
+export async function fsckExt2(runner: Runner, file: string): Promise<void> {
+  const res = await runner.run({
+    argv: ['e2fsck', '-f', '-n', file],
+    description: `checking the filesystem in ${file}`,
+    okExitCodes: ALL_NONZERO,
+  });
+  if (res.exitCode === 0) return;
+  const output = `${res.stdout}\n${res.stderr}`
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '');
+  throw new AgentError('FSCK_FAILED', `e2fsck found problems in ${file} (exit ${res.exitCode}): ${output.slice(-6).join(' | ')}`);
+}
+
+/**
+ * `fallocate -l <bytes> <file>`: really allocate the blocks (not sparse), so a full filesystem fails here and not
+ * later in the kernel's writeback. No space -> AgentError('NO_SPACE') naming the file, the size and the free space;
+ * a file this call created is removed again.
+ */
+export async function preallocate(runner: Runner, file: string, bytes: number): Promise<void> {
+  if (!(Number.isSafeInteger(bytes) && bytes > 0)) {
+    throw new AgentError('STAGE_FAILED', `cannot preallocate ${file}: ${bytes} is not a positive byte count`);
+  }
+  const existed = await exists(file);
+  try {
+    await runner.run({ argv: ['fallocate', '-l', String(bytes), file], description: `preallocating ${bytes} bytes for ${file}` });
+  } catch (err) {
+    if (!existed) await unlink(file).catch(() => {});
+    if (isNoSpace(err)) {
+      const free = await freeBytes(path.dirname(path.resolve(file))).catch(() => undefined);
+      const freeText = free === undefined ? '' : ` (${free} bytes free)`;
+      throw new AgentError('NO_SPACE', `not enough space for ${file}: ${bytes} bytes needed${freeText}`, { cause: err });
+    }
+    throw err;
+  }
+}
+
+/** Default squashfs compression, as elemental: xz with the BCJ filter of the machine. */
+export function defaultSquashCompression(arch: string = process.arch): string[] {
+  const bcj = arch === 'x64' || arch === 'ia32' ? 'x86' : arch === 'arm64' || arch === 'arm' ? 'arm' : undefined;
+  return bcj === undefined ? ['-comp', 'xz'] : ['-comp', 'xz', '-Xbcj', bcj];
+}
+
+/**
+ * `mksquashfs <dir> <out> -b 1024k <compression> -noappend -no-progress`. `compression` replaces the default
+ * (`-comp xz -Xbcj x86|arm`), like elemental's `-x`. No space -> AgentError('NO_SPACE').
+ */
+export async function mksquashfs(
+  runner: Runner,
+  dir: string,
+  out: string,
+  opts: { compression?: readonly string[] } = {},
+): Promise<void> {
+  const argv = ['mksquashfs', dir, out, '-b', '1024k', ...(opts.compression ?? defaultSquashCompression()), '-noappend', '-no-progress'];
+  try {
+    await runner.run({ argv, description: `building squashfs ${out} from ${dir}` });
+  } catch (err) {
+    if (isNoSpace(err)) throw new AgentError('NO_SPACE', `building ${out}: no space left on its filesystem`, { cause: err });
+    throw err;
+  }
+}
+
+/** True when `file` starts with the squashfs magic "hsqs". False for a missing or shorter file. */
+export async function isSquashfs(file: string): Promise<boolean> {
+  let fh;
+  try {
+    fh = await open(file, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+  try {
+    const buf = Buffer.alloc(4);
+    const { bytesRead } = await fh.read(buf, 0, 4, 0);
+    return bytesRead === 4 && buf.toString('latin1') === 'hsqs';
+  } finally {
+    await fh.close();
+  }
+}

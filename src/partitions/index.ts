@@ -1,0 +1,34 @@
+/** Block devices, loop devices, mounts and filesystem tools. */
+export { parseBlkidExport, parseBlockDevices, toBlockDevice, unescapeBlkidValue, type BlockDevice } from './blkid.ts';
+export {
+  diskPartitions,
+  encodeByLabelName,
+  findDeviceByLabel,
+  isBlockDevice,
+  listBlockDevices,
+  parseProcPartitions,
+  probeDevice,
+} from './discover.ts';
+export {
+  defaultSquashCompression,
+  fsckExt2,
+  isSquashfs,
+  mkfsExt2,
+  mksquashfs,
+  preallocate,
+  probeLabel,
+  setExt2Label,
+} from './fstools.ts';
+export {
+  attachLoop,
+  listLoopDevices,
+  loopBackingFile,
+  loopBackingIdentity,
+  waitForDetach,
+  type LoopDevice,
+  type LoopStatus,
+} from './loop.ts';
+export { findMountOf, mount, mountImage, readMounts, remount, unmount, type Mount } from './mount.ts';
+export { findMountAt, isReadOnly, parseMountInfo, unescapeMountField, type MountInfo } from './mountinfo.ts';
+export { onceCloser } from './once.ts';
+export { freeBytes, syncFs } from './space.ts';
