@@ -166,3 +166,8 @@ export async function buildLayout(dir: string, tag: string, spec: ImageSpec): Pr
 export async function pushLayout(dir: string, tag: string, dest: string): Promise<void> {
   await run('skopeo', ['copy', '--all', '--preserve-digests', '--dest-tls-verify=false', `oci:${dir}:${tag}`, `docker://${dest}`], { maxBuffer: 16 << 20 });
 }
+
+/** Like pushLayout, with registry credentials (`user:password`) for registries that require auth. */
+export async function pushLayoutAs(dir: string, tag: string, dest: string, creds: string): Promise<void> {
+  await run('skopeo', ['copy', '--all', '--preserve-digests', '--dest-tls-verify=false', '--dest-creds', creds, `oci:${dir}:${tag}`, `docker://${dest}`], { maxBuffer: 16 << 20 });
+}
