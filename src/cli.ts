@@ -94,6 +94,8 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
     env: io.env,
     now: () => new Date(),
     ...(io.env.AGENT_TEST_DISK ? { testDisk: io.env.AGENT_TEST_DISK } : {}),
+    // Test-only seam: shorter registry backoff so fault tests do not wait out production retry delays.
+    ...(io.env.AGENT_TEST_REGISTRY_RETRY_MS ? { registry: { retryBaseMs: Number(io.env.AGENT_TEST_REGISTRY_RETRY_MS) } } : {}),
   };
   deps.hooks = new NoHooks((name) => deps.log.info({ hook: name }, 'hook point (no yip engine in this build)'));
 

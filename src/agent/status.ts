@@ -9,7 +9,8 @@ import path from 'node:path';
 import { HOST_API_VERSION, HOST_KIND, type HostStatusDocument, type SlotName, type SlotStatus } from '../model/host.ts';
 import type { ImageEntry, InstallState } from '../model/state.ts';
 import { readGrubEnvFile } from '../grub/index.ts';
-import { isSquashfs, probeLabel } from '../partitions/index.ts';
+import { isSquashfs, probeLabel, readExtFile } from '../partitions/index.ts';
+import { parseOsRelease } from './upgrade.ts';
 import { CleanupStack } from './cleanup.ts';
 import { loadConfig } from './config/load.ts';
 import { parseCmdline } from './boot.ts';
@@ -117,10 +118,24 @@ async function slotStatus(deps: AgentDeps, slot: SlotName, dir: string | undefin
   }
   let fs: SlotStatus['fs'] = null;
   let label: string | null = null;
+  let version = entry?.version ?? null;
   if (present && dir !== undefined) {
     const full = path.join(dir, file);
     fs = (await isSquashfs(full)) ? 'squashfs' : 'ext2';
-    if (fs === 'ext2') label = (await probeLabel(deps.runner, full).catch(() => undefined)) ?? null;
+    if (fs === 'ext2') {
+      label = (await probeLabel(deps.runner, full).catch(() => undefined)) ?? null;
+      // Hosts installed by elemental record no version: read it from the image itself, unmounted.
+      if (version === null) {
+        for (const f of ['/etc/os-release', '/usr/lib/os-release']) {
+          const text = await readExtFile(deps.runner, full, f).catch(() => undefined);
+          const v = text !== undefined ? parseOsRelease(text).get('VERSION') : undefined;
+          if (v !== undefined) {
+            version = v;
+            break;
+          }
+        }
+      }
+    }
   }
   return {
     slot,
@@ -131,7 +146,7 @@ async function slotStatus(deps: AgentDeps, slot: SlotName, dir: string | undefin
     size,
     image: entry?.source ?? null,
     imageDigest: entry?.digest ?? entry?.sourceMetadata?.digest ?? null,
-    version: entry?.version ?? null,
+    version,
     timestamp: entry?.date ?? null,
     verification: entry?.verification ?? 'unknown',
   };

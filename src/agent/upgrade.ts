@@ -325,6 +325,7 @@ async function prepareTree(
   // A neutral label while it is mounted, so two filesystems never carry COS_ACTIVE at once (cos-layout.md 2.5 #6).
   await mkfsExt2(runner, transitionPath, { label: 'COS_TRANSITION' });
   const mnt = root.path('/run/cos/transition');
+  await mkdir(mnt, { recursive: true });
   const m = await mountImage(runner, transitionPath, mnt);
   cleanup.push(`unmount ${mnt}`, () => m.close());
   log.info({ file: transitionPath, sizeMiB }, 'transition image ready');

@@ -75,6 +75,16 @@ export async function probeLabel(runner: Runner, file: string): Promise<string |
   return value === '' ? undefined : value;
 }
 
+/**
+ * Read a small file from inside an unmounted ext2/3/4 image (`debugfs -R 'cat PATH'`), without mounting it.
+ * Returns undefined when the file is missing or empty (debugfs reports errors on stderr and still exits 0).
+ */
+export async function readExtFile(runner: Runner, image: string, file: string): Promise<string | undefined> {
+  if (!file.startsWith('/') || /[\s"']/.test(file)) throw new Error(`readExtFile: unsupported path ${file}`);
+  const res = await runner.run({ argv: ['debugfs', '-R', `cat ${file}`, image], description: `reading ${file} from ${image}` });
+  return res.stdout === '' ? undefined : res.stdout;
+}
+
 /** e2fsck exit codes 1..255 are reported as FSCK_FAILED with e2fsck's own output rather than as COMMAND_FAILED. */
 const ALL_NONZERO: readonly number[] = Array.from({ length: 255 }, (_v, i) => i + 1);
 

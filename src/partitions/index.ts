@@ -17,6 +17,7 @@ export {
   mksquashfs,
   preallocate,
   probeLabel,
+  readExtFile,
   setExt2Label,
 } from './fstools.ts';
 export {

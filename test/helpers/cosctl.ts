@@ -1,0 +1,68 @@
+/** Test helper: runs the real cosctl (bin/cosctl.js on the pinned Node) against a cOS host fixture. */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { CosHost } from './cos-host.ts';
+
+const BIN = fileURLToPath(new URL('../../bin/cosctl.js', import.meta.url));
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function cosctl(host: CosHost, args: readonly string[], env: Record<string, string> = {}): Promise<CliResult> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, '--root', host.root, ...args], {
+      env: { ...process.env, ...host.env, HOME: host.root, AGENT_TEST_REGISTRY_RETRY_MS: '20', ...env },
+      maxBuffer: 16 << 20,
+    }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+export async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** `cat` a file inside an ext2 image without mounting it (debugfs). */
+export function imageCat(image: string, file: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile('debugfs', ['-R', `cat ${file}`, image], { maxBuffer: 16 << 20 }, (err, stdout) => (err ? reject(err) : resolve(stdout)));
+  });
+}
+
+/** The filesystem label of an image file (blkid probing). */
+export function imageLabel(image: string): Promise<string> {
+  return new Promise((resolve) => {
+    execFile('blkid', ['-p', '-s', 'LABEL', '-o', 'value', image], (err, stdout) => resolve(err ? '' : stdout.trim()));
+  });
+}
+
+/** `grub-editenv FILE list` as a map. */
+export function grubList(file: string): Promise<Map<string, string>> {
+  return new Promise((resolve, reject) => {
+    execFile('grub-editenv', [file, 'list'], (err, stdout) => {
+      if (err) return reject(err);
+      const m = new Map<string, string>();
+      for (const line of stdout.split('\n')) {
+        const i = line.indexOf('=');
+        if (i > 0) m.set(line.slice(0, i), line.slice(i + 1));
+      }
+      resolve(m);
+    });
+  });
+}
+
+/** Mount options of the mount at `dir` (from /proc/self/mountinfo via findmnt). */
+export function mountOptions(dir: string): Promise<string[]> {
+  return new Promise((resolve) => {
+    execFile('findmnt', ['-n', '-o', 'OPTIONS', '--mountpoint', dir], (err, stdout) => resolve(err ? [] : stdout.trim().split(',')));
+  });
+}

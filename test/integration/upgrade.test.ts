@@ -1,0 +1,207 @@
+/**
+ * The upgrade path end to end: the real cosctl, a real docker-registry on 127.0.0.1, a cOS disk on loop devices.
+ */
+import test from 'ava';
+import { readFile, readdir, stat } from 'node:fs/promises';
+import { parse as parseYaml } from 'yaml';
+import { createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos-host.ts';
+import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
+import { pushOsImage } from '../helpers/os-image.ts';
+import { cosctl, grubList, imageCat, imageLabel, mountOptions, sha256File } from '../helpers/cosctl.ts';
+import type { HostStatusDocument } from '../../src/model/host.ts';
+
+let reg: TestRegistry;
+const digests: Record<string, string> = {};
+
+test.before(async () => {
+  reg = await startRegistry();
+  digests.v1 = await pushOsImage(reg, 'cos/os:v1', '1.0.0');
+  digests.v2 = await pushOsImage(reg, 'cos/os:v2', '2.0.0', { compression: 'zstd' });
+});
+test.after.always(async () => {
+  await reg?.stop();
+});
+
+const CONFIG = { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\n' };
+
+async function withHost(t: { teardown: (fn: () => Promise<void>) => void }, opts: CosHostOptions = {}): Promise<CosHost> {
+  const host = await createCosHost({ ...opts, files: { ...CONFIG, ...opts.files } });
+  t.teardown(() => host.close());
+  return host;
+}
+
+async function status(host: CosHost): Promise<HostStatusDocument> {
+  const r = await cosctl(host, ['status', '--json']);
+  if (r.code !== 0) throw new Error(`status failed: ${r.stderr}`);
+  return JSON.parse(r.stdout) as HostStatusDocument;
+}
+
+test.serial('when booted from active, an upgrade rotates active to passive, labels both, arms GRUB and records state', async (t) => {
+  const host = await withHost(t);
+  const baseline = await host.leaks();
+  const oldActive = (await stat(host.statePath('cOS/active.img'))).ino;
+
+  const r = await cosctl(host, ['upgrade', '--image', `${reg.host}/cos/os:v2`, '--no-verify']);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, /Upgraded active slot/);
+
+  // Rotation: the old active's file (same inode: moved, not copied) is now passive; labels follow the names.
+  t.is((await stat(host.statePath('cOS/passive.img'))).ino, oldActive);
+  t.is(await imageLabel(host.statePath('cOS/active.img')), 'COS_ACTIVE');
+  t.is(await imageLabel(host.statePath('cOS/passive.img')), 'COS_PASSIVE');
+  t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="2\.0\.0"/);
+  t.regex(await imageCat(host.statePath('cOS/passive.img'), '/etc/cos-slot-version'), /active 0\.8\.10/);
+  t.deepEqual((await readdir(host.statePath('cOS'))).sort(), ['active.img', 'passive.img']);
+
+  // GRUB: rebranded from the new image, boot assessment armed with tentative cleared.
+  t.is((await grubList(host.statePath('grub_oem_env'))).get('default_menu_entry'), 'cOS 2.0.0');
+  const assess = await grubList(host.statePath('boot_assessment'));
+  t.is(assess.get('enable_boot_assessment'), 'yes');
+  t.is(assess.get('boot_assessment_tentative'), '');
+
+  // state.yaml in elemental's format, plus our fields inside image entries.
+  const state = parseYaml(await readFile(host.statePath('state.yaml'), 'utf8')) as Record<string, Record<string, Record<string, unknown>>>;
+  t.is(state.state?.active?.source, `docker://${reg.host}/cos/os:v2`);
+  t.is(state.state?.active?.digest, digests.v2);
+  t.is(state.state?.active?.label, 'COS_ACTIVE');
+  t.is(state.state?.active?.verification, 'skipped');
+
+  // COS_STATE is read-only again, and nothing the agent mounted or attached is left.
+  t.true((await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'));
+  t.deepEqual(await host.leaks(), baseline);
+
+  const doc = await status(host);
+  t.is(doc.apiVersion, 'io.costoolkit.agent/v1');
+  t.is(doc.kind, 'CosHost');
+  t.is(doc.status.bootedFrom, 'active');
+  t.is(doc.status.slots.active.version, '2.0.0');
+  t.is(doc.status.slots.active.imageDigest, digests.v2);
+  t.is(doc.status.slots.active.label, 'COS_ACTIVE');
+  t.is(doc.status.slots.active.verification, 'skipped');
+  t.is(doc.status.staged?.slot, 'active');
+  t.is(doc.status.booted?.slot, 'passive', 'the running OS now lives in passive.img');
+  t.is(doc.status.lastUpgrade?.result, 'success');
+  t.is(doc.status.lastUpgrade?.imageDigest, digests.v2);
+  t.true(doc.status.bootAssessment.enabled);
+});
+
+test.serial('when booted from passive, an upgrade replaces only active and keeps passive, the last known good', async (t) => {
+  const host = await withHost(t, { booted: 'passive' });
+  const passive = await sha256File(host.statePath('cOS/passive.img'));
+  const r = await cosctl(host, ['upgrade', '--image', `${reg.host}/cos/os:v1`, '--no-verify']);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, /Passive kept/);
+  t.is(await sha256File(host.statePath('cOS/passive.img')), passive);
+  t.is(await imageLabel(host.statePath('cOS/passive.img')), 'COS_PASSIVE');
+  t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="1\.0\.0"/);
+  t.is(await imageLabel(host.statePath('cOS/active.img')), 'COS_ACTIVE');
+});
+
+test.serial('after a failed boot assessment (upgrade_failure), passive is kept as well', async (t) => {
+  const host = await withHost(t, { upgradeFailure: true });
+  const passive = await sha256File(host.statePath('cOS/passive.img'));
+  const r = await cosctl(host, ['upgrade', '--image', `${reg.host}/cos/os:v1`, '--no-verify']);
+  t.is(r.code, 0, r.stderr);
+  t.is(await sha256File(host.statePath('cOS/passive.img')), passive);
+  t.true((await status(host)).status.upgradeFailure);
+});
+
+test.serial('the image comes from /etc/cos-upgrade-image when no --image is given (CHANNEL_UPGRADES=false)', async (t) => {
+  const host = await withHost(t, {
+    files: { '/etc/cos-upgrade-image': `CHANNEL_UPGRADES="false"\nNO_VERIFY="true"\nUPGRADE_IMAGE="${reg.host}/cos/os:v2"` },
+  });
+  const r = await cosctl(host, ['upgrade']);
+  t.is(r.code, 0, r.stderr);
+  t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="2\.0\.0"/);
+  const doc = await status(host);
+  t.is(doc.spec.image?.image, `${reg.host}/cos/os:v2`);
+  t.false(doc.spec.verify);
+});
+
+for (const flavour of ['img', 'squashfs'] as const) {
+  test.serial(`a recovery upgrade replaces the ${flavour} recovery image and leaves active and passive alone`, async (t) => {
+    const host = await withHost(t, { recovery: flavour });
+    const active = await sha256File(host.statePath('cOS/active.img'));
+    const passive = await sha256File(host.statePath('cOS/passive.img'));
+    const r = await cosctl(host, ['upgrade', '--recovery', '--image', `${reg.host}/cos/os:v2`, '--no-verify']);
+    t.is(r.code, 0, r.stderr);
+    t.is(await sha256File(host.statePath('cOS/active.img')), active);
+    t.is(await sha256File(host.statePath('cOS/passive.img')), passive);
+    await host.peek('COS_RECOVERY', async (dir) => {
+      const files = (await readdir(`${dir}/cOS`)).sort();
+      if (flavour === 'img') {
+        t.deepEqual(files, ['recovery.img']);
+        t.is(await imageLabel(`${dir}/cOS/recovery.img`), 'COS_SYSTEM');
+        t.regex(await imageCat(`${dir}/cOS/recovery.img`, '/etc/os-release'), /VERSION="2\.0\.0"/);
+      } else {
+        t.deepEqual(files, ['recovery.squashfs']);
+        const magic = (await readFile(`${dir}/cOS/recovery.squashfs`)).subarray(0, 4).toString('latin1');
+        t.is(magic, 'hsqs');
+      }
+      const state = parseYaml(await readFile(`${dir}/state.yaml`, 'utf8')) as Record<string, Record<string, Record<string, unknown>>>;
+      t.is(state.recovery?.recovery?.digest, digests.v2);
+    });
+    const doc = await status(host);
+    t.is(doc.status.slots.recovery.version, '2.0.0');
+    t.is(doc.status.slots.recovery.fs, flavour === 'img' ? 'ext2' : 'squashfs');
+    // A recovery upgrade does not touch GRUB's default entry.
+    t.is((await grubList(host.statePath('grub_oem_env'))).get('default_menu_entry'), 'cOS');
+  });
+}
+
+test.serial('booted from recovery, a system upgrade mounts COS_STATE itself and unmounts it afterwards', async (t) => {
+  const host = await withHost(t, { booted: 'recovery' });
+  const baseline = await host.leaks();
+  const r = await cosctl(host, ['upgrade', '--image', `${reg.host}/cos/os:v2`, '--no-verify']);
+  t.is(r.code, 0, r.stderr);
+  await host.peek('COS_STATE', async (dir) => {
+    t.regex(await imageCat(`${dir}/cOS/active.img`, '/etc/os-release'), /VERSION="2\.0\.0"/);
+    t.regex(await imageCat(`${dir}/cOS/passive.img`, '/etc/cos-slot-version'), /active 0\.8\.10/);
+  });
+  t.deepEqual(await host.leaks(), baseline);
+});
+
+test.serial('a one-shot rollback sets next_entry in /oem/grubenv (created when missing) to the other slot', async (t) => {
+  const host = await withHost(t);
+  const r = await cosctl(host, ['rollback']);
+  t.is(r.code, 0, r.stderr);
+  t.is((await grubList(`${host.root}/oem/grubenv`)).get('next_entry'), 'fallback');
+  const doc = await status(host);
+  t.deepEqual(doc.status.nextBoot, { entry: 'fallback', oneShot: true });
+
+  const fromPassive = await withHost(t, { booted: 'passive' });
+  t.is((await cosctl(fromPassive, ['rollback'])).code, 0);
+  t.is((await grubList(`${fromPassive.root}/oem/grubenv`)).get('next_entry'), 'cos');
+});
+
+test.serial('a permanent rollback swaps active and passive, labels included, and COS_STATE ends read-only', async (t) => {
+  const host = await withHost(t);
+  const baseline = await host.leaks();
+  const active = await sha256File(host.statePath('cOS/active.img'));
+  const passive = await sha256File(host.statePath('cOS/passive.img'));
+  const r = await cosctl(host, ['rollback', '--permanent']);
+  t.is(r.code, 0, r.stderr);
+  t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/cos-slot-version'), /passive 0\.8\.9/);
+  t.is(await imageLabel(host.statePath('cOS/active.img')), 'COS_ACTIVE');
+  t.is(await imageLabel(host.statePath('cOS/passive.img')), 'COS_PASSIVE');
+  t.regex(await imageCat(host.statePath('cOS/passive.img'), '/etc/cos-slot-version'), /active 0\.8\.10/);
+  t.not(await sha256File(host.statePath('cOS/active.img')), active, 'labels changed the superblocks');
+  t.not(await sha256File(host.statePath('cOS/passive.img')), passive);
+  t.deepEqual((await readdir(host.statePath('cOS'))).sort(), ['active.img', 'passive.img']);
+  t.true((await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'));
+  t.deepEqual(await host.leaks(), baseline);
+});
+
+test.serial('cosctl status renders human, JSON and YAML from one document', async (t) => {
+  const host = await withHost(t);
+  const human = await cosctl(host, ['status']);
+  t.is(human.code, 0, human.stderr);
+  t.regex(human.stdout, /Booted from: active/);
+  t.regex(human.stdout, /active\s+COS_ACTIVE\s+version 0\.8\.10/);
+  const yaml = await cosctl(host, ['status', '--yaml']);
+  const json = await cosctl(host, ['status', '--json']);
+  t.deepEqual(parseYaml(yaml.stdout), JSON.parse(json.stdout));
+  const doc = JSON.parse(json.stdout) as HostStatusDocument;
+  t.is(doc.status.slots.recovery.label, 'COS_SYSTEM');
+  t.is(doc.status.slots.passive.present, true);
+});
