@@ -9,6 +9,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
 import tar from 'tar-stream';
+import type { Headers } from 'tar-stream';
 
 const run = promisify(execFile);
 
@@ -31,14 +32,14 @@ export interface TarEntry {
 export async function makeTar(entries: readonly TarEntry[]): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
-  pack.on('data', (b: Buffer) => chunks.push(b));
+  pack.on('data', (b: unknown) => { chunks.push(b as Buffer); });
   const done = new Promise<void>((resolve, reject) => {
     pack.on('end', () => resolve());
     pack.on('error', reject);
   });
   for (const e of entries) {
     const type = e.type ?? (e.content !== undefined ? 'file' : 'directory');
-    const header: tar.Headers = {
+    const header: Headers & { pax?: Record<string, string> } = {
       name: e.name,
       type,
       mode: e.mode ?? (type === 'directory' ? 0o755 : 0o644),
@@ -53,7 +54,9 @@ export async function makeTar(entries: readonly TarEntry[]): Promise<Buffer> {
     await new Promise<void>((resolve, reject) => {
       const body = type === 'file' ? Buffer.from(e.content ?? '') : undefined;
       if (body !== undefined) header.size = body.length;
-      pack.entry(header, body, (err) => (err ? reject(err) : resolve()));
+      const cb = (err?: Error | null): void => (err ? reject(err) : resolve());
+      if (body !== undefined) pack.entry(header, body, cb);
+      else pack.entry(header, cb);
     });
   }
   pack.finalize();
