@@ -9,7 +9,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
 import tar from 'tar-stream';
-import type { Headers } from 'tar-stream';
+import type { Header } from 'tar-stream';
 
 const run = promisify(execFile);
 
@@ -39,7 +39,7 @@ export async function makeTar(entries: readonly TarEntry[]): Promise<Buffer> {
   });
   for (const e of entries) {
     const type = e.type ?? (e.content !== undefined ? 'file' : 'directory');
-    const header: Headers & { pax?: Record<string, string> } = {
+    const header: Partial<Header> & { name: string } = {
       name: e.name,
       type,
       mode: e.mode ?? (type === 'directory' ? 0o755 : 0o644),
