@@ -89,7 +89,9 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
   const deps: AgentDeps = {
     root: new SysRoot(rootDir),
     runner: new SpawnRunner(),
-    log: createLogger({ level: values.verbose ? 'debug' : (io.env.COS_LOG_LEVEL ?? 'warn'), destination: io.stderr }),
+    // JSON logs are for the journal and for --verbose; a plain cosctl run prints progress on stdout and, on failure,
+    // exactly one line on stderr.
+    log: createLogger({ level: values.verbose ? 'debug' : (io.env.COS_LOG_LEVEL ?? 'silent'), destination: io.stderr }),
     hooks: new NoHooks(),
     env: io.env,
     now: () => new Date(),
@@ -104,7 +106,7 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
       ...(values.image !== undefined ? { image: values.image } : {}),
       ...(values.recovery ? { recovery: true } : {}),
       ...(values['no-verify'] ? { noVerify: true } : {}),
-      onProgress: progressPrinter(io.stderr),
+      onProgress: progressPrinter(io.stdout),
     });
     io.stdout.write(`Upgraded ${out.target === 'recovery' ? 'recovery' : 'active'} slot (${out.file}) to ${out.image}@${out.digest}` +
       `${out.version ? ` version ${out.version}` : ''}${out.verification === 'skipped' ? ' [signature NOT verified]' : ''}.\n` +

@@ -38,7 +38,7 @@ import {
   syncFs,
   type Mount,
 } from '../partitions/index.ts';
-import { updateGrubEnvFile } from '../grub/index.ts';
+import { readGrubEnvFile, updateGrubEnvFile } from '../grub/index.ts';
 import { findPartition, mountRw } from './access.ts';
 
 export interface UpgradeOptions {
@@ -142,6 +142,9 @@ async function runUpgrade(
 
   // 2. Signature policy: verification is required unless explicitly turned off.
   const verification = signaturePolicy(config, opts, result.image, log);
+  if (verification === 'skipped') {
+    progress({ operation: 'verifying', message: `WARNING: signature verification disabled (${opts.noVerify ? '--no-verify' : (config.verifyDisabledBy ?? 'config')}): ${result.image} will be staged unverified` });
+  }
 
   // 3. One job at a time.
   const cleanup = new CleanupStack();
@@ -177,6 +180,12 @@ async function runUpgrade(
     }
     const plan = planUpgrade({ target: opts.recovery ? 'recovery' : 'system', bootedFrom: boot.bootedFrom, upgradeFailure, recoveryFlavour: flavour, labels: config.labels });
     if (plan.keepPassiveReason) log.info({ reason: plan.keepPassiveReason }, 'passive slot kept');
+
+    // Pre-flight: the GRUB env blocks we will rewrite after the switch must be readable now, so a corrupt one fails
+    // the upgrade before anything is written (never after the slots were switched).
+    if (plan.updateGrub) {
+      for (const f of ['grub_oem_env', 'boot_assessment']) await readGrubEnvFile(path.join(partDir, f), { missingOk: true });
+    }
 
     // 8. Leftovers of an interrupted run never block a new one.
     for (const f of STALE_FILES) await rm(path.join(partDir, f), { force: true });

@@ -29,7 +29,9 @@ export type Fault =
   /** Forward without the Range header (a server that ignores Range and sends the whole content). */
   | { kind: 'ignore-range' }
   /** Answer 307 with `Location: <location><request path>` (as registries redirect blobs to a CDN). */
-  | { kind: 'redirect'; location: string };
+  | { kind: 'redirect'; location: string }
+  /** Hold the request until `until` resolves, then forward it unchanged (a slow download the test controls). */
+  | { kind: 'hold'; until: Promise<void> };
 
 export interface FaultRule {
   /** Match on the request method (default: any). */
@@ -111,6 +113,7 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       res.end(fault.body ?? JSON.stringify({ errors: [{ code: 'UNKNOWN', message: `injected HTTP ${fault.status}` }] }));
       return;
     }
+    const forward = (): void => {
     const headers = { ...req.headers, host: upstream.host };
     if (fault?.kind === 'ignore-range') delete headers.range;
     const up = http.request({ host: upstream.hostname, port: upstream.port, method, path, headers, agent }, (ures) => {
@@ -168,6 +171,12 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       res.end();
     });
     req.pipe(up);
+    };
+    if (fault?.kind === 'hold') {
+      void fault.until.then(forward);
+      return;
+    }
+    forward();
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
