@@ -376,13 +376,16 @@ async function pullInto(
   const layers = image.manifest.layers;
   for (const [i, layer] of layers.entries()) {
     const message = `layer ${i + 1}/${layers.length} ${layer.digest.slice(7, 19)}`;
-    const onBytes = (n: number): void => {
-      done += n;
-      progress({ operation: 'downloading', message, bytesDone: done, bytesTotal: total, percent: total > 0 ? Math.floor((done * 100) / total) : 0 });
+    const before = done;
+    // applyLayer reports the running total of compressed bytes read in this layer.
+    const onBytes = (layerBytes: number): void => {
+      const now = before + layerBytes;
+      progress({ operation: 'downloading', message, bytesDone: now, bytesTotal: total, percent: total > 0 ? Math.floor((now * 100) / total) : 0 });
     };
     const blob = registry.openBlob(ref, layer, { ...(signal ? { signal } : {}) });
     try {
       const stats = await applyLayer(blob, layer.mediaType, treeDir, { runner: deps.runner, onBytes, ...(signal ? { signal } : {}) });
+      done = before + layer.size;
       log.info({ layer: layer.digest, entries: stats.entries, bytes: stats.bytesWritten }, 'layer applied');
     } catch (e) {
       blob.destroy();
