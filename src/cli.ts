@@ -133,7 +133,8 @@ function progressPrinter(out: NodeJS.WritableStream): (p: Progress) => void {
     if (p.operation === 'downloading') {
       if (p.percent < lastPct + 10 && p.percent !== 100) return;
       lastPct = p.percent;
-      out.write(`[${p.operation}] ${p.percent}% ${p.message} (${Math.round(p.bytesDone / 1048576)}/${Math.round(p.bytesTotal / 1048576)} MiB)\n`);
+      const mib = (n: number): string => (n / 1048576).toFixed(1);
+      out.write(`[${p.operation}] ${p.percent}% ${p.message} (${mib(p.bytesDone)}/${mib(p.bytesTotal)} MiB)\n`);
       return;
     }
     const line = `[${p.operation}] ${p.message}`;

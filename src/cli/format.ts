@@ -14,8 +14,8 @@ function short(digest: string | null): string {
   return digest === null ? '-' : digest.replace(/^sha256:/, '').slice(0, 12);
 }
 
-function slotLine(s: SlotStatus, booted: boolean): string {
-  const mark = booted ? '●' : ' ';
+function slotLine(s: SlotStatus, booted: boolean, staged: boolean): string {
+  const mark = booted ? '●' : staged ? '+' : ' ';
   if (!s.present) return `${mark} ${s.slot.padEnd(9)} (no ${s.file})`;
   const parts = [
     `${mark} ${s.slot.padEnd(9)}`,
@@ -26,6 +26,7 @@ function slotLine(s: SlotStatus, booted: boolean): string {
     s.verification === 'skipped' ? 'UNVERIFIED' : s.verification,
   ];
   if (s.timestamp !== null) parts.push(s.timestamp);
+  if (staged) parts.push('(staged: runs after reboot)');
   return parts.join('  ');
 }
 
@@ -33,8 +34,9 @@ function renderHuman(doc: HostStatusDocument): string {
   const st = doc.status;
   const lines: string[] = [];
   lines.push(`Booted from: ${st.bootedFrom}${st.upgradeFailure ? ' (the last upgrade failed boot assessment and was rolled back)' : ''}`);
+  // ● the slot whose image is running now (after a system upgrade it moved to passive), + the staged one.
   for (const name of ['active', 'passive', 'recovery'] as const) {
-    lines.push(slotLine(st.slots[name], st.bootedFrom === name));
+    lines.push(slotLine(st.slots[name], st.booted?.slot === name, st.staged?.slot === name));
   }
   lines.push(`Next boot: ${st.nextBoot.entry}${st.nextBoot.oneShot ? ' (one-shot)' : ''}`);
   lines.push(`Boot assessment: ${st.bootAssessment.enabled ? (st.bootAssessment.tentative ? 'armed, tentative boot in progress' : 'armed') : 'off'}`);

@@ -1,0 +1,36 @@
+import test from 'ava';
+import { parse } from 'yaml';
+import { renderStatus } from '../../src/cli/format.ts';
+import { HOST_API_VERSION, HOST_KIND, type HostStatusDocument, type SlotStatus } from '../../src/model/host.ts';
+
+const slot = (name: SlotStatus['slot'], over: Partial<SlotStatus> = {}): SlotStatus => ({
+  slot: name, file: `cOS/${name}.img`, present: true, label: `COS_${name.toUpperCase()}`, fs: 'ext2', size: 1024,
+  image: null, imageDigest: null, version: '1.0', timestamp: null, verification: 'unknown', ...over,
+});
+
+function doc(): HostStatusDocument {
+  const active = slot('active', { image: 'docker://r/os:2', imageDigest: `sha256:${'ab'.repeat(32)}`, version: '2.0', verification: 'skipped' });
+  const passive = slot('passive');
+  return {
+    apiVersion: HOST_API_VERSION, kind: HOST_KIND, metadata: { name: 'h' },
+    spec: { image: { image: 'r/os:2', transport: 'registry' }, verify: false },
+    status: {
+      bootedFrom: 'active', upgradeFailure: false, booted: passive, staged: active, rollback: passive,
+      slots: { active, passive, recovery: slot('recovery', { label: 'COS_SYSTEM' }) },
+      nextBoot: { entry: 'cos', oneShot: false }, bootAssessment: { enabled: true, tentative: false }, lastUpgrade: null,
+    },
+  };
+}
+
+test('the human view marks the running slot and the staged one, and flags unverified images', (t) => {
+  const out = renderStatus(doc(), 'human');
+  t.regex(out, /^● passive/m);
+  t.regex(out, /^\+ active .*UNVERIFIED.*staged: runs after reboot/m);
+  t.regex(out, /digest abababababab/);
+  t.regex(out, /signature verification OFF/);
+});
+
+test('JSON and YAML carry the same document', (t) => {
+  t.deepEqual(JSON.parse(renderStatus(doc(), 'json')), doc());
+  t.deepEqual(parse(renderStatus(doc(), 'yaml')), doc());
+});
