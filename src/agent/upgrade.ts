@@ -24,6 +24,8 @@ import { RegistryClient } from '../oci/registry.ts';
 import { formatReference, parseReference } from '../oci/reference.ts';
 import type { ResolvedImage } from '../oci/types.ts';
 import { applyLayer } from '../oci/unpack.ts';
+import { layerCompression } from '../oci/manifest.ts';
+import { gzipIsize, probeRange, slotSize, zstdContentSize } from './size.ts';
 import {
   fsckExt2,
   freeBytes,
@@ -166,6 +168,7 @@ async function runUpgrade(
     result.imageDigest = image.digest;
     const pinned = { ...ref, digest: image.digest };
     log.info({ digest: image.digest, layers: image.manifest.layers.length, compressedSize: image.compressedSize }, 'resolved image');
+    const estimate = await estimateRootfs(registry, pinned, image);
     checkAbort();
 
     // 6. The partition that holds the slot, mounted rw only for the duration.
@@ -197,8 +200,11 @@ async function runUpgrade(
 
     // 9. Scratch space: never on COS_STATE. The new tree is built directly in the mounted transition image (ext2)
     //    or, for a squashfs recovery, in a directory on COS_PERSISTENT.
-    const sizeMiB = (opts.recovery ? config.recoveryImageSizeMiB : undefined) ?? config.imageSizeMiB;
-    const tree = await prepareTree(deps, plan, transitionPath, sizeMiB, config, cleanup, log);
+    const configuredMiB = (opts.recovery ? config.recoveryImageSizeMiB : undefined) ?? config.imageSizeMiB;
+    const size = slotSize(configuredMiB, estimate);
+    if (size.grown) log.info({ configuredMiB, sizeMiB: size.sizeMiB, estimateBytes: estimate }, 'slot image grown to fit the rootfs');
+    const sizeMiB = size.sizeMiB;
+    const tree = await prepareTree(deps, plan, transitionPath, { configuredMiB, sizeMiB, estimate }, config, cleanup, log);
     const treeDir = tree.dir;
     progress({ operation: 'staging', message: `staging into ${plan.finalFile}` });
 
@@ -302,11 +308,12 @@ async function prepareTree(
   deps: AgentDeps,
   plan: UpgradePlan,
   transitionPath: string,
-  sizeMiB: number,
+  size: { configuredMiB: number; sizeMiB: number; estimate: number | null },
   config: AgentConfig,
   cleanup: CleanupStack,
   log: AgentDeps['log'],
 ): Promise<{ dir: string; mount: Mount | null }> {
+  const { sizeMiB } = size;
   const { runner, root } = deps;
   if (plan.fs === 'squashfs') {
     // The tree for mksquashfs lives on COS_PERSISTENT (mounted at /usr/local, or by us when booted from recovery).
@@ -326,8 +333,11 @@ async function prepareTree(
   const bytes = sizeMiB * MiB;
   const partDir = path.dirname(path.dirname(transitionPath));
   const free = await freeBytes(partDir);
+  if (free < size.configuredMiB * MiB + FREE_MARGIN) {
+    throw new AgentError('NO_SPACE', `${plan.partitionLabel} has ${mib(free)} MiB free; the ${size.configuredMiB} MiB transition image needs ${mib(size.configuredMiB * MiB + FREE_MARGIN)} MiB`);
+  }
   if (free < bytes + FREE_MARGIN) {
-    throw new AgentError('NO_SPACE', `${plan.partitionLabel} has ${mib(free)} MiB free; the ${sizeMiB} MiB transition image needs ${mib(bytes + FREE_MARGIN)} MiB`);
+    throw new AgentError('IMAGE_TOO_LARGE', `the image does not fit: its rootfs (about ${mib(size.estimate ?? 0)} MiB) needs a ${sizeMiB} MiB slot image, and ${plan.partitionLabel} has ${mib(free)} MiB free`);
   }
   await mkdir(path.dirname(transitionPath), { recursive: true });
   await preallocate(runner, transitionPath, bytes);
@@ -433,6 +443,25 @@ export async function applySwitchSteps(deps: AgentDeps, partDir: string, steps: 
 }
 
 /** Verification is required unless turned off explicitly; turning it off is logged loudly. */
+/** The rootfs size from each layer's own trailer or header (see size.ts); null when any layer can't be estimated. */
+async function estimateRootfs(registry: RegistryClient, ref: ReturnType<typeof parseReference>, image: ResolvedImage): Promise<number | null> {
+  let total = 0;
+  for (const layer of image.manifest.layers) {
+    const compression = layerCompression(layer.mediaType);
+    if (compression === undefined) return null;
+    const range = probeRange(compression, layer.size);
+    if (range === undefined) {
+      total += layer.size;
+      continue;
+    }
+    const bytes = await registry.readBlobRange(ref, layer, range[0], range[1]).catch(() => undefined);
+    const n = bytes === undefined ? undefined : compression === 'gzip' ? gzipIsize(bytes, layer.size) : zstdContentSize(bytes);
+    if (n === undefined) return null;
+    total += n;
+  }
+  return total;
+}
+
 function signaturePolicy(config: AgentConfig, opts: UpgradeOptions, image: string, log: AgentDeps['log']): Verification {
   if (opts.noVerify || !config.verify) {
     log.warn({ image, disabledBy: opts.noVerify ? '--no-verify' : (config.verifyDisabledBy ?? 'config') },

@@ -462,6 +462,29 @@ export class RegistryClient {
     return new GeneratorStream(this.#blobChunks(ref, desc, signal, opts.onBytes), internal);
   }
 
+  /**
+   * A few bytes of a blob by HTTP Range (e.g. a gzip member's ISIZE trailer, for sizing the slot before pulling).
+   * NOT digest-checked (a part cannot be): use it only for estimates. Undefined when the registry ignores Range.
+   */
+  async readBlobRange(ref: ImageReference, desc: Descriptor, start: number, length: number): Promise<Buffer | undefined> {
+    if (!isDigest(desc.digest)) throw new AgentError('MANIFEST_INVALID', `blob ${desc.digest}: not a valid digest`);
+    const end = Math.min(desc.size, start + length) - 1;
+    if (start < 0 || end < start) return Buffer.alloc(0);
+    const what = `blob ${desc.digest} of ${ref.registry}/${ref.repository} (bytes ${start}-${end})`;
+    return this.#withRetries(what, undefined, async () => {
+      const ex = await this.#exchange(ref, `blobs/${desc.digest}`, { range: `bytes=${start}-${end}` }, what, undefined);
+      if (ex.status !== 206) {
+        ex.body.destroy();
+        return undefined;
+      }
+      try {
+        return await readAll(ex.body, end - start + 1, () => new AgentError('REGISTRY_ERROR', `${what}: more bytes than asked for`));
+      } catch (e) {
+        throw this.#mapNetworkError(e, ref, what);
+      }
+    });
+  }
+
   // -------------------------------------------------------------------------------------------------------------
 
   async *#blobChunks(ref: ImageReference, desc: Descriptor, signal: AbortSignal, onBytes: ((n: number) => void) | undefined): AsyncGenerator<Buffer> {

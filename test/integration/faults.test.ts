@@ -28,8 +28,11 @@ test.before(async () => {
   await pushOsImage(reg, 'cos/hostile-link:v1', '2.0.0', {
     extraLayers: [[{ name: 'evil', type: 'symlink', linkname: '/' }, { name: 'evil/../../etc/escaped', content: 'pwned' }]],
   });
+  await pushOsImage(reg, 'cos/tiny-files:v1', '2.0.0', {
+    extraLayers: [[{ name: 'usr/share/tiny/' }, ...Array.from({ length: 20_000 }, (_v, i) => ({ name: `usr/share/tiny/f${i}`, content: 'x' }))]],
+  });
   await pushOsImage(reg, 'cos/big:v1', '2.0.0', {
-    extraLayers: [[{ name: 'usr/share/blob', content: (await import('node:crypto')).randomBytes(24 * 1024 * 1024) }]],
+    extraLayers: [[{ name: 'usr/share/blob', content: (await import('node:crypto')).randomBytes(48 * 1024 * 1024) }]],
   });
   const manifest = await fetch(`${reg.url}/v2/cos/os/manifests/v2`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
   v2Layer = ((await manifest.json()) as { layers: Array<{ digest: string }> }).layers[0]?.digest ?? '';
@@ -141,8 +144,17 @@ test('a full COS_STATE: NO_SPACE before anything is written', async (t) => {
   });
 });
 
-test('an image larger than the slot size: IMAGE_TOO_LARGE, the transition image is removed', async (t) => {
-  await refused(t, 'IMAGE_TOO_LARGE', /does not fit/, ['--image', `${reg.host}/cos/big:v1`], {
+test('an image whose rootfs cannot fit even a grown slot on COS_STATE: IMAGE_TOO_LARGE before anything is written', async (t) => {
+  // 48 MiB of incompressible data: the gzip trailer says so, the slot would grow to ~90 MiB; an 80 MiB COS_STATE
+  // has room for the configured 16 MiB but not for that.
+  await refused(t, 'IMAGE_TOO_LARGE', /does not fit.*needs a \d+ MiB slot image.*COS_STATE has \d+ MiB free/, ['--image', `${reg.host}/cos/big:v1`], {
+    stateMiB: 80,
+    files: { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=16\n' },
+  });
+});
+
+test('a rootfs the estimate under-sizes (20,000 tiny files exhaust the inodes): IMAGE_TOO_LARGE, transition removed', async (t) => {
+  await refused(t, 'IMAGE_TOO_LARGE', /does not fit in the \d+ MiB slot image/, ['--image', `${reg.host}/cos/tiny-files:v1`], {
     files: { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=16\n' },
   });
 });

@@ -17,6 +17,9 @@ test.before(async () => {
   reg = await startRegistry();
   digests.v1 = await pushOsImage(reg, 'cos/os:v1', '1.0.0');
   digests.v2 = await pushOsImage(reg, 'cos/os:v2', '2.0.0', { compression: 'zstd' });
+  digests.big = await pushOsImage(reg, 'cos/big:v1', '2.1.0', {
+    extraLayers: [[{ name: 'usr/share/blob', content: (await import('node:crypto')).randomBytes(24 * 1024 * 1024) }]],
+  });
 });
 test.after.always(async () => {
   await reg?.stop();
@@ -190,6 +193,15 @@ test.serial('a permanent rollback swaps active and passive, labels included, and
   t.deepEqual((await readdir(host.statePath('cOS'))).sort(), ['active.img', 'passive.img']);
   t.true((await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'));
   t.deepEqual(await host.leaks(), baseline);
+});
+
+test.serial('when the rootfs would not fit DEFAULT_IMAGE_SIZE, the slot image grows to fit it', async (t) => {
+  const host = await withHost(t, { files: { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=16\n' } });
+  const r = await cosctl(host, ['upgrade', '--image', `${reg.host}/cos/big:v1`, '--no-verify']);
+  t.is(r.code, 0, r.stderr);
+  const size = (await stat(host.statePath('cOS/active.img'))).size;
+  t.true(size > 16 * 1024 * 1024 && size <= 64 * 1024 * 1024, `active.img is ${size} bytes`);
+  t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="2\.1\.0"/);
 });
 
 test.serial('cosctl status renders human, JSON and YAML from one document', async (t) => {
