@@ -39,6 +39,8 @@ export interface FaultRule {
   /** Match on the path: substring or RegExp (default: any). */
   path?: string | RegExp;
   fault: Fault;
+  /** Match only requests without a Range header (a whole download, not a resume or a partial read). */
+  rangeless?: boolean;
   /** How many matching requests get the fault (default: all). */
   times?: number;
 }
@@ -65,8 +67,9 @@ export interface FaultProxy {
   stop(): Promise<void>;
 }
 
-function matches(rule: FaultRule, method: string, path: string): boolean {
+function matches(rule: FaultRule, method: string, path: string, range: string | undefined): boolean {
   if (rule.method !== undefined && rule.method.toUpperCase() !== method.toUpperCase()) return false;
+  if (rule.rangeless === true && range !== undefined) return false;
   if (rule.path === undefined) return true;
   return typeof rule.path === 'string' ? path.includes(rule.path) : rule.path.test(path);
 }
@@ -91,7 +94,7 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       method, path, range: req.headers.range, authorization: req.headers.authorization !== undefined, status: undefined, fault: undefined,
     };
     requests.push(entry);
-    const rule = rules.find((r) => r.left > 0 && matches(r, method, path));
+    const rule = rules.find((r) => r.left > 0 && matches(r, method, path, req.headers.range));
     const fault = rule?.fault;
     if (rule) {
       rule.left--;

@@ -104,18 +104,18 @@ test('a layer whose bytes do not match its digest: DIGEST_MISMATCH, nothing swit
 test('a layer download that keeps breaking off: BLOB_TRUNCATED after the retries', async (t) => {
   const p = await faultyRegistry(t, { path: v2Layer, fault: { kind: 'truncate', at: 200 } });
   await refused(t, 'BLOB_TRUNCATED', /sha256:/, ['--image', `${p.host}/cos/os:v2`]);
-  t.true(p.requests.filter((r) => r.path.includes(v2Layer) && r.range !== undefined).length > 0, 'it tried to resume with Range');
+  t.true(p.requests.some((r) => r.path.includes(v2Layer) && /^bytes=\d+-$/.test(r.range ?? '')), 'it tried to resume with an open-ended Range');
 });
 
 test('a layer download broken off once resumes with a Range request and the upgrade succeeds', async (t) => {
-  const p = await faultyRegistry(t, { path: v2Layer, fault: { kind: 'truncate', at: 300 }, times: 1 });
+  const p = await faultyRegistry(t, { path: v2Layer, fault: { kind: 'truncate', at: 300 }, times: 1, rangeless: true });
   const host = await createCosHost({ files: { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\n' } });
   t.teardown(() => host.close());
   const r = await cosctl(host, ['upgrade', '--no-verify', '--image', `${p.host}/cos/os:v2`]);
   t.is(r.code, 0, r.stderr);
-  const layerRequests = p.requests.filter((q) => q.path.includes(v2Layer));
-  t.is(layerRequests.length, 2);
-  t.is(layerRequests[1]?.range, 'bytes=300-');
+  // Besides the 4-byte gzip trailer read that sizes the slot: the whole download, cut at 300, then one resume.
+  const layerRequests = p.requests.filter((q) => q.path.includes(v2Layer) && !/^bytes=\d+-\d+$/.test(q.range ?? ''));
+  t.deepEqual(layerRequests.map((q) => [q.range, q.fault]), [[undefined, 'truncate'], ['bytes=300-', undefined]]);
 });
 
 test('a layer entry with ../ that would land outside the image: UNPACK_UNSAFE, nothing written outside', async (t) => {
