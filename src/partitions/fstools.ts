@@ -30,7 +30,7 @@ async function exists(p: string): Promise<boolean> {
 }
 
 /**
- * `mkfs.ext2 -F -q -L <label> [-d fromDir] <file> [<sizeMiB>M]`. The file must exist (e.g. preallocated) unless
+ * `mkfs.ext2 -F -q -E nodiscard -L <label> [-d fromDir] <file> [<sizeMiB>M]`. The file must exist (e.g. preallocated) unless
  * `sizeMiB` is given, in which case mke2fs creates or sizes it (sparse). `fromDir` populates the new filesystem.
  */
 export async function mkfsExt2(
@@ -45,7 +45,9 @@ export async function mkfsExt2(
   if (opts.sizeMiB !== undefined && !(Number.isInteger(opts.sizeMiB) && opts.sizeMiB > 0)) {
     throw new AgentError('STAGE_FAILED', `cannot format ${file}: size ${opts.sizeMiB} MiB is not a positive integer`);
   }
-  const argv = ['mkfs.ext2', '-F', '-q', '-L', opts.label];
+  // nodiscard: on a file, mke2fs's default discard punches holes through it, which would undo a preallocation
+  // (fallocate) and turn ENOSPC back into a late writeback failure (cos-layout.md 8 #1).
+  const argv = ['mkfs.ext2', '-F', '-q', '-E', 'nodiscard', '-L', opts.label];
   if (opts.fromDir !== undefined) argv.push('-d', opts.fromDir);
   argv.push(file);
   if (opts.sizeMiB !== undefined) argv.push(`${opts.sizeMiB}M`);

@@ -46,6 +46,11 @@ test.serial('hooks run in order through one interface; after-upgrade-chroot sees
   const hooks: HookRunner = {
     async run(name, ctx) {
       const entry: (typeof calls)[number] = { name, ctx };
+      if (name === 'before-upgrade') {
+        // The transition image is fully allocated on COS_STATE before any byte is pulled.
+        const st = await stat(host.statePath('cOS/transition.img'));
+        entry.seen = { allocated: st.blocks * 512 >= 48 * 1024 * 1024 };
+      }
       if (name === 'after-upgrade-chroot' && ctx.chroot) {
         const mounted = new Set((await readMounts()).map((m) => m.mountPoint));
         const c = ctx.chroot;
@@ -64,6 +69,7 @@ test.serial('hooks run in order through one interface; after-upgrade-chroot sees
   const progress: Progress[] = [];
   const out = await upgrade(deps(host, hooks), { image: `${reg.host}/cos/os:v2`, noVerify: true, onProgress: (p) => progress.push(p) });
   t.deepEqual(calls.map((c) => c.name), ['before-upgrade', 'after-upgrade-chroot', 'after-upgrade']);
+  t.deepEqual(calls[0]?.seen, { allocated: true });
   t.true(calls.every((c) => c.ctx.transaction === out.transaction && c.ctx.target === 'system'));
   const seen = calls[1]?.seen ?? {};
   t.regex(String(seen.osRelease), /VERSION="2\.0\.0"/);

@@ -50,6 +50,15 @@ test('mkfsExt2 formats a preallocated file in place and can populate it from a d
   t.regex(await sh(['debugfs', '-R', 'cat /etc/os-release', img]), /VERSION="1.2.3"/);
 });
 
+test('formatting a preallocated file keeps every block allocated (no discard hole-punching)', async (t) => {
+  const dir = await tempDir(t);
+  const img = path.join(dir, 'transition.img');
+  await preallocate(runner, img, 64 * MiB);
+  await mkfsExt2(runner, img, { label: 'COS_TRANSITION' });
+  const st = await stat(img);
+  t.true(st.blocks * 512 >= 64 * MiB, `only ${st.blocks * 512} bytes allocated after mkfs`);
+});
+
 test('mkfsExt2 of a missing file without a size throws STAGE_FAILED naming the file', async (t) => {
   const dir = await tempDir(t);
   const img = path.join(dir, 'missing.img');
