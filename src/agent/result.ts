@@ -2,32 +2,23 @@
  * The last upgrade's outcome, kept where `cosctl status` finds it: /run/cos-agent (this boot) and, when COS_PERSISTENT
  * is mounted at /usr/local, /usr/local/.cos-agent (across reboots). Written atomically.
  */
-import { mkdir, open, readFile, rename, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { writeFileAtomic } from '../sys/atomic.ts';
 import path from 'node:path';
 import type { UpgradeResult } from '../model/host.ts';
 import type { SysRoot } from '../sys/root.ts';
 
 const FILES = ['/run/cos-agent/last-upgrade.json', '/usr/local/.cos-agent/last-upgrade.json'];
 
-export async function writeJsonAtomic(file: string, value: unknown): Promise<void> {
+async function writeJson(file: string, value: unknown): Promise<void> {
   await mkdir(path.dirname(file), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w', 0o644);
-  try {
-    await fh.writeFile(`${JSON.stringify(value, null, 2)}\n`);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, file);
-  const dir = await open(path.dirname(file), 'r');
-  await dir.sync().finally(() => dir.close());
+  await writeFileAtomic(file, `${JSON.stringify(value, null, 2)}\n`);
 }
 
 export async function recordResult(root: SysRoot, result: UpgradeResult): Promise<void> {
-  await writeJsonAtomic(root.path(FILES[0] as string), result);
+  await writeJson(root.path(FILES[0] as string), result);
   const persistent = await stat(root.path('/usr/local')).then((s) => s.isDirectory(), () => false);
-  if (persistent) await writeJsonAtomic(root.path(FILES[1] as string), result).catch(() => {});
+  if (persistent) await writeJson(root.path(FILES[1] as string), result).catch(() => {});
 }
 
 /** The newest recorded result, and whether it happened during this boot (it is in /run, a tmpfs). */

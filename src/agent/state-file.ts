@@ -8,11 +8,11 @@
  *
  * The first half of the file is PURE (parse, serialise, rotate); the I/O is in readStateFile / writeStateFile.
  */
-import { randomBytes } from 'node:crypto';
-import { open, readFile, rename, unlink } from 'node:fs/promises';
+import { readFile, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { Document, parseDocument, visit } from 'yaml';
 import { DEFAULT_LABELS, type ImageSource, type Labels } from '../model/config.ts';
+import { fsyncDir, writeFileAtomic } from '../sys/atomic.ts';
 import { AgentError } from '../model/errors.ts';
 import type {
   ImageEntry,
@@ -281,18 +281,6 @@ const isMissing = (e: unknown): boolean => {
   return code === 'ENOENT' || code === 'ENOTDIR';
 };
 
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'EINVAL' && code !== 'ENOTSUP') throw e;
-  } finally {
-    await fh.close();
-  }
-}
-
 /**
  * Read a state file. Never throws for bad content (see the module comment); throws STATE_INVALID only when the file
  * exists but cannot be read (EACCES, EISDIR …). `moveAside: false` reports corruption without renaming.
@@ -333,24 +321,9 @@ export async function readStateFile(file: string, opts: { moveAside?: boolean } 
  * STATE_INVALID otherwise (naming the file).
  */
 export async function writeStateFile(file: string, state: InstallState): Promise<void> {
-  const data = serializeState(state);
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
-  let created = false;
   try {
-    const fh = await open(tmp, 'wx', 0o644);
-    created = true;
-    try {
-      await fh.writeFile(data, 'utf8');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, file);
-    created = false;
-    await fsyncDir(dir);
+    await writeFileAtomic(file, serializeState(state));
   } catch (e) {
-    if (created) await unlink(tmp).catch(() => undefined);
     const code = (e as NodeJS.ErrnoException).code;
     throw new AgentError(
       code === 'ENOSPC' ? 'NO_SPACE' : 'STATE_INVALID',

@@ -6,10 +6,9 @@
  * sectors found by blocklist), and it is never missing or short. A new file is written to a temp file in the same
  * directory, fsynced, renamed into place, and the directory fsynced. A corrupt file is never rewritten.
  */
-import { randomBytes } from 'node:crypto';
-import { open, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
-import path from 'node:path';
+import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { AgentError, withContext } from '../model/errors.ts';
+import { writeFileAtomic } from '../sys/atomic.ts';
 import { applyGrubEnvChanges, parseGrubEnv, parseGrubEnvBlock, serializeGrubEnv } from './grubenv.ts';
 
 function errno(e: unknown): string | undefined {
@@ -64,27 +63,9 @@ async function writeAll(fh: FileHandle, data: Buffer): Promise<void> {
 }
 
 async function createFile(file: string, block: Buffer): Promise<void> {
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
-  let renamed = false;
   try {
-    const fh = await open(tmp, 'wx', 0o644);
-    try {
-      await writeAll(fh, block);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, file);
-    renamed = true;
-    const dh = await open(dir, 'r');
-    try {
-      await dh.sync();
-    } finally {
-      await dh.close();
-    }
+    await writeFileAtomic(file, block);
   } catch (e) {
-    if (!renamed) await unlink(tmp).catch(() => {});
     throw ioError(file, 'creating the GRUB environment file', e);
   }
 }

@@ -1,0 +1,43 @@
+/**
+ * Durable whole-file replacement: a temp file in the same directory, written and fsynced, renamed over the target,
+ * then the directory fsynced. Readers see the old content or the new, never a partial file; on failure the temp
+ * file is removed and the old file is untouched. Errors are the raw Node errors (callers add their context).
+ */
+import { randomBytes } from 'node:crypto';
+import { open, rename, unlink } from 'node:fs/promises';
+import path from 'node:path';
+
+/** fsync a directory (its entries); filesystems that cannot (EINVAL, ENOTSUP) are tolerated. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EINVAL' && code !== 'ENOTSUP') throw e;
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): Promise<void> {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+  let pending = false;
+  try {
+    const fh = await open(tmp, 'wx', mode);
+    pending = true;
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, file);
+    pending = false;
+    await fsyncDir(dir);
+  } catch (e) {
+    if (pending) await unlink(tmp).catch(() => undefined);
+    throw e;
+  }
+}
