@@ -3,7 +3,7 @@
  * is mounted at /usr/local, /usr/local/.cos-agent (across reboots). Written atomically.
  */
 import { mkdir, readFile, stat } from 'node:fs/promises';
-import { writeFileAtomic } from '../sys/atomic.ts';
+import { writeFileAtomic } from '../sys/files.ts';
 import path from 'node:path';
 import type { UpgradeResult } from '../model/host.ts';
 import type { SysRoot } from '../sys/root.ts';

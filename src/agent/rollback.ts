@@ -12,7 +12,7 @@ import { loadConfig } from './config/load.ts';
 import { parseCmdline } from './boot.ts';
 import { rollbackEntry, swapSteps, STALE_FILES } from './plan.ts';
 import { readStateFile, writeStateFile } from './state-file.ts';
-import { applySwitchSteps } from './upgrade.ts';
+import { applySwitchSteps } from './switch.ts';
 import { findPartition, hostMountOf, mountRw } from './access.ts';
 import { syncFs } from '../partitions/index.ts';
 import type { AgentDeps } from './deps.ts';

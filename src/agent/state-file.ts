@@ -12,7 +12,7 @@ import { readFile, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { Document, parseDocument, visit } from 'yaml';
 import { DEFAULT_LABELS, type ImageSource, type Labels } from '../model/config.ts';
-import { fsyncDir, writeFileAtomic } from '../sys/atomic.ts';
+import { fsyncDir, writeFileAtomic } from '../sys/files.ts';
 import { AgentError } from '../model/errors.ts';
 import type {
   ImageEntry,

@@ -10,7 +10,8 @@ import { HOST_API_VERSION, HOST_KIND, type HostStatusDocument, type SlotName, ty
 import type { ImageEntry, InstallState } from '../model/state.ts';
 import { readGrubEnvFile } from '../grub/index.ts';
 import { isSquashfs, probeLabel, readExtFile } from '../partitions/index.ts';
-import { parseOsRelease } from './upgrade.ts';
+import { parseOsRelease } from './os-release.ts';
+import { pathExists } from '../sys/files.ts';
 import { CleanupStack } from './cleanup.ts';
 import { loadConfig } from './config/load.ts';
 import { parseCmdline } from './boot.ts';
@@ -29,7 +30,7 @@ export async function hostStatus(deps: AgentDeps): Promise<HostStatusDocument> {
   const { root } = deps;
   const { config } = await loadConfig(root, { env: deps.env });
   const boot = parseCmdline(await readFile(root.path('/proc/cmdline'), 'utf8').catch(() => ''), config.labels);
-  const upgradeFailure = boot.upgradeFailure || (await exists(root.path('/run/cos/upgrade_failure')));
+  const upgradeFailure = boot.upgradeFailure || (await pathExists(root.path('/run/cos/upgrade_failure')));
   const cleanup = new CleanupStack();
   try {
     const stateDir = await partitionDir(deps, config.labels.state, cleanup);
@@ -152,6 +153,3 @@ async function slotStatus(deps: AgentDeps, slot: SlotName, dir: string | undefin
   };
 }
 
-async function exists(p: string): Promise<boolean> {
-  return stat(p).then(() => true, () => false);
-}

@@ -7,7 +7,7 @@
  * Reads top to bottom as named steps; every undo is pushed on the cleanup stack on the line after its acquire.
  */
 import { randomUUID } from 'node:crypto';
-import { chmod, link, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError, withContext } from '../model/errors.ts';
 import type { AgentConfig, ImageSource } from '../model/config.ts';
@@ -16,7 +16,7 @@ import { CleanupStack } from './cleanup.ts';
 import { acquireLock } from './lock.ts';
 import { loadConfig } from './config/load.ts';
 import { parseCmdline } from './boot.ts';
-import { planUpgrade, STALE_FILES, upgradeSwitchSteps, type RecoveryFlavour, type SwitchStep, type UpgradePlan } from './plan.ts';
+import { planUpgrade, STALE_FILES, upgradeSwitchSteps, type RecoveryFlavour, type UpgradePlan } from './plan.ts';
 import { readStateFile, rotateOnUpgrade, writeStateFile } from './state-file.ts';
 import { recordResult } from './result.ts';
 import type { AgentDeps, Progress, ProgressFn } from './deps.ts';
@@ -36,11 +36,13 @@ import {
   mountImage,
   preallocate,
   readMounts,
-  setExt2Label,
   syncFs,
   type Mount,
 } from '../partitions/index.ts';
 import { readGrubEnvFile, updateGrubEnvFile } from '../grub/index.ts';
+import { pathExists } from '../sys/files.ts';
+import { parseOsRelease } from './os-release.ts';
+import { applySwitchSteps } from './switch.ts';
 import { findPartition, mountRw } from './access.ts';
 
 export interface UpgradeOptions {
@@ -158,7 +160,7 @@ async function runUpgrade(
     // 4. Where are we booted from?
     const cmdline = await readFile(root.path('/proc/cmdline'), 'utf8').catch(() => '');
     const boot = parseCmdline(cmdline, config.labels);
-    const upgradeFailure = boot.upgradeFailure || (await exists(root.path('/run/cos/upgrade_failure')));
+    const upgradeFailure = boot.upgradeFailure || (await pathExists(root.path('/run/cos/upgrade_failure')));
     log.info({ bootedFrom: boot.bootedFrom, upgradeFailure, target: opts.recovery ? 'recovery' : 'system' }, 'starting upgrade');
 
     // 5. Resolve the tag to a digest; everything after uses the digest.
@@ -179,7 +181,7 @@ async function runUpgrade(
     let flavour: RecoveryFlavour = 'img';
     if (opts.recovery) {
       const squash = path.join(partDir, 'cOS/recovery.squashfs');
-      flavour = (await exists(squash)) && (await isSquashfs(squash)) ? 'squashfs' : 'img';
+      flavour = (await pathExists(squash)) && (await isSquashfs(squash)) ? 'squashfs' : 'img';
     }
     const plan = planUpgrade({ target: opts.recovery ? 'recovery' : 'system', bootedFrom: boot.bootedFrom, upgradeFailure, recoveryFlavour: flavour, labels: config.labels });
     if (plan.keepPassiveReason) log.info({ reason: plan.keepPassiveReason }, 'passive slot kept');
@@ -237,7 +239,7 @@ async function runUpgrade(
 
     // 14. The switch.
     progress({ operation: 'finalizing', message: 'switching slots' });
-    const haveActive = await exists(path.join(partDir, 'cOS/active.img'));
+    const haveActive = await pathExists(path.join(partDir, 'cOS/active.img'));
     const steps = upgradeSwitchSteps(plan, config.labels, { active: haveActive });
     await applySwitchSteps(deps, partDir, steps);
     log.info({ file: plan.finalFile, rotated: plan.rotate && haveActive }, 'slot switched');
@@ -417,7 +419,7 @@ async function withChrootBinds(deps: AgentDeps, treeDir: string, fn: () => Promi
   const made: Mount[] = [];
   try {
     for (const [src, inside] of binds) {
-      if (!(await exists(src))) continue;
+      if (!(await pathExists(src))) continue;
       made.push(await mount(deps.runner, src, path.join(treeDir, inside), { options: ['bind'], mkdir: true }));
     }
     await fn();
@@ -426,21 +428,6 @@ async function withChrootBinds(deps: AgentDeps, treeDir: string, fn: () => Promi
   }
 }
 
-export async function applySwitchSteps(deps: AgentDeps, partDir: string, steps: readonly SwitchStep[]): Promise<void> {
-  const cos = path.join(partDir, 'cOS');
-  for (const step of steps) {
-    if (step.op === 'label') {
-      await setExt2Label(deps.runner, path.join(partDir, step.file), step.label);
-      await syncFs(path.join(partDir, step.file));
-    } else if (step.op === 'link') {
-      await rm(path.join(partDir, step.to), { force: true });
-      await link(path.join(partDir, step.from), path.join(partDir, step.to));
-    } else {
-      await rename(path.join(partDir, step.from), path.join(partDir, step.to));
-    }
-    await syncFs(cos);
-  }
-}
 
 /** Verification is required unless turned off explicitly; turning it off is logged loudly. */
 /** The rootfs size from each layer's own trailer or header (see size.ts); null when any layer can't be estimated. */
@@ -492,22 +479,5 @@ function hasErrno(e: unknown, code: string): boolean {
   return false;
 }
 
-export function parseOsRelease(text: string): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const line of text.split('\n')) {
-    const m = /^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
-    if (!m || m[1] === undefined || m[2] === undefined) continue;
-    let v = m[2].trim();
-    if ((v.startsWith('"') && v.endsWith('"') && v.length >= 2) || (v.startsWith("'") && v.endsWith("'") && v.length >= 2)) {
-      v = v.slice(1, -1).replace(/\\(["\\$`])/g, '$1');
-    }
-    out.set(m[1], v);
-  }
-  return out;
-}
-
-async function exists(p: string): Promise<boolean> {
-  return stat(p).then(() => true, () => false);
-}
 
 const mib = (b: number): number => Math.ceil(b / MiB);

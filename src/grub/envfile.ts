@@ -8,7 +8,7 @@
  */
 import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { AgentError, withContext } from '../model/errors.ts';
-import { writeFileAtomic } from '../sys/atomic.ts';
+import { writeFileAtomic } from '../sys/files.ts';
 import { applyGrubEnvChanges, parseGrubEnv, parseGrubEnvBlock, serializeGrubEnv } from './grubenv.ts';
 
 function errno(e: unknown): string | undefined {

@@ -1,9 +1,10 @@
 /**
  * Filesystem tools on image files and devices: mkfs.ext2, tune2fs, e2fsck, blkid label probing, fallocate, mksquashfs.
  */
-import { open, stat, unlink } from 'node:fs/promises';
+import { open, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError, CommandError } from '../model/errors.ts';
+import { pathExists } from '../sys/files.ts';
 import type { Runner } from '../sys/runner.ts';
 import { freeBytes } from './space.ts';
 
@@ -22,12 +23,6 @@ function isNoSpace(err: unknown): boolean {
   return err instanceof CommandError && NO_SPACE_RE.test(err.stderrTail);
 }
 
-async function exists(p: string): Promise<boolean> {
-  return stat(p).then(
-    () => true,
-    () => false,
-  );
-}
 
 /**
  * `mkfs.ext2 -F -q -E nodiscard -L <label> [-d fromDir] <file> [<sizeMiB>M]`. The file must exist (e.g. preallocated) unless
@@ -39,7 +34,7 @@ export async function mkfsExt2(
   opts: { label: string; sizeMiB?: number; fromDir?: string },
 ): Promise<void> {
   checkExtLabel(opts.label);
-  if (opts.sizeMiB === undefined && !(await exists(file))) {
+  if (opts.sizeMiB === undefined && !(await pathExists(file))) {
     throw new AgentError('STAGE_FAILED', `cannot format ${file}: it does not exist and no size was given`);
   }
   if (opts.sizeMiB !== undefined && !(Number.isInteger(opts.sizeMiB) && opts.sizeMiB > 0)) {
@@ -114,7 +109,7 @@ export async function preallocate(runner: Runner, file: string, bytes: number): 
   if (!(Number.isSafeInteger(bytes) && bytes > 0)) {
     throw new AgentError('STAGE_FAILED', `cannot preallocate ${file}: ${bytes} is not a positive byte count`);
   }
-  const existed = await exists(file);
+  const existed = await pathExists(file);
   try {
     await runner.run({ argv: ['fallocate', '-l', String(bytes), file], description: `preallocating ${bytes} bytes for ${file}` });
   } catch (err) {

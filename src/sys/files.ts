@@ -1,10 +1,10 @@
 /**
- * Durable whole-file replacement: a temp file in the same directory, written and fsynced, renamed over the target,
+ * Small file helpers shared by every module. Durable whole-file replacement: a temp file in the same directory, written and fsynced, renamed over the target,
  * then the directory fsynced. Readers see the old content or the new, never a partial file; on failure the temp
  * file is removed and the old file is untouched. Errors are the raw Node errors (callers add their context).
  */
 import { randomBytes } from 'node:crypto';
-import { open, rename, unlink } from 'node:fs/promises';
+import { open, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
 /** fsync a directory (its entries); filesystems that cannot (EINVAL, ENOTSUP) are tolerated. */
@@ -40,4 +40,9 @@ export async function writeFileAtomic(file: string, data: string | Buffer, mode 
     if (pending) await unlink(tmp).catch(() => undefined);
     throw e;
   }
+}
+
+/** Whether anything exists at `p` (following symlinks). */
+export async function pathExists(p: string): Promise<boolean> {
+  return stat(p).then(() => true, () => false);
 }
