@@ -37,8 +37,16 @@ export type ErrorCode =
   // state
   | 'STATE_INVALID'
   | 'NOT_SUPPORTED'
-  // signatures (issue 3)
-  | 'VERIFY_FAILED';
+  // signatures: each names the check that failed
+  | 'VERIFY_FAILED' // verification required but impossible (no policy, unreadable key or trusted root)
+  | 'SIGNATURE_NOT_FOUND' // no signature of any known layout for the digest
+  | 'SIGNATURE_DIGEST_MISMATCH' // the signed payload names another digest (or repository)
+  | 'SIGNATURE_INVALID' // the signature does not verify over the payload (tampered payload, wrong key type)
+  | 'SIGNATURE_UNTRUSTED_KEY' // signed by a key or CA we do not trust
+  | 'SIGNATURE_IDENTITY_MISMATCH' // keyless: certificate SAN or OIDC issuer not in the policy
+  | 'SIGNATURE_CERT_EXPIRED' // the certificate was not valid at the signing time
+  | 'SIGNATURE_BAD_SET' // the transparency-log promise (SET) or inclusion proof does not verify
+  | 'SIGNATURE_TLOG_MISSING'; // the policy requires a transparency-log entry and there is none
 
 /** Base of all agent errors. */
 export class AgentError extends Error {
