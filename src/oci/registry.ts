@@ -53,6 +53,7 @@ import {
   INDEX_MEDIA_TYPES,
   MANIFEST_ACCEPT,
   MAX_MANIFEST_BYTES,
+  MEDIA_TYPES,
   parseImageConfig,
   parseManifest,
   platformMatches,
@@ -292,6 +293,38 @@ class GeneratorStream extends Readable {
   }
 }
 
+/** What the OCI 1.1 referrers API (`GET /v2/<name>/referrers/<digest>`) answered for one digest. */
+export interface ReferrersResponse {
+  /**
+   * True when the registry answered 200 with an OCI image index: it has the API. False when it answered 400, 404,
+   * 405 or 406, or a 2xx of another content type: it has no referrers API (read the referrers tag schema instead).
+   */
+  supported: boolean;
+  /** HTTP status of the first request. */
+  status: number;
+  /** The index pages as received (unparsed), in order; `Link: <…>; rel="next"` pages are followed. Empty when unsupported. */
+  pages: Buffer[];
+}
+
+/** Statuses by which a registry says it has no referrers API (go-containerregistry falls back on 400, 404, 406). */
+const NO_REFERRERS_API_STATUSES: readonly number[] = [400, 404, 405, 406];
+/** Most referrers pages followed through Link headers (a loop or a flood stops there: fewer candidates, never more trust). */
+const MAX_REFERRERS_PAGES = 16;
+
+function bareContentType(headers: http.IncomingHttpHeaders): string {
+  return headerString(headers['content-type'])?.split(';')[0]?.trim().toLowerCase() ?? '';
+}
+
+/** The `rel="next"` target of a Link header (RFC 8288), or undefined. */
+function nextLink(headers: http.IncomingHttpHeaders): string | undefined {
+  const v = headerString(headers.link);
+  if (v === undefined) return undefined;
+  for (const m of v.matchAll(/<([^>]*)>((?:\s*;\s*[^;,]*)*)/g)) {
+    if (/;\s*rel\s*=\s*"?(?:[^";,]*\s)?next(?:\s[^";,]*)?"?\s*(?:;|$)/i.test(m[2] ?? '')) return m[1];
+  }
+  return undefined;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 
 /** The registry client. One instance caches tokens, learned auth schemes and keep-alive connections. */
@@ -483,6 +516,66 @@ export class RegistryClient {
         throw this.#mapNetworkError(e, ref, what);
       }
     });
+  }
+
+  /**
+   * The OCI 1.1 referrers API for `digest` in `ref`'s repository (`Accept: application/vnd.oci.image.index.v1+json`).
+   * A registry without the API (400/404/405/406, or a 2xx that is not an OCI index) is `supported: false`, not an
+   * error. 401/403, 5xx (after retries) and network failures throw as for manifests. Pages announced by
+   * `Link: <…>; rel="next"` are followed on the same registry and repository, up to 16 pages; a next page that fails
+   * throws. The pages are returned unparsed (their entries carry `artifactType`, which `Descriptor` does not).
+   */
+  async fetchReferrers(ref: ImageReference, digest: string): Promise<ReferrersResponse> {
+    if (!isDigest(digest)) throw new AgentError('REFERENCE_INVALID', `${JSON.stringify(digest)} is not a digest`);
+    const repoName = `${ref.registry}/${ref.repository}`;
+    const headers = { accept: MEDIA_TYPES.ociIndex };
+    const readPage = async (ex: Exchange, what: string): Promise<Buffer> => {
+      try {
+        return await readAll(ex.body, MAX_MANIFEST_BYTES, () => new AgentError('MANIFEST_INVALID', `${what}: larger than the ${MAX_MANIFEST_BYTES}-byte limit`));
+      } catch (e) {
+        throw this.#mapNetworkError(e, ref, what);
+      }
+    };
+    const whatFirst = `referrers of ${digest} in ${repoName}`;
+    const first = await this.#withRetries(whatFirst, undefined, async () => {
+      const ex = await this.#exchange(ref, `referrers/${digest}`, headers, whatFirst, undefined, NO_REFERRERS_API_STATUSES);
+      if (ex.status !== 200 || bareContentType(ex.headers) !== MEDIA_TYPES.ociIndex) {
+        ex.body.destroy();
+        return { status: ex.status, page: undefined, next: undefined };
+      }
+      return { status: ex.status, page: await readPage(ex, whatFirst), next: nextLink(ex.headers), url: ex.url };
+    });
+    if (first.page === undefined) {
+      this.#log('oci.referrers.unsupported', { repository: repoName, digest, status: first.status });
+      return { supported: false, status: first.status, pages: [] };
+    }
+    const pages = [first.page];
+    const prefix = `/v2/${ref.repository}/referrers/`;
+    const seen = new Set<string>();
+    let next = first.next !== undefined && first.url !== undefined ? new URL(first.next, first.url) : undefined;
+    while (next !== undefined) {
+      const origin = new URL(first.url ?? next.href).origin;
+      if (next.origin !== origin || !next.pathname.startsWith(prefix) || seen.has(next.href) || pages.length >= MAX_REFERRERS_PAGES) {
+        this.#log('oci.referrers.pages-stopped', { repository: repoName, digest, next: next.href, pages: pages.length });
+        break;
+      }
+      seen.add(next.href);
+      const path = `${next.pathname.slice(`/v2/${ref.repository}/`.length)}${next.search}`;
+      const what = `referrers of ${digest} in ${repoName} (page ${pages.length + 1})`;
+      const pageUrl: URL = next;
+      const page = await this.#withRetries(what, undefined, async () => {
+        const ex = await this.#exchange(ref, path, headers, what, undefined);
+        if (bareContentType(ex.headers) !== MEDIA_TYPES.ociIndex) {
+          ex.body.destroy();
+          throw new AgentError('MANIFEST_INVALID', `${what}: the registry answered ${JSON.stringify(bareContentType(ex.headers))}, not an OCI image index`);
+        }
+        const link = nextLink(ex.headers);
+        return { bytes: await readPage(ex, what), next: link !== undefined ? new URL(link, pageUrl) : undefined };
+      });
+      pages.push(page.bytes);
+      next = page.next;
+    }
+    return { supported: true, status: first.status, pages };
   }
 
   // -------------------------------------------------------------------------------------------------------------
@@ -703,9 +796,17 @@ export class RegistryClient {
   /**
    * One authenticated exchange with `/v2/<repo>/<path>`: answers an auth challenge once, and maps statuses:
    * 2xx/206 returned; 401/403 -> REGISTRY_UNAUTHORIZED; 404 -> REGISTRY_NOT_FOUND; 5xx/408/429 -> transient
-   * REGISTRY_ERROR; other -> REGISTRY_ERROR; network failure -> transient REGISTRY_UNREACHABLE.
+   * REGISTRY_ERROR; other -> REGISTRY_ERROR; network failure -> transient REGISTRY_UNREACHABLE. Statuses in `pass`
+   * (never 401, which is answered first) are returned as they are, body unread, for the caller to interpret.
    */
-  async #exchange(ref: ImageReference, path: string, headers: Record<string, string>, what: string, signal: AbortSignal | undefined): Promise<Exchange> {
+  async #exchange(
+    ref: ImageReference,
+    path: string,
+    headers: Record<string, string>,
+    what: string,
+    signal: AbortSignal | undefined,
+    pass: readonly number[] = [],
+  ): Promise<Exchange> {
     const cfg = await this.#loadConfig();
     const policy = registryPolicy(cfg.conf, ref.registry, ref.repository);
     if (policy.blocked) {
@@ -726,7 +827,7 @@ export class RegistryClient {
         throw this.#mapNetworkError(e, ref, what);
       }
       this.#log('oci.request', { url: url.href, status: ex.status, range: headers.range });
-      if (ex.status >= 200 && ex.status < 300) return ex;
+      if ((ex.status >= 200 && ex.status < 300) || (ex.status !== 401 && pass.includes(ex.status))) return ex;
       const body = await readErrorBody(ex.body);
       const detail = registryErrorDetail(body);
       const detailText = detail.text ? `: ${detail.text}` : '';
