@@ -14,6 +14,7 @@ import { NoHooks } from './agent/hooks.ts';
 import { upgrade } from './agent/upgrade.ts';
 import { rollback } from './agent/rollback.ts';
 import { hostStatus } from './agent/status.ts';
+import { describeSignature, verifyReference } from './agent/verify-image.ts';
 import type { AgentDeps, Progress } from './agent/deps.ts';
 
 export interface CliIo {
@@ -25,7 +26,8 @@ export interface CliIo {
 const USAGE = `usage: cosctl [--root DIR] [--verbose] <command>
   upgrade [--image REF] [--recovery] [--no-verify]   stage a new OS into the active (or recovery) slot
   rollback [--permanent]                             boot the other slot next (once, or swap them for good)
-  status [--json|--yaml]                             show slots, images and boot state`;
+  status [--json|--yaml]                             show slots, images and boot state
+  verify IMAGE [--json]                              check an image's signatures under the host's policy, stage nothing`;
 
 function usage(msg: string): AgentError {
   return new AgentError('USAGE', `${msg}\n${USAGE}`);
@@ -73,11 +75,14 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
   }
   const [command, ...rest] = positionals;
   if (command === undefined) throw usage('missing command');
+  const operand = command === 'verify' ? rest.shift() : undefined;
+  if (command === 'verify' && operand === undefined) throw usage('verify needs an IMAGE');
   if (rest.length > 0) throw usage(`unexpected argument ${rest[0]}`);
   const allowed: Record<string, readonly string[]> = {
     upgrade: ['image', 'recovery', 'no-verify'],
     rollback: ['permanent'],
     status: ['json', 'yaml'],
+    verify: ['json'],
   };
   const own = allowed[command];
   if (own === undefined) throw usage(`unknown command ${command}`);
@@ -117,6 +122,16 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
     const out = await rollback(deps, { permanent: values.permanent === true });
     io.stdout.write(out.permanent ? 'Swapped active and passive: the next boots run the former passive image.\n'
       : `Next boot (once): ${out.nextEntry}.\n`);
+    return EXIT_OK;
+  }
+  if (command === 'verify') {
+    const out = await verifyReference(deps, operand as string);
+    if (values.json) {
+      io.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    } else {
+      io.stdout.write(`Verified ${out.image}@${out.digest}${out.indexDigest ? ` (index ${out.indexDigest})` : ''}\n`);
+      for (const s of out.signatures) io.stdout.write(`  ${describeSignature(s)}\n`);
+    }
     return EXIT_OK;
   }
   if (values.json && values.yaml) throw usage('--json and --yaml are exclusive');

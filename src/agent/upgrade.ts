@@ -44,6 +44,7 @@ import { pathExists } from '../sys/files.ts';
 import { parseOsRelease } from './os-release.ts';
 import { applySwitchSteps } from './switch.ts';
 import { findPartition, mountRw } from './access.ts';
+import { verifyImage } from './verify-image.ts';
 
 export interface UpgradeOptions {
   /** Image reference overriding the configured source. */
@@ -69,6 +70,8 @@ export interface UpgradeOutcome {
   rotated: boolean;
   keepPassiveReason: string | null;
   verification: Verification;
+  /** Who signed what (verified), or what disabled verification (skipped). */
+  verificationDetail: string;
   imageSizeMiB: number;
 }
 
@@ -144,10 +147,11 @@ async function runUpgrade(
   const ref = parseReference(source.ref);
   result.image = formatReference(ref);
 
-  // 2. Signature policy: verification is required unless explicitly turned off.
-  const verification = signaturePolicy(config, opts, result.image, log);
-  if (verification === 'skipped') {
-    progress({ operation: 'verifying', message: `WARNING: signature verification disabled (${opts.noVerify ? '--no-verify' : (config.verifyDisabledBy ?? 'config')}): ${result.image} will be staged unverified` });
+  // 2. Signature policy: verification is required unless explicitly turned off (loudly).
+  const disabledBy = opts.noVerify ? '--no-verify' : config.verify ? undefined : (config.verifyDisabledBy ?? 'config');
+  if (disabledBy !== undefined) {
+    log.warn({ image: result.image, disabledBy }, 'SIGNATURE VERIFICATION DISABLED: staging an unverified OS image');
+    progress({ operation: 'verifying', message: `WARNING: signature verification disabled (${disabledBy}): ${result.image} will be staged unverified` });
   }
 
   // 3. One job at a time.
@@ -171,6 +175,19 @@ async function runUpgrade(
     const pinned = { ...ref, digest: image.digest };
     log.info({ digest: image.digest, layers: image.manifest.layers.length, compressedSize: image.compressedSize }, 'resolved image');
     const estimate = await estimateRootfs(registry, pinned, image);
+    checkAbort();
+
+    // 5b. Signatures, before a single byte is written (fail closed; the error names the check that failed).
+    let verification: Verification = 'skipped';
+    let verificationDetail = `disabled by ${disabledBy ?? '?'}`;
+    if (disabledBy === undefined) {
+      progress({ operation: 'verifying', message: `verifying the signatures of ${result.image}@${image.digest}` });
+      const v = await verifyImage(root, config, registry, ref, image);
+      verification = 'verified';
+      verificationDetail = v.summary;
+      log.info({ signedDigest: v.signedDigest, signatures: v.summary }, 'signature verified');
+      progress({ operation: 'verifying', message: `verified: ${v.summary}` });
+    }
     checkAbort();
 
     // 6. The partition that holds the slot, mounted rw only for the duration.
@@ -261,7 +278,7 @@ async function runUpgrade(
       date: deps.now().toISOString().replace(/\.\d{3}Z$/, 'Z'),
       ...(osRelease.get('VERSION') !== undefined ? { version: osRelease.get('VERSION') as string } : {}),
       verification: verification === 'skipped' ? 'skipped' as const : 'verified' as const,
-      ...(verification === 'skipped' ? { verificationDetail: opts.noVerify ? 'disabled by --no-verify' : `disabled by ${config.verifyDisabledBy ?? 'config'}` } : {}),
+      verificationDetail,
       upgradeResult: 'staged' as const,
     };
     const stateFiles = [path.join(partDir, 'state.yaml')];
@@ -294,6 +311,7 @@ async function runUpgrade(
       rotated: plan.rotate && haveActive,
       keepPassiveReason: plan.keepPassiveReason,
       verification,
+      verificationDetail,
       imageSizeMiB: sizeMiB,
     };
   } finally {
@@ -429,7 +447,6 @@ async function withChrootBinds(deps: AgentDeps, treeDir: string, fn: () => Promi
 }
 
 
-/** Verification is required unless turned off explicitly; turning it off is logged loudly. */
 /** The rootfs size from each layer's own trailer or header (see size.ts); null when any layer can't be estimated. */
 async function estimateRootfs(registry: RegistryClient, ref: ReturnType<typeof parseReference>, image: ResolvedImage): Promise<number | null> {
   let total = 0;
@@ -447,16 +464,6 @@ async function estimateRootfs(registry: RegistryClient, ref: ReturnType<typeof p
     total += n;
   }
   return total;
-}
-
-function signaturePolicy(config: AgentConfig, opts: UpgradeOptions, image: string, log: AgentDeps['log']): Verification {
-  if (opts.noVerify || !config.verify) {
-    log.warn({ image, disabledBy: opts.noVerify ? '--no-verify' : (config.verifyDisabledBy ?? 'config') },
-      'SIGNATURE VERIFICATION DISABLED: staging an unverified OS image');
-    return 'skipped';
-  }
-  throw new AgentError('VERIFY_FAILED',
-    `signature verification is required for ${image} but this build has no verifier yet; pass --no-verify (or set NO_VERIFY=true) to stage it unverified`);
 }
 
 function hookError(name: string, e: unknown): AgentError {

@@ -562,6 +562,7 @@ export function requireVerified(report: VerificationReport, imageName: string): 
   const lines = report.rejected.map((r) => `  - ${r.source}: ${r.code}: ${oneLine(r.message)}`);
   throw new AgentError(
     code,
-    `${where}: no signature passed verification (${report.rejected.length} rejected):\n${lines.join('\n')}`,
+    // The first line names the decisive check (a CLI prints only it); every rejected candidate follows.
+    `${where}: ${oneLine(best.message)} (${report.rejected.length} signature${report.rejected.length === 1 ? '' : 's'} rejected)\n${lines.join('\n')}`,
   );
 }

@@ -820,7 +820,8 @@ export function signImageKeyless(opts: { world: SigstoreWorld; repo: string; dig
 /** The public key PEM of a key pair or certificate, as a policy would pin it. */
 export function publicKeyPem(key: KeyPair | KeyObject): string {
   const k = 'privateKey' in key ? key.publicKey : key;
-  return createPublicKey(k).export({ type: 'spki', format: 'pem' }).toString();
+  const pub = k.type === 'public' ? k : createPublicKey(k);
+  return pub.export({ type: 'spki', format: 'pem' }).toString();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
