@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startRegistry } from '../test/helpers/registry.ts';
 import { slotSize } from '../src/agent/size.ts';
+import { benchVerification } from './verify.ts';
 import { ensureRootfsImage, ROOTFS_VERSION } from './rootfs.ts';
 import {
   liveChildren,
@@ -223,6 +224,8 @@ async function main(): Promise<void> {
     line('vs floor (agent/floor)', aMed / fMed, '<=', TARGET_VS_FLOOR, `(${s2(aMed)} s / ${s2(fMed)} s)`);
     out(`  ${'(info) vs strict floor (zlib)'.padEnd(34)} ${s2(aMed / sMed).padStart(5)}x  (${s2(aMed)} s / ${s2(sMed)} s; not a target: the issue's floor is the one above)`);
     line('peak extra disk / slot image', aDisk.peakBytes / slotBytes, '<=', TARGET_DISK, `(${mib(aDisk.peakBytes)} MiB / ${slotMiB} MiB)`);
+
+    await benchVerification(out);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
