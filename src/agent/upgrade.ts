@@ -170,6 +170,7 @@ async function runUpgrade(
     // 5. Resolve the tag to a digest; everything after uses the digest.
     progress({ operation: 'checking', message: `resolving ${result.image}` });
     const registry = new RegistryClient({ root, env: deps.env, ...deps.registry });
+    cleanup.push('close registry connections', () => registry.close());
     const image = await registry.resolve(ref).catch((e: unknown) => { throw withContext(`resolving ${result.image}`, e); });
     result.imageDigest = image.digest;
     const pinned = { ...ref, digest: image.digest };
