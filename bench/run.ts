@@ -12,6 +12,7 @@ import path from 'node:path';
 import { startRegistry } from '../test/helpers/registry.ts';
 import { slotSize } from '../src/agent/size.ts';
 import { benchVerification } from './verify.ts';
+import { benchDaemon } from './daemon.ts';
 import { ensureRootfsImage, ROOTFS_VERSION } from './rootfs.ts';
 import {
   liveChildren,
@@ -226,6 +227,7 @@ async function main(): Promise<void> {
     line('peak extra disk / slot image', aDisk.peakBytes / slotBytes, '<=', TARGET_DISK, `(${mib(aDisk.peakBytes)} MiB / ${slotMiB} MiB)`);
 
     await benchVerification(out);
+    await benchDaemon(out, { reg, imageRef: ctx.imageRef, slotMiB, stateMiB, idleSeconds: Number(process.env['BENCH_IDLE_SECONDS'] ?? 60) });
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

@@ -1,7 +1,7 @@
 /**
- * cosctl: `cosctl [--root DIR] upgrade [--image REF] [--recovery] [--no-verify]`,
- * `cosctl [--root DIR] rollback [--permanent]`, `cosctl [--root DIR] status [--json|--yaml]`.
- * Runs the actions in-process (the daemon comes later); exit codes from one table (src/cli/exit-codes.ts).
+ * cosctl: upgrade | check | rollback | status | verify | cancel | mark-good | mark-bad. Talks to the daemon over
+ * D-Bus when it runs (src/cli/remote.ts), else runs the action in-process (src/cli/local.ts, also --no-daemon).
+ * Exit codes come from one table (src/cli/exit-codes.ts).
  */
 import { parseArgs } from 'node:util';
 import { AgentError } from './model/errors.ts';
@@ -11,11 +11,12 @@ import { SysRoot } from './sys/root.ts';
 import { SpawnRunner } from './sys/runner.ts';
 import { createLogger } from './sys/log.ts';
 import { NoHooks } from './agent/hooks.ts';
-import { upgrade } from './agent/upgrade.ts';
-import { rollback } from './agent/rollback.ts';
-import { hostStatus } from './agent/status.ts';
-import { describeSignature, verifyReference } from './agent/verify-image.ts';
-import type { AgentDeps, Progress } from './agent/deps.ts';
+import { describeSignature } from './agent/verify-image.ts';
+import type { AgentDeps } from './agent/deps.ts';
+import type { Backend } from './cli/backend.ts';
+import { localBackend } from './cli/local.ts';
+import { connectDaemon } from './cli/remote.ts';
+import { progressRenderer } from './cli/progress.ts';
 
 export interface CliIo {
   stdout: NodeJS.WritableStream;
@@ -23,11 +24,15 @@ export interface CliIo {
   env: NodeJS.ProcessEnv;
 }
 
-const USAGE = `usage: cosctl [--root DIR] [--verbose] <command>
+const USAGE = `usage: cosctl [--root DIR] [--no-daemon] [--verbose] <command>
   upgrade [--image REF] [--recovery] [--no-verify]   stage a new OS into the active (or recovery) slot
+  check [--image REF] [--recovery]                   is a newer image available? (resolves digests, writes nothing)
   rollback [--permanent]                             boot the other slot next (once, or swap them for good)
-  status [--json|--yaml]                             show slots, images and boot state
-  verify IMAGE [--json]                              check an image's signatures under the host's policy, stage nothing`;
+  status [--json|--yaml] [--watch]                   show slots, images and boot state (--watch: follow changes)
+  verify IMAGE [--json]                              check an image's signatures under the host's policy, stage nothing
+  cancel                                             cancel the running upgrade (before the slot switch)
+  mark-good | mark-bad                               tell boot assessment the booted system is good, or bad
+cosctl talks to the daemon (cosd) when it runs, and runs the action itself otherwise or with --no-daemon.`;
 
 function usage(msg: string): AgentError {
   return new AgentError('USAGE', `${msg}\n${USAGE}`);
@@ -46,6 +51,18 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
   }
 }
 
+/** The options each command takes (besides the global --root, --no-daemon, --verbose, --help). */
+const COMMANDS: Record<string, readonly string[]> = {
+  upgrade: ['image', 'recovery', 'no-verify'],
+  check: ['image', 'recovery'],
+  rollback: ['permanent'],
+  status: ['json', 'yaml', 'watch'],
+  verify: ['json'],
+  cancel: [],
+  'mark-good': [],
+  'mark-bad': [],
+};
+
 async function run(argv: readonly string[], io: CliIo): Promise<number> {
   let parsed;
   try {
@@ -57,12 +74,14 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
         root: { type: 'string' },
         verbose: { type: 'boolean', short: 'v' },
         help: { type: 'boolean', short: 'h' },
+        'no-daemon': { type: 'boolean' },
         image: { type: 'string' },
         recovery: { type: 'boolean' },
         'no-verify': { type: 'boolean' },
         permanent: { type: 'boolean' },
         json: { type: 'boolean' },
         yaml: { type: 'boolean' },
+        watch: { type: 'boolean' },
       },
     });
   } catch (e) {
@@ -78,17 +97,12 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
   const operand = command === 'verify' ? rest.shift() : undefined;
   if (command === 'verify' && operand === undefined) throw usage('verify needs an IMAGE');
   if (rest.length > 0) throw usage(`unexpected argument ${rest[0]}`);
-  const allowed: Record<string, readonly string[]> = {
-    upgrade: ['image', 'recovery', 'no-verify'],
-    rollback: ['permanent'],
-    status: ['json', 'yaml'],
-    verify: ['json'],
-  };
-  const own = allowed[command];
+  const own = COMMANDS[command];
   if (own === undefined) throw usage(`unknown command ${command}`);
   for (const k of Object.keys(values)) {
-    if (!['root', 'verbose', 'help', ...own].includes(k)) throw usage(`--${k} does not apply to ${command}`);
+    if (!['root', 'verbose', 'help', 'no-daemon', ...own].includes(k)) throw usage(`--${k} does not apply to ${command}`);
   }
+  if (values.json && values.yaml) throw usage('--json and --yaml are exclusive');
 
   const rootDir = values.root ?? io.env.COS_ROOT ?? '/';
   const deps: AgentDeps = {
@@ -106,54 +120,86 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
   };
   deps.hooks = new NoHooks((name) => deps.log.info({ hook: name }, 'hook point (no yip engine in this build)'));
 
-  if (command === 'upgrade') {
-    const out = await upgrade(deps, {
-      ...(values.image !== undefined ? { image: values.image } : {}),
-      ...(values.recovery ? { recovery: true } : {}),
-      ...(values['no-verify'] ? { noVerify: true } : {}),
-      onProgress: progressPrinter(io.stdout),
-    });
-    io.stdout.write(`Upgraded ${out.target === 'recovery' ? 'recovery' : 'active'} slot (${out.file}) to ${out.image}@${out.digest}` +
-      `${out.version ? ` version ${out.version}` : ''}${out.verification === 'skipped' ? ' [signature NOT verified]' : ''}.\n` +
-      `${out.keepPassiveReason ? `Passive kept: ${out.keepPassiveReason}.\n` : ''}Reboot to run it.\n`);
-    return EXIT_OK;
+  const backend = (values['no-daemon'] ? null : await connectDaemon(io.env, deps)) ?? localBackend(deps);
+  try {
+    return await dispatch(command, operand, values, backend, io);
+  } finally {
+    await backend.close();
   }
-  if (command === 'rollback') {
-    const out = await rollback(deps, { permanent: values.permanent === true });
-    io.stdout.write(out.permanent ? 'Swapped active and passive: the next boots run the former passive image.\n'
-      : `Next boot (once): ${out.nextEntry}.\n`);
-    return EXIT_OK;
-  }
-  if (command === 'verify') {
-    const out = await verifyReference(deps, operand as string);
-    if (values.json) {
-      io.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
-    } else {
-      io.stdout.write(`Verified ${out.image}@${out.digest}${out.indexDigest ? ` (index ${out.indexDigest})` : ''}\n`);
-      for (const s of out.signatures) io.stdout.write(`  ${describeSignature(s)}\n`);
-    }
-    return EXIT_OK;
-  }
-  if (values.json && values.yaml) throw usage('--json and --yaml are exclusive');
-  const format: StatusFormat = values.json ? 'json' : values.yaml ? 'yaml' : 'human';
-  io.stdout.write(renderStatus(await hostStatus(deps), format));
-  return EXIT_OK;
 }
 
-/** Plain progress lines: one per phase change, and every 10% while downloading. */
-function progressPrinter(out: NodeJS.WritableStream): (p: Progress) => void {
-  let last = '';
-  let lastPct = -10;
-  return (p) => {
-    if (p.operation === 'downloading') {
-      if (p.percent < lastPct + 10 && p.percent !== 100) return;
-      lastPct = p.percent;
-      const mib = (n: number): string => (n / 1048576).toFixed(1);
-      out.write(`[${p.operation}] ${p.percent}% ${p.message} (${mib(p.bytesDone)}/${mib(p.bytesTotal)} MiB)\n`);
-      return;
-    }
-    const line = `[${p.operation}] ${p.message}`;
-    if (line !== last) out.write(`${line}\n`);
-    last = line;
+type Values = Partial<Record<'image' | 'json' | 'yaml' | 'watch' | 'recovery' | 'no-verify' | 'permanent', string | boolean>>;
+
+async function dispatch(command: string, operand: string | undefined, values: Values, backend: Backend, io: CliIo): Promise<number> {
+  const out = (s: string): void => {
+    io.stdout.write(s);
   };
+  const image = typeof values.image === 'string' ? values.image : undefined;
+  switch (command) {
+    case 'upgrade': {
+      const bar = progressRenderer(io.stdout);
+      let res;
+      try {
+        res = await backend.upgrade({
+          ...(image !== undefined ? { image } : {}),
+          ...(values.recovery ? { recovery: true } : {}),
+          ...(values['no-verify'] ? { noVerify: true } : {}),
+        }, (p) => bar.update(p));
+      } finally {
+        bar.stop();
+      }
+      out(`Upgraded ${res.target === 'recovery' ? 'recovery' : 'active'} slot to ${res.image}@${res.digest}` +
+        `${res.version ? ` version ${res.version}` : ''}${res.verification === 'skipped' ? ' [signature NOT verified]' : ''}.\n` +
+        `${res.keepPassiveReason ? `Passive kept: ${res.keepPassiveReason}.\n` : ''}Reboot to run it.\n`);
+      return EXIT_OK;
+    }
+    case 'check': {
+      const res = await backend.check({ ...(image !== undefined ? { image } : {}), ...(values.recovery ? { recovery: true } : {}) });
+      out(res.updateAvailable
+        ? `Update available: ${res.image}@${res.digest} (slot has ${res.currentDigest ?? 'an unrecorded image'}).\n`
+        : `Up to date: ${res.image}@${res.digest}.\n`);
+      return EXIT_OK;
+    }
+    case 'rollback': {
+      const res = await backend.rollback({ permanent: values.permanent === true });
+      out(res.permanent ? 'Swapped active and passive: the next boots run the former passive image.\n' : `Next boot (once): ${res.nextEntry}.\n`);
+      return EXIT_OK;
+    }
+    case 'verify': {
+      const res = await backend.verify(operand as string);
+      if (values.json) {
+        out(`${JSON.stringify(res, null, 2)}\n`);
+      } else {
+        out(`Verified ${res.image}@${res.digest}${res.indexDigest ? ` (index ${res.indexDigest})` : ''}\n`);
+        for (const s of res.signatures) out(`  ${describeSignature(s)}\n`);
+      }
+      return EXIT_OK;
+    }
+    case 'cancel': {
+      out((await backend.cancel()) ? 'Cancel requested: the upgrade stops and cleans up; the slots are untouched.\n' : 'Nothing to cancel (no upgrade running, or it is past the slot switch).\n');
+      return EXIT_OK;
+    }
+    case 'mark-good':
+    case 'mark-bad': {
+      await backend.mark(command === 'mark-good');
+      out(command === 'mark-good' ? 'Marked good: boot assessment disarmed.\n' : 'Marked bad: the next boot falls back to passive.\n');
+      return EXIT_OK;
+    }
+    default: {
+      const format: StatusFormat = values.json ? 'json' : values.yaml ? 'yaml' : 'human';
+      if (!values.watch) {
+        out(renderStatus(await backend.status(), format));
+        return EXIT_OK;
+      }
+      // Follow changes until interrupted: one document per change (JSON: one per line).
+      const stop = await backend.watch((doc) => out(format === 'json' ? `${JSON.stringify(doc)}\n` : `${renderStatus(doc, format)}${format === 'human' ? '\n' : '---\n'}`));
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', resolve);
+        process.once('SIGTERM', resolve);
+      });
+      await stop();
+      return EXIT_OK;
+    }
+  }
 }
+

@@ -13,6 +13,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, { exit: number; meaning: str
   CONFIG_INVALID: { exit: 3, meaning: 'a config file is malformed (the message names file, line, key)' },
   BUSY: { exit: 4, meaning: 'another upgrade or rollback is running' },
   NOT_SUPPORTED: { exit: 5, meaning: 'the request is not supported on this host or source' },
+  ACCESS_DENIED: { exit: 6, meaning: 'the operation changes the system and needs root' },
   REFERENCE_INVALID: { exit: 10, meaning: 'the image reference cannot be parsed' },
   REGISTRY_UNREACHABLE: { exit: 11, meaning: 'the registry could not be reached (after retries)' },
   REGISTRY_NOT_FOUND: { exit: 12, meaning: 'the image, tag or blob does not exist' },

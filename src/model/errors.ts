@@ -31,6 +31,7 @@ export type ErrorCode =
   | 'HOOK_FAILED'
   | 'FSCK_FAILED'
   | 'BUSY' // another upgrade holds the lock
+  | 'ACCESS_DENIED' // the caller may not do this (D-Bus: state-changing methods are for uid 0)
   // GRUB environment
   | 'GRUBENV_CORRUPT' // a block is not a valid GRUB environment block
   | 'GRUBENV_OVERFLOW' // the variables do not fit in the block

@@ -217,3 +217,37 @@ test.serial('cosctl status renders human, JSON and YAML from one document', asyn
   t.is(doc.status.slots.recovery.label, 'COS_SYSTEM');
   t.is(doc.status.slots.passive.present, true);
 });
+
+test.serial('cosctl check reports an update, then none once staged; it writes nothing', async (t) => {
+  const host = await withHost(t);
+  const before = await sha256File(host.statePath('cOS/active.img'));
+  const first = await cosctl(host, ['--no-daemon', 'check', '--image', `${reg.host}/cos/os:v1`]);
+  t.is(first.code, 0, first.stderr);
+  t.regex(first.stdout, new RegExp(`Update available: .*@${digests.v1}`));
+  t.is(await sha256File(host.statePath('cOS/active.img')), before);
+  t.is((await cosctl(host, ['upgrade', '--no-verify', '--image', `${reg.host}/cos/os:v1`])).code, 0);
+  const second = await cosctl(host, ['--no-daemon', 'check', '--image', `${reg.host}/cos/os:v1`]);
+  t.regex(second.stdout, /Up to date/);
+});
+
+test.serial('mark-bad arms boot assessment with tentative set (GRUB falls back next boot); mark-good disarms it', async (t) => {
+  const host = await withHost(t);
+  t.is((await cosctl(host, ['--no-daemon', 'mark-bad'])).code, 0);
+  let assess = await grubList(host.statePath('boot_assessment'));
+  t.deepEqual([assess.get('enable_boot_assessment'), assess.get('boot_assessment_tentative')], ['yes', 'yes']);
+  t.true((await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'));
+  t.is((await cosctl(host, ['--no-daemon', 'mark-good'])).code, 0);
+  assess = await grubList(host.statePath('boot_assessment'));
+  t.deepEqual([assess.get('enable_boot_assessment'), assess.get('boot_assessment_tentative')], ['', '']);
+  const fromPassive = await withHost(t, { booted: 'passive' });
+  const r = await cosctl(fromPassive, ['--no-daemon', 'mark-bad']);
+  t.not(r.code, 0);
+  t.regex(r.stderr, /only applies when booted from active/);
+});
+
+test.serial('cancel and status --watch need the daemon: a clear error without one', async (t) => {
+  const host = await withHost(t);
+  const r = await cosctl(host, ['--no-daemon', 'cancel']);
+  t.regex(r.stderr, /cancel needs the daemon/);
+  t.not(r.code, 0);
+});

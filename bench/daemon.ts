@@ -1,0 +1,99 @@
+/**
+ * Benchmark lines for the daemon: idle RSS after start (target <= 60 MB), wake-ups of the idle daemon over a quiet
+ * period (target 0 beyond the bus: counted as context switches of all its threads), and GetStatus round trips,
+ * idle and while an upgrade stages the ~400 MiB benchmark image (targets: p99 < 5 ms idle, < 25 ms while staging:
+ * unpacking must not block the event loop).
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { createCosHost } from '../test/helpers/cos-host.ts';
+import { startBus, startCosd } from '../test/helpers/dbus.ts';
+import { AgentClient } from '../src/dbus/client.ts';
+import type { TestRegistry } from '../test/helpers/registry.ts';
+
+export const TARGET_IDLE_RSS_MB = 60;
+export const TARGET_P99_IDLE_MS = 5;
+export const TARGET_P99_STAGING_MS = 25;
+
+async function rssMb(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+  return kb / 1024;
+}
+
+/** Context switches (voluntary + involuntary) summed over every thread: each is a wake-up or a preemption. */
+async function switches(pid: number): Promise<number> {
+  let total = 0;
+  for (const tid of await readdir(`/proc/${pid}/task`)) {
+    const s = await readFile(`/proc/${pid}/task/${tid}/status`, 'utf8').catch(() => '');
+    total += Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(s)?.[1] ?? 0) + Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(s)?.[1] ?? 0);
+  }
+  return total;
+}
+
+const pct = (xs: number[], p: number): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] as number;
+};
+
+export async function benchDaemon(
+  out: (line?: string) => void,
+  opts: { reg: TestRegistry; imageRef: string; slotMiB: number; stateMiB: number; idleSeconds: number },
+): Promise<void> {
+  const bus = await startBus();
+  const host = await createCosHost({ stateMiB: opts.stateMiB, files: { '/etc/cos/config': `DEFAULT_IMAGE_SIZE=${opts.slotMiB}\n` } });
+  let cosd: Awaited<ReturnType<typeof startCosd>> | undefined;
+  let client: AgentClient | undefined;
+  try {
+    cosd = await startCosd(bus, host, { HOME: host.root });
+    const pid = cosd.child.pid as number;
+    await sleep(2000);
+    const rss = await rssMb(pid);
+    const s0 = await switches(pid);
+    await sleep(opts.idleSeconds * 1000);
+    const wakeups = (await switches(pid)) - s0;
+
+    client = await AgentClient.connect({ address: bus.address });
+    const idle: number[] = [];
+    for (let i = 0; i < 300; i++) {
+      const t0 = performance.now();
+      await client.getStatusText();
+      idle.push(performance.now() - t0);
+    }
+    const rssAfterStatus = await rssMb(pid);
+
+    // GetStatus while an upgrade streams and unpacks the image.
+    const staging: number[] = [];
+    let done = false;
+    const job = client.upgradeAndWait({ image: opts.imageRef, noVerify: true }).finally(() => {
+      done = true;
+    });
+    while (!done) {
+      const t0 = performance.now();
+      await client.getStatusText();
+      staging.push(performance.now() - t0);
+      await sleep(20);
+    }
+    await job;
+
+    out();
+    out(`daemon (cosd on a private system-like bus, against a loop-device cOS host)`);
+    out(`  idle RSS after start                 ${rss.toFixed(1)} MB   (after 300 GetStatus: ${rssAfterStatus.toFixed(1)} MB)`);
+    out(`  wake-ups in ${opts.idleSeconds} s idle (ctx switches) ${wakeups}`);
+    out(`  GetStatus idle      p50 ${pct(idle, 50).toFixed(2)} ms  p99 ${pct(idle, 99).toFixed(2)} ms  (${idle.length} calls)`);
+    out(`  GetStatus staging   p50 ${pct(staging, 50).toFixed(2)} ms  p99 ${pct(staging, 99).toFixed(2)} ms  (${staging.length} calls during the upgrade)`);
+    const line = (what: string, v: number, target: number, unit: string): void => {
+      out(`  ${what.padEnd(34)} ${v.toFixed(unit === '' ? 0 : 2).padStart(7)} ${unit.padEnd(2)} target <${unit === '' ? '=' : ''} ${target} ${unit}  ${(unit === '' ? v <= target : v < target) ? 'PASS' : 'MISS'}`);
+    };
+    out('targets:');
+    line('idle RSS', rss, TARGET_IDLE_RSS_MB, 'MB');
+    line('idle wake-ups (beyond the bus)', wakeups, 0, '');
+    line('GetStatus p99 idle', pct(idle, 99), TARGET_P99_IDLE_MS, 'ms');
+    line('GetStatus p99 while staging', pct(staging, 99), TARGET_P99_STAGING_MS, 'ms');
+  } finally {
+    await client?.close();
+    await cosd?.stop();
+    await host.close();
+    await bus.stop();
+  }
+}

@@ -1,0 +1,39 @@
+/**
+ * What cosctl needs from the agent, whether it runs in the daemon (over D-Bus) or in-process (--no-daemon).
+ */
+import type { Progress } from '../agent/deps.ts';
+import type { CheckOutcome } from '../agent/check.ts';
+import type { RollbackOutcome } from '../agent/rollback.ts';
+import type { VerifyOutcome } from '../agent/verify-image.ts';
+import type { HostStatusDocument, Verification } from '../model/host.ts';
+
+export interface UpgradeRequest {
+  image?: string;
+  recovery?: boolean;
+  noVerify?: boolean;
+}
+
+export interface UpgradeSummary {
+  transaction: string;
+  target: 'system' | 'recovery';
+  image: string;
+  digest: string;
+  version: string | null;
+  verification: Verification;
+  keepPassiveReason: string | null;
+}
+
+export interface Backend {
+  readonly kind: 'daemon' | 'in-process';
+  upgrade(req: UpgradeRequest, onProgress: (p: Progress) => void): Promise<UpgradeSummary>;
+  check(req: { image?: string; recovery?: boolean }): Promise<CheckOutcome>;
+  rollback(req: { permanent: boolean }): Promise<RollbackOutcome>;
+  /** Cancel the running upgrade (daemon only); false when there is none or it is past the switch. */
+  cancel(): Promise<boolean>;
+  mark(good: boolean): Promise<void>;
+  status(): Promise<HostStatusDocument>;
+  verify(image: string): Promise<VerifyOutcome>;
+  /** Calls `onStatus` with the document now and after every change, until the returned stop() (daemon only). */
+  watch(onStatus: (doc: HostStatusDocument) => void): Promise<() => Promise<void>>;
+  close(): Promise<void>;
+}

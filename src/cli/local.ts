@@ -1,0 +1,36 @@
+/** The in-process backend (--no-daemon, or no daemon on the bus): runs the agent's actions in this process. */
+import { AgentError } from '../model/errors.ts';
+import type { AgentDeps } from '../agent/deps.ts';
+import { upgrade } from '../agent/upgrade.ts';
+import { rollback } from '../agent/rollback.ts';
+import { checkForUpdate } from '../agent/check.ts';
+import { markBooted } from '../agent/mark.ts';
+import { hostStatus } from '../agent/status.ts';
+import { verifyReference } from '../agent/verify-image.ts';
+import type { Backend } from './backend.ts';
+
+export function localBackend(deps: AgentDeps): Backend {
+  return {
+    kind: 'in-process',
+    async upgrade(req, onProgress) {
+      const out = await upgrade(deps, {
+        ...(req.image !== undefined ? { image: req.image } : {}),
+        ...(req.recovery ? { recovery: true } : {}),
+        ...(req.noVerify ? { noVerify: true } : {}),
+        onProgress,
+      });
+      return {
+        transaction: out.transaction, target: out.target, image: out.image, digest: out.digest, version: out.version,
+        verification: out.verification, keepPassiveReason: out.keepPassiveReason,
+      };
+    },
+    check: (req) => checkForUpdate(deps, req),
+    rollback: (req) => rollback(deps, { permanent: req.permanent }),
+    cancel: () => Promise.reject(new AgentError('NOT_SUPPORTED', 'cancel needs the daemon (cosd): an in-process upgrade is cancelled with Ctrl-C')),
+    mark: (good) => markBooted(deps, good),
+    status: () => hostStatus(deps),
+    verify: (image) => verifyReference(deps, image),
+    watch: () => Promise.reject(new AgentError('NOT_SUPPORTED', 'status --watch needs the daemon (cosd)')),
+    close: () => Promise.resolve(),
+  };
+}

@@ -1,0 +1,61 @@
+/**
+ * The daemon backend: cosctl as a D-Bus client of cosd (src/dbus/client.ts). Jobs are started over the bus and
+ * followed through PropertiesChanged and Completed; their errors come back as the same AgentError codes, so the exit
+ * codes are the same table either way. `verify` writes nothing and needs no privileges: it runs in-process.
+ */
+import { connectAgent } from '../dbus/client.ts';
+import type { AgentDeps } from '../agent/deps.ts';
+import type { Backend } from './backend.ts';
+import { localBackend } from './local.ts';
+
+/** The daemon backend when cosd owns its name on the bus (DBUS_SYSTEM_BUS_ADDRESS, else the system bus), else null. */
+export async function connectDaemon(env: NodeJS.ProcessEnv, deps: AgentDeps): Promise<Backend | null> {
+  const client = await connectAgent({ env });
+  if (client === null) return null;
+  const local = localBackend(deps);
+  return {
+    kind: 'daemon',
+    async upgrade(req, onProgress) {
+      const rec = await client.upgradeAndWait(req, { onProgress });
+      const d = rec.details;
+      return {
+        transaction: rec.transaction,
+        target: d.target ?? (req.recovery ? 'recovery' : 'system'),
+        image: d.image ?? req.image ?? '',
+        digest: d.digest ?? '',
+        version: d.version ?? null,
+        verification: d.verification === 'verified' ? 'verified' : d.verification === 'skipped' ? 'skipped' : 'unknown',
+        keepPassiveReason: d.keepPassiveReason ?? null,
+      };
+    },
+    async check(req) {
+      const d = (await client.checkAndWait(req)).details;
+      return { image: d.image ?? '', digest: d.digest ?? '', currentDigest: d.currentDigest ?? null, updateAvailable: d.updateAvailable === true };
+    },
+    async rollback(req) {
+      const d = (await client.rollbackAndWait({ permanent: req.permanent })).details;
+      return { permanent: d.permanent === true, nextEntry: d.nextEntry ?? null };
+    },
+    cancel: () => client.cancel(),
+    async mark(good) {
+      await client.markAndWait(good);
+    },
+    status: () => client.getStatus(),
+    verify: (image) => local.verify(image),
+    async watch(onStatus) {
+      onStatus(await client.getStatus());
+      let pending = Promise.resolve();
+      const stop = await client.subscribe({
+        changed: () => {
+          pending = pending.then(async () => onStatus(await client.getStatus())).catch(() => {});
+        },
+      });
+      return async () => {
+        await stop();
+        await pending;
+      };
+    },
+    close: () => client.close(),
+  };
+}
+

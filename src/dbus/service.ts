@@ -1,0 +1,247 @@
+/**
+ * The D-Bus adapter of cosd: exports io.costoolkit.Agent1 at /io/costoolkit/Agent1 and translates. Calls become
+ * AgentPort calls (options through the codec), AgentError codes become D-Bus error names (errors.ts), the daemon's
+ * state changes become PropertiesChanged, job completions the Completed signal. It decides nothing, except who may
+ * call: state-changing methods are for uid 0, checked on the caller's credentials from the bus.
+ *
+ * dbus-next builds the introspection data and answers Properties.Get/GetAll from the member table below; method calls
+ * of this interface are dispatched here (rather than by dbus-next) because the authorization check needs the sender.
+ */
+import dbus from 'dbus-next';
+import { AgentError } from '../model/errors.ts';
+import type { Logger } from '../sys/log.ts';
+import type { AgentPort, DaemonState } from '../agent/daemon.ts';
+import {
+  BUS_NAME,
+  decodeCheckOptions,
+  decodeRollbackOptions,
+  decodeUpgradeOptions,
+  encodeProperty,
+  INTERFACE_NAME,
+  OBJECT_PATH,
+  PROPERTY_OF_STATE,
+  PROPERTY_SIGNATURES,
+  type MakeVariant,
+  type PropertyName,
+} from './codec.ts';
+import { dbusErrorName } from './errors.ts';
+
+type Message = dbus.Message;
+
+const mkVariant: MakeVariant = (signature, value) => new dbus.Variant(signature, value);
+
+/** One method: its in/out signatures, whether it needs uid 0, and what it does. */
+interface MethodSpec {
+  in: string;
+  out: string;
+  /** State-changing: only uid 0 may call it. */
+  privileged: boolean;
+  call(agent: AgentPort, args: unknown[]): Promise<unknown[]>;
+}
+
+const METHODS: Readonly<Record<string, MethodSpec>> = {
+  Upgrade: { in: 'a{sv}', out: 's', privileged: true, call: async (a, [o]) => [await a.upgrade(decodeUpgradeOptions(o))] },
+  Check: { in: 'a{sv}', out: 's', privileged: true, call: async (a, [o]) => [await a.check(decodeCheckOptions(o))] },
+  Rollback: { in: 'a{sv}', out: 's', privileged: true, call: async (a, [o]) => [await a.rollback(decodeRollbackOptions(o))] },
+  Cancel: { in: '', out: 'b', privileged: true, call: (a) => Promise.resolve([a.cancel()]) },
+  MarkGood: { in: '', out: 's', privileged: true, call: async (a) => [await a.mark(true)] },
+  MarkBad: { in: '', out: 's', privileged: true, call: async (a) => [await a.mark(false)] },
+  GetStatus: { in: '', out: 's', privileged: false, call: async (a) => [await a.statusJson()] },
+  RunStage: { in: 's', out: '', privileged: true, call: async (a, [stage]) => { await a.runStage(String(stage)); return []; } },
+};
+
+const PROPERTY_NAMES = Object.keys(PROPERTY_SIGNATURES) as PropertyName[];
+
+/** The exported interface object: dbus-next reads its getters for Get/GetAll and its member table for Introspect. */
+class AgentInterface extends dbus.interface.Interface {
+  readonly agent: AgentPort;
+  constructor(agent: AgentPort) {
+    super(INTERFACE_NAME);
+    this.agent = agent;
+  }
+  private prop(name: PropertyName): unknown {
+    return encodeProperty(name, this.agent.state, mkVariant);
+  }
+  get Operation(): unknown { return this.prop('Operation'); }
+  get Progress(): unknown { return this.prop('Progress'); }
+  get LastError(): unknown { return this.prop('LastError'); }
+  get BootedSlot(): unknown { return this.prop('BootedSlot'); }
+  get Slots(): unknown { return this.prop('Slots'); }
+  get UpdateAvailable(): unknown { return this.prop('UpdateAvailable'); }
+  get Transaction(): unknown { return this.prop('Transaction'); }
+  get Config(): unknown { return this.prop('Config'); }
+  get UpgradeFailure(): unknown { return this.prop('UpgradeFailure'); }
+  get LastTransaction(): unknown { return this.prop('LastTransaction'); }
+  /** The signal's body; dbus-next's configured wrapper sends it. */
+  Completed(transaction: string, result: number, error: string): unknown[] {
+    return [transaction, result, error];
+  }
+}
+
+AgentInterface.configureMembers({
+  properties: Object.fromEntries(PROPERTY_NAMES.map((name) => [name, { signature: PROPERTY_SIGNATURES[name], access: 'read' as const }])),
+  // Declared for the introspection data only: calls are dispatched by AgentService.handle (it needs the sender).
+  methods: Object.fromEntries(Object.entries(METHODS).map(([name, m]) => [name, { inSignature: m.in, outSignature: m.out }])),
+  signals: { Completed: { signature: 'sis' } },
+});
+
+export interface ServiceOptions {
+  log: Logger;
+  /** Subscribe to the daemon's state changes and completions; returns the unsubscribe function. */
+  subscribe(listener: {
+    changed(changes: Partial<DaemonState>): void;
+    completed(transaction: string, result: number, error: string): void;
+  }): () => void;
+}
+
+export class AgentService {
+  private readonly bus: dbus.MessageBus;
+  private readonly agent: AgentPort;
+  private readonly log: Logger;
+  private readonly iface: AgentInterface;
+  private readonly handler: (msg: Message) => boolean;
+  private readonly unsubscribe: () => void;
+
+  /** Export the interface on `bus` (the caller requests the bus name afterwards). */
+  constructor(bus: dbus.MessageBus, agent: AgentPort, opts: ServiceOptions) {
+    this.bus = bus;
+    this.agent = agent;
+    this.log = opts.log;
+    this.iface = new AgentInterface(agent);
+    this.handler = (msg) => this.handle(msg);
+    bus.addMethodHandler(this.handler);
+    bus.export(OBJECT_PATH, this.iface);
+    this.unsubscribe = opts.subscribe({
+      changed: (changes) => this.propertiesChanged(changes),
+      completed: (tx, result, error) => this.iface.Completed(tx, result, error),
+    });
+  }
+
+  /** Stop answering and announcing (the interface is unexported). */
+  close(): void {
+    this.unsubscribe();
+    this.bus.removeMethodHandler(this.handler);
+    this.bus.unexport(OBJECT_PATH, this.iface);
+  }
+
+  private propertiesChanged(changes: Partial<DaemonState>): void {
+    const changed: Record<string, unknown> = {};
+    for (const key of Object.keys(changes) as Array<keyof DaemonState>) {
+      const name = PROPERTY_OF_STATE[key];
+      changed[name] = encodeProperty(name, this.agent.state, mkVariant);
+    }
+    dbus.interface.Interface.emitPropertiesChanged(this.iface, changed, []);
+  }
+
+  /** dbus-next method handler: true when the call is ours (answered asynchronously). */
+  private handle(msg: Message): boolean {
+    if (msg.path !== OBJECT_PATH) return false;
+    // A call may omit the interface; then a member of ours is ours.
+    if (msg.interface ? msg.interface !== INTERFACE_NAME : METHODS[msg.member] === undefined) return false;
+    const spec = Object.hasOwn(METHODS, msg.member) ? METHODS[msg.member] : undefined;
+    if (spec === undefined) {
+      this.bus.send(dbus.Message.newError(msg as never, 'org.freedesktop.DBus.Error.UnknownMethod', `${INTERFACE_NAME} has no method ${msg.member}`));
+      return true;
+    }
+    if ((msg.signature ?? '') !== spec.in) {
+      this.bus.send(dbus.Message.newError(msg as never, dbusErrorName('USAGE'),
+        `${msg.member} takes (${spec.in}), got (${msg.signature ?? ''})`));
+      return true;
+    }
+    void this.dispatch(msg, spec);
+    return true;
+  }
+
+  private async dispatch(msg: Message, spec: MethodSpec): Promise<void> {
+    try {
+      if (spec.privileged) await this.authorize(msg);
+      const body = await spec.call(this.agent, msg.body ?? []);
+      this.bus.send(dbus.Message.newMethodReturn(msg, spec.out, body));
+    } catch (e) {
+      const err = e instanceof AgentError ? e : new AgentError('STAGE_FAILED', e instanceof Error ? e.message : String(e), { cause: e });
+      if (!(e instanceof AgentError)) this.log.error({ method: msg.member, err: e instanceof Error ? (e.stack ?? e.message) : String(e) }, 'method failed unexpectedly');
+      this.bus.send(dbus.Message.newError(msg as never, dbusErrorName(err.code), err.message));
+    }
+  }
+
+  /** The caller's uid, from the bus: root only for state-changing methods. */
+  private async authorize(msg: Message): Promise<void> {
+    const reply = await this.bus.call(new dbus.Message({
+      destination: 'org.freedesktop.DBus',
+      path: '/org/freedesktop/DBus',
+      interface: 'org.freedesktop.DBus',
+      member: 'GetConnectionUnixUser',
+      signature: 's',
+      body: [msg.sender],
+    }));
+    const uid = Number(reply?.body[0]);
+    if (uid !== 0) {
+      this.log.warn({ method: msg.member, sender: msg.sender, uid }, 'refused a call from a non-root caller');
+      throw new AgentError('ACCESS_DENIED', `${msg.member} is for root only (the caller ${msg.sender} runs as uid ${uid})`);
+    }
+    this.log.info({ method: msg.member, sender: msg.sender, uid }, 'call');
+  }
+}
+
+export interface StartOptions extends ServiceOptions {
+  /** Bus address; default DBUS_SYSTEM_BUS_ADDRESS, else the system bus socket. */
+  address?: string;
+  /** Called once if the bus connection is lost (the daemon should exit so systemd restarts it). */
+  onDisconnect(err: Error): void;
+}
+
+export interface RunningService {
+  /** The connection's unique name (":1.42"). */
+  readonly uniqueName: string;
+  /** Release the bus name, unexport, disconnect. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Connect to the system bus, export the interface and take the bus name io.costoolkit.Agent1 (never queueing:
+ * a second cosd on the same bus fails to start, naming the name).
+ */
+export async function startService(agent: AgentPort, opts: StartOptions): Promise<RunningService> {
+  const address = opts.address ?? process.env.DBUS_SYSTEM_BUS_ADDRESS ?? 'unix:path=/run/dbus/system_bus_socket';
+  const bus = dbus.sessionBus({ busAddress: address, authMethods: ['EXTERNAL'] });
+  let stopping = false;
+  let lost = false;
+  const disconnected = (err: Error): void => {
+    if (stopping || lost) return;
+    lost = true;
+    opts.onDisconnect(err);
+  };
+  await new Promise<void>((resolve, reject) => {
+    bus.once('connect', () => resolve());
+    bus.once('error', (e: unknown) => reject(new AgentError('NOT_SUPPORTED', `cannot connect to the system bus at ${address}: ${e instanceof Error ? e.message : String(e)}`, { cause: e })));
+  });
+  bus.on('error', (e: unknown) => disconnected(e instanceof Error ? e : new Error(String(e))));
+  // dbus-next does not forward the end of the stream; its connection object does (a private field).
+  (bus as unknown as { _connection?: NodeJS.EventEmitter })._connection?.on('end', () => disconnected(new Error(`the bus at ${address} closed the connection`)));
+
+  const service = new AgentService(bus, agent, opts);
+  const reply = await bus.requestName(BUS_NAME, dbus.NameFlag.DO_NOT_QUEUE);
+  if (reply !== dbus.RequestNameReply.PRIMARY_OWNER) {
+    service.close();
+    stopping = true;
+    bus.disconnect();
+    throw new AgentError('BUSY', `the bus name ${BUS_NAME} is already owned on ${address} (another cosd is running)`);
+  }
+  const uniqueName = (bus as unknown as { name: string }).name;
+  opts.log.info({ busName: BUS_NAME, uniqueName, address }, 'on the bus');
+  return {
+    uniqueName,
+    stop: async () => {
+      if (stopping) return;
+      stopping = true;
+      // A lost connection would never answer: release only over a live one.
+      if (!lost) await bus.releaseName(BUS_NAME).catch(() => undefined);
+      service.close();
+      try {
+        bus.disconnect();
+      } catch {
+        // already closed
+      }
+    },
+  };
+}

@@ -1,0 +1,137 @@
+/**
+ * cosd: the composition root of the daemon. `cosd [--root DIR]`: builds the real dependencies, loads the state from
+ * disk, exports io.costoolkit.Agent1 on the system bus (DBUS_SYSTEM_BUS_ADDRESS when set) and takes the bus name,
+ * which is when systemd (Type=dbus) considers it started. Logs are pino JSON lines on stdout (the journal), one event
+ * per line, the transaction id on every line of a job. SIGTERM/SIGINT: cancel a job that can still be cancelled,
+ * wait for it to clean up, leave the bus, exit.
+ *
+ * Static imports stay small (dbus-next, pino, the daemon state): the job machinery is imported on the first job.
+ */
+import { parseArgs } from 'node:util';
+import { AgentError } from './model/errors.ts';
+import { SysRoot } from './sys/root.ts';
+import { SpawnRunner } from './sys/runner.ts';
+import { createLogger, type Logger } from './sys/log.ts';
+import { NoHooks } from './agent/hooks.ts';
+import { AgentDaemon } from './agent/daemon.ts';
+import type { AgentDeps } from './agent/deps.ts';
+import { startService, type RunningService } from './dbus/service.ts';
+
+export interface DaemonIo {
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+  env: NodeJS.ProcessEnv;
+}
+
+const USAGE = `usage: cosd [--root DIR]
+  --root DIR   manage the cOS host whose root is DIR (default /); the bus is DBUS_SYSTEM_BUS_ADDRESS, else the system bus`;
+
+/** A running daemon: `stopped` resolves with the exit status once it has left the bus. */
+export interface Cosd {
+  readonly daemon: AgentDaemon;
+  stop(reason: string): Promise<void>;
+  readonly stopped: Promise<number>;
+}
+
+/** Parse argv, start the daemon. Throws AgentError USAGE on bad arguments. */
+export async function startDaemon(argv: readonly string[], io: DaemonIo): Promise<Cosd | null> {
+  let values: { root?: string; help?: boolean };
+  try {
+    ({ values } = parseArgs({ args: [...argv], strict: true, allowPositionals: false, options: { root: { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
+  } catch (e) {
+    throw new AgentError('USAGE', `${e instanceof Error ? e.message : String(e)}\n${USAGE}`);
+  }
+  if (values.help) {
+    io.stdout.write(`${USAGE}\n`);
+    return null;
+  }
+  const env = io.env;
+  const root = new SysRoot(values.root ?? '/');
+  const log: Logger = createLogger({ level: env.COS_LOG_LEVEL ?? 'info', destination: io.stdout }).child({ component: 'cosd' });
+  // Tool runs are logged at debug level, with the transaction of the job that runs them.
+  let current = (): string => '';
+  const runner = new SpawnRunner({
+    onCommand: (argv) => log.debug({ ...(current() !== '' ? { transaction: current() } : {}), argv: [...argv] }, 'run'),
+  });
+  const agent: AgentDeps = {
+    root,
+    runner,
+    log,
+    hooks: new NoHooks((name, ctx) => log.info({ transaction: ctx.transaction, hook: name }, 'hook point (no yip engine in this build)')),
+    env,
+    now: () => new Date(),
+    ...(env.AGENT_TEST_DISK ? { testDisk: env.AGENT_TEST_DISK } : {}),
+    // Test-only seam: shorter registry backoff so fault tests do not wait out production retry delays.
+    ...(env.AGENT_TEST_REGISTRY_RETRY_MS ? { registry: { retryBaseMs: Number(env.AGENT_TEST_REGISTRY_RETRY_MS) } } : {}),
+  };
+
+  const daemon = new AgentDaemon({
+    agent,
+    reboot: async () => {
+      // Test-only seam: AGENT_TEST_REBOOT_ARGV (a JSON argv) runs instead of the reboot.
+      const seam = env.AGENT_TEST_REBOOT_ARGV;
+      if (seam) {
+        await runner.run({ argv: JSON.parse(seam) as string[], description: 'rebooting (test seam AGENT_TEST_REBOOT_ARGV)' });
+        return 'rebooting';
+      }
+      // A daemon managing a host under --root must never reboot the machine it runs on.
+      if (!root.isHostRoot) return 'skipped';
+      await runner.run({ argv: ['systemctl', 'reboot'], description: 'rebooting after the upgrade' });
+      return 'rebooting';
+    },
+  });
+  current = () => daemon.state.transaction;
+
+  log.info({ root: root.prefix, pid: process.pid }, 'starting');
+  await daemon.start();
+
+  let resolveStopped: (code: number) => void = () => {};
+  const stopped = new Promise<number>((resolve) => {
+    resolveStopped = resolve;
+  });
+  let stopping: Promise<void> | null = null;
+  let service: RunningService | undefined;
+  const stop = (reason: string, code = 0): Promise<void> => {
+    stopping ??= (async () => {
+      log.info({ reason }, 'stopping');
+      await daemon.stop();
+      await service?.stop();
+      log.info({}, 'stopped');
+      resolveStopped(code);
+    })();
+    return stopping;
+  };
+  service = await startService(daemon, {
+    log,
+    ...(env.DBUS_SYSTEM_BUS_ADDRESS ? { address: env.DBUS_SYSTEM_BUS_ADDRESS } : {}),
+    subscribe: (l) => daemon.subscribe(l),
+    onDisconnect: (err) => {
+      log.error({ err: err.message }, 'lost the bus connection');
+      void stop('bus connection lost', 1);
+    },
+  });
+  log.info({}, 'ready');
+  return { daemon, stop: (reason) => stop(reason), stopped };
+}
+
+/** The process entry (bin/cosd.js): run until SIGTERM/SIGINT or a lost bus; returns the exit status. */
+export async function main(argv: readonly string[], io: DaemonIo): Promise<number> {
+  let cosd: Cosd | null;
+  try {
+    cosd = await startDaemon(argv, io);
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    io.stderr.write(`cosd: ${msg}\n`);
+    return e instanceof AgentError && e.code === 'USAGE' ? 2 : 1;
+  }
+  if (cosd === null) return 0;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    void cosd.stop(sig);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  const code = await cosd.stopped;
+  process.off('SIGTERM', onSignal);
+  process.off('SIGINT', onSignal);
+  return code;
+}

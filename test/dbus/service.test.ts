@@ -1,0 +1,213 @@
+/**
+ * The D-Bus surface of the real cosd on a private system-like bus, against a bare root (no cOS disk: jobs that need
+ * one fail, which is what some of these tests want). Covers the contract (introspection = interface.xml), argument
+ * checking (InvalidArgs naming the key), the error table on the wire, and who may call what.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { AgentError } from '../../src/model/errors.ts';
+import { AgentClient } from '../../src/dbus/client.ts';
+import { PROPERTY_SIGNATURES } from '../../src/dbus/codec.ts';
+import { asUser, startBus, startCosd, type CosdProcess, type TestBus } from '../helpers/dbus.ts';
+
+const XML = new URL('../../src/dbus/interface.xml', import.meta.url);
+
+/** Members of one interface in an introspection document: methods, properties and signals with their argument types. */
+interface Members {
+  methods: Record<string, string[]>;
+  properties: Record<string, string>;
+  signals: Record<string, string[]>;
+}
+
+function attrs(tag: string): Record<string, string> {
+  return Object.fromEntries([...tag.matchAll(/([\w:-]+)="([^"]*)"/g)].map((m) => [m[1] as string, m[2] as string]));
+}
+
+/** A small reader for introspection XML (elements and attributes only; comments and the DOCTYPE dropped). */
+function membersOf(xml: string, iface: string): Members {
+  const text = xml.replace(/<!--[\s\S]*?-->/g, '').replace(/<!DOCTYPE[^>]*>/, '');
+  const start = text.search(new RegExp(`<interface\\s+name="${iface.replaceAll('.', '\\.')}"`));
+  if (start < 0) throw new Error(`interface ${iface} not found`);
+  const body = text.slice(start, text.indexOf('</interface>', start));
+  const out: Members = { methods: {}, properties: {}, signals: {} };
+  let current: string[] | null = null;
+  for (const m of body.matchAll(/<(\/?)(method|signal|property|arg)\b([^>]*?)(\/?)>/g)) {
+    const [, closing, el, rest, selfClosing] = m as unknown as [string, string, string, string, string];
+    if (closing) {
+      current = null;
+      continue;
+    }
+    const a = attrs(rest);
+    if (el === 'property') out.properties[a.name as string] = `${a.type} ${a.access}`;
+    else if (el === 'method' || el === 'signal') {
+      current = [];
+      (el === 'method' ? out.methods : out.signals)[a.name as string] = current;
+      if (selfClosing) current = null;
+    } else if (el === 'arg' && current) current.push(el === 'arg' && a.direction ? `${a.direction} ${a.type}` : `${a.type}`);
+  }
+  return out;
+}
+
+interface Ctx {
+  bus: TestBus;
+  cosd: CosdProcess;
+  client: AgentClient;
+  root: string;
+}
+
+/** A bus, a cosd on a bare root, a root client; all torn down after the test, in reverse order. */
+async function setup(t: ExecutionContext, policy: 'packaging' | 'open' = 'packaging', files: Record<string, string> = {}): Promise<Ctx> {
+  const bus = await startBus({ policy });
+  t.teardown(() => bus.stop());
+  const root = await mkdtemp(path.join(tmpdir(), 'cosd-root-'));
+  t.teardown(() => rm(root, { recursive: true, force: true }));
+  for (const [file, content] of Object.entries(files)) {
+    await mkdir(path.dirname(path.join(root, file)), { recursive: true });
+    await writeFile(path.join(root, file), content);
+  }
+  // A disk that does not exist: label discovery finds nothing instead of other tests' cOS disks.
+  const cosd = await startCosd(bus, { root, env: { AGENT_TEST_DISK: '/dev/cos-test-no-such-disk' } });
+  t.teardown(async () => {
+    await cosd.stop();
+  });
+  const client = await AgentClient.connect({ address: bus.address });
+  t.teardown(() => client.close());
+  return { bus, cosd, client, root };
+}
+
+async function rejection(t: ExecutionContext, p: Promise<unknown>): Promise<AgentError & { cause: { type: string } }> {
+  const err = await t.throwsAsync(p);
+  if (!(err instanceof AgentError)) throw new Error(`expected an AgentError, got ${String(err)}`);
+  return err as AgentError & { cause: { type: string } };
+}
+
+test('the live service introspects to exactly the methods, properties and signals of src/dbus/interface.xml', async (t) => {
+  const { client } = await setup(t);
+  const contract = membersOf(await readFile(XML, 'utf8'), 'io.costoolkit.Agent1');
+  const live = membersOf(await client.introspect(), 'io.costoolkit.Agent1');
+  t.deepEqual(live, contract);
+  // The codec's signature table says the same.
+  t.deepEqual(Object.fromEntries(Object.entries(PROPERTY_SIGNATURES).map(([k, v]) => [k, `${v} read`])), contract.properties);
+  t.is(Object.keys(contract.methods).length, 8);
+  t.deepEqual(contract.signals, { Completed: ['s', 'i', 's'] });
+});
+
+test('interface.xml documents every method, property and signal in a comment right before it', async (t) => {
+  const xml = await readFile(XML, 'utf8');
+  for (const m of xml.matchAll(/<(method|property|signal) name="(\w+)"/g)) {
+    const before = xml.slice(0, m.index).trimEnd();
+    t.true(before.endsWith('-->'), `${m[2]} has no doc comment`);
+    const comment = before.slice(before.lastIndexOf('<!--'));
+    t.true(comment.includes(m[2] as string), `the comment before ${m[2]} names it`);
+  }
+});
+
+test('an unknown option key is rejected with InvalidArgs naming the key, and nothing starts', async (t) => {
+  const { client } = await setup(t);
+  const err = await rejection(t, client.callWithOptions('Upgrade', { image: ['s', 'reg.example/os:v2'], 'no-verfy': ['b', true] }));
+  t.is(err.code, 'USAGE');
+  t.is(err.cause.type, 'io.costoolkit.Agent1.Error.InvalidArgs');
+  t.regex(err.message, /unknown option "no-verfy"/);
+  const check = await rejection(t, client.callWithOptions('Check', { permanent: ['b', true] }));
+  t.regex(check.message, /Check: unknown option "permanent"/);
+  t.is(await client.getProperty('Operation'), 'idle');
+  t.is(await client.getProperty('LastTransaction'), null);
+});
+
+test('an option of the wrong type is rejected with InvalidArgs naming the key and the type it must have', async (t) => {
+  const { client } = await setup(t);
+  const err = await rejection(t, client.callWithOptions('Upgrade', { recovery: ['s', 'yes'] }));
+  t.is(err.code, 'USAGE');
+  t.is(err.cause.type, 'io.costoolkit.Agent1.Error.InvalidArgs');
+  t.regex(err.message, /option "recovery" must be a boolean \('b'\), got 's'/);
+  t.regex((await rejection(t, client.callWithOptions('Check', { image: ['b', true] }))).message, /"image" must be a string/);
+  t.regex((await rejection(t, client.callWithOptions('Rollback', { permanent: ['i', 1] }))).message, /"permanent" must be a boolean/);
+  t.regex((await rejection(t, client.callWithOptions('Upgrade', { image: ['s', ''] }))).message, /"image" must not be empty/);
+});
+
+test('a call with the wrong signature is rejected with InvalidArgs', async (t) => {
+  const { client } = await setup(t);
+  const err = await rejection(t, client.call('Upgrade', 's', ['reg.example/os:v2']));
+  t.is(err.cause.type, 'io.costoolkit.Agent1.Error.InvalidArgs');
+  t.regex(err.message, /Upgrade takes \(a\{sv\}\), got \(s\)/);
+});
+
+test('RunStage answers NotSupported: there is no yip engine yet', async (t) => {
+  const { client } = await setup(t);
+  const err = await rejection(t, client.runStage('after-upgrade'));
+  t.is(err.code, 'NOT_SUPPORTED');
+  t.is(err.cause.type, 'io.costoolkit.Agent1.Error.NotSupported');
+  t.regex(err.message, /after-upgrade/);
+});
+
+test('Cancel with nothing running returns false, and again (idempotent)', async (t) => {
+  const { client } = await setup(t);
+  t.false(await client.cancel());
+  t.false(await client.cancel());
+});
+
+test('a job that fails ends with Completed(tx, 1, error); its code is in LastTransaction, persisted, and LastError says why', async (t) => {
+  const { client, root } = await setup(t);
+  const completions: Array<{ transaction: string; result: number; error: string }> = [];
+  const unsubscribe = await client.subscribe({ completed: (c) => completions.push(c) });
+  const err = await rejection(t, client.markAndWait(true));
+  await unsubscribe();
+  t.is(err.code, 'DEVICE_NOT_FOUND');
+  const rec = await client.getProperty('LastTransaction');
+  if (rec === null) throw new Error('no LastTransaction');
+  t.is(rec.kind, 'mark-good');
+  t.is(rec.result, 1);
+  t.is(rec.code, 'DEVICE_NOT_FOUND');
+  t.deepEqual(completions, [{ transaction: rec.transaction, result: 1, error: rec.error ?? '' }]);
+  t.is(await client.getProperty('LastError'), rec.error ?? '');
+  const persisted = JSON.parse(await readFile(path.join(root, 'run/cos-agent/last-transaction.json'), 'utf8')) as { transaction: string; code: string };
+  t.is(persisted.transaction, rec.transaction);
+  t.is(persisted.code, 'DEVICE_NOT_FOUND');
+});
+
+test('with the packaging policy, a non-root caller may read properties but every state-changing method is refused', async (t) => {
+  const { bus, client } = await setup(t);
+  t.deepEqual(await asUser(65534, bus, 'getProperty', 'Operation'), { ok: true, value: 'idle' });
+  t.like(await asUser(65534, bus, 'getProperty', 'Slots'), { ok: true });
+  for (const call of ['upgrade', 'cancel', 'markGood', 'runStage']) {
+    const r = await asUser(65534, bus, call);
+    t.is(r.code, 'ACCESS_DENIED', `${call}: ${JSON.stringify(r)}`);
+  }
+  t.is(await client.getProperty('LastTransaction'), null, 'no job ran');
+});
+
+test('when a looser policy lets the call through, the service itself refuses a non-root caller (uid from the bus)', async (t) => {
+  const { bus, client, cosd } = await setup(t, 'open');
+  const r = await asUser(65534, bus, 'upgrade');
+  t.is(r.code, 'ACCESS_DENIED');
+  t.regex(r.message ?? '', /Upgrade is for root only .*uid 65534/);
+  t.is((await asUser(65534, bus, 'runStage')).code, 'ACCESS_DENIED', 'checked before NotSupported');
+  t.is(await client.getProperty('LastTransaction'), null, 'no job ran');
+  const refused = cosd.logs.find((l) => l.msg === 'refused a call from a non-root caller');
+  t.like(refused, { method: 'Upgrade', uid: 65534 });
+  // Root passes the same check.
+  t.false(await client.cancel());
+});
+
+test('a second cosd on the same bus does not start: the name is taken', async (t) => {
+  const { bus, root } = await setup(t);
+  const err = await t.throwsAsync(startCosd(bus, { root, env: { AGENT_TEST_DISK: '/dev/cos-test-no-such-disk' } }));
+  t.regex(err?.message ?? '', /io\.costoolkit\.Agent1 is already owned/);
+});
+
+test('a configuration that does not load is shown in LastError naming file and line; cosd still answers', async (t) => {
+  const { client } = await setup(t, 'packaging', { '/etc/cos-upgrade-image': 'UPGRADE_IMAGE="reg/os:v2"\nCHANNEL_UPGRADES="maybe"\n' });
+  t.regex(await client.getProperty('LastError'), /cos-upgrade-image:2/);
+  t.is(await client.getProperty('Config'), null);
+  t.is(await client.getProperty('Operation'), 'idle');
+});
+
+test('the effective configuration is published without secrets', async (t) => {
+  const { client } = await setup(t, 'packaging', { '/etc/cos-upgrade-image': 'UPGRADE_IMAGE="reg.example/os:v2"\nCHANNEL_UPGRADES=false\n' });
+  const config = await client.getProperty('Config');
+  t.like(config, { upgradeImage: 'oci:reg.example/os:v2', verify: true, channelUpgrades: false });
+  t.is(config?.labels.state, 'COS_STATE');
+  t.is(await client.getProperty('LastError'), '');
+});

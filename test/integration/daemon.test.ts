@@ -1,0 +1,358 @@
+/**
+ * cosd end to end: a private dbus-daemon with a system-bus-like config (including packaging/io.costoolkit.Agent1.conf),
+ * the real daemon (bin/cosd.js --root <host>), a cOS disk on loop devices and a real docker-registry on 127.0.0.1;
+ * a fault proxy only to hold a download open (busy and cancel).
+ */
+import test, { type ExecutionContext } from 'ava';
+import { Ajv } from 'ajv';
+import { readFile, readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AgentError } from '../../src/model/errors.ts';
+import type { HostStatusDocument } from '../../src/model/host.ts';
+import type { Progress } from '../../src/agent/deps.ts';
+import { AgentClient, type Completion } from '../../src/dbus/client.ts';
+import type { AgentProperties } from '../../src/dbus/codec.ts';
+import { createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos-host.ts';
+import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
+import { pushOsImage } from '../helpers/os-image.ts';
+import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.ts';
+import { cosctl, grubList, imageCat, mountOptions, sha256File } from '../helpers/cosctl.ts';
+import { asUser, startBus, startCosd, type CosdProcess, type TestBus } from '../helpers/dbus.ts';
+
+let reg: TestRegistry;
+let v2 = '';
+let v2Layer = '';
+
+const schema = JSON.parse(await readFile(new URL('../../docs/status.schema.json', import.meta.url), 'utf8')) as object;
+const validateStatus = new Ajv({ allErrors: true, strict: true }).compile(schema);
+
+test.before(async () => {
+  reg = await startRegistry();
+  v2 = await pushOsImage(reg, 'cos/os:v2', '2.0.0');
+  const manifest = await fetch(`${reg.url}/v2/cos/os/manifests/v2`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+  v2Layer = ((await manifest.json()) as { layers: Array<{ digest: string }> }).layers[0]?.digest ?? '';
+});
+test.after.always(async () => {
+  await reg?.stop();
+});
+
+const CONFIG = { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\n' };
+
+interface Daemon {
+  bus: TestBus;
+  host: CosHost;
+  cosd: CosdProcess;
+  client: AgentClient;
+}
+
+/** Bus, cOS host, cosd and a root client, torn down in reverse order even when the test fails. */
+async function daemon(t: ExecutionContext, opts: CosHostOptions = {}, env: Record<string, string> = {}): Promise<Daemon> {
+  const bus = await startBus();
+  t.teardown(() => bus.stop());
+  const host = await createCosHost({ ...opts, files: { ...CONFIG, ...opts.files } });
+  t.teardown(() => host.close());
+  const cosd = await startCosd(bus, host, { COS_LOG_LEVEL: 'debug', ...env });
+  t.teardown(async () => {
+    await cosd.stop();
+  });
+  const client = await AgentClient.connect({ address: bus.address });
+  t.teardown(() => client.close());
+  return { bus, host, cosd, client };
+}
+
+type BusEvent = { changed: Partial<AgentProperties> } | { completed: Completion };
+
+/** Everything the daemon announces, in order, with a way to wait for a transaction's Completed. */
+async function recordEvents(t: ExecutionContext, client: AgentClient): Promise<{ events: BusEvent[]; completion(tx: string): Promise<Completion> }> {
+  const events: BusEvent[] = [];
+  const waiting = new Map<string, (c: Completion) => void>();
+  const stop = await client.subscribe({
+    changed: (changed) => events.push({ changed }),
+    completed: (c) => {
+      events.push({ completed: c });
+      waiting.get(c.transaction)?.(c);
+    },
+  });
+  t.teardown(() => stop());
+  return {
+    events,
+    completion: (tx) => {
+      const seen = events.find((e): e is { completed: Completion } => 'completed' in e && e.completed.transaction === tx);
+      return seen ? Promise.resolve(seen.completed) : new Promise((resolve) => waiting.set(tx, resolve));
+    },
+  };
+}
+
+/** The Operation values announced, consecutive repeats folded. */
+function operations(events: BusEvent[]): string[] {
+  const ops: string[] = [];
+  for (const e of events) {
+    const op = 'changed' in e ? e.changed.Operation : undefined;
+    if (op !== undefined && ops[ops.length - 1] !== op) ops.push(op);
+  }
+  return ops;
+}
+
+function isSubsequence(needle: readonly string[], haystack: readonly string[]): boolean {
+  let i = 0;
+  for (const x of haystack) if (x === needle[i]) i++;
+  return i === needle.length;
+}
+
+function assertValidStatus(t: ExecutionContext, doc: unknown, what: string): void {
+  const ok = validateStatus(doc);
+  t.true(ok, `${what}: ${JSON.stringify(validateStatus.errors)}`);
+}
+
+/** Wait (bounded) for a condition that has no notification: the proxy seeing a request. */
+async function until(what: string, check: () => boolean): Promise<void> {
+  for (let i = 0; i < 1200 && !check(); i++) await sleep(25);
+  if (!check()) throw new Error(`gave up waiting for ${what}`);
+}
+
+/** A proxy that holds the whole-layer download of cos/os:v2 until release(). */
+async function heldProxy(t: ExecutionContext): Promise<{ proxy: FaultProxy; release: () => void; downloading: () => Promise<void> }> {
+  const proxy = await startFaultProxy(reg.url);
+  let release: () => void = () => {};
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  t.teardown(async () => {
+    release();
+    await proxy.stop();
+  });
+  proxy.addFault({ path: v2Layer, rangeless: true, fault: { kind: 'hold', until: held } });
+  const downloading = (): Promise<void> => until('the layer download', () => proxy.requests.some((r) => r.path.includes(v2Layer) && r.range === undefined));
+  return { proxy, release, downloading };
+}
+
+async function slotHashes(host: CosHost): Promise<{ active: string; passive: string }> {
+  return { active: await sha256File(host.statePath('cOS/active.img')), passive: await sha256File(host.statePath('cOS/passive.img')) };
+}
+
+test.serial('an upgrade over D-Bus announces its operations and progress in order, then Completed(tx, 0, ""), and the slot really changed', async (t) => {
+  const { host, cosd, client } = await daemon(t);
+  const baseline = await host.leaks();
+  const rec = await recordEvents(t, client);
+
+  const tx = await client.upgrade({ image: `${reg.host}/cos/os:v2`, noVerify: true });
+  t.regex(tx, /^[0-9a-f-]{36}$/);
+  t.deepEqual(await rec.completion(tx), { transaction: tx, result: 0, error: '' });
+
+  const ops = operations(rec.events);
+  t.true(isSubsequence(['checking', 'verifying', 'staging', 'downloading', 'finalizing', 'idle'], ops), ops.join(' -> '));
+  t.is(ops[ops.length - 1], 'idle');
+  // The running transaction is announced with the first operation and cleared with idle.
+  const txChanges = rec.events.flatMap((e) => ('changed' in e && e.changed.Transaction !== undefined ? [e.changed.Transaction] : []));
+  t.deepEqual(txChanges, [tx, '']);
+  // Byte-level download progress, up to the whole compressed size.
+  const downloads = rec.events.flatMap((e) => ('changed' in e && e.changed.Progress && e.changed.Progress.bytesTotal > 0 ? [e.changed.Progress] : []));
+  t.true(downloads.length > 0, 'download progress was announced');
+  const last = downloads[downloads.length - 1];
+  t.is(last?.bytesDone, last?.bytesTotal);
+  t.is(last?.percent, 100);
+  t.is(last?.depth, 1);
+  t.true(downloads.every((p, i) => i === 0 || p.bytesDone >= (downloads[i - 1]?.bytesDone ?? 0)), 'bytes only go up');
+  // Completed comes last, after the persisted record and the new slots were announced.
+  const completedAt = rec.events.findIndex((e) => 'completed' in e);
+  t.true(rec.events.findIndex((e) => 'changed' in e && e.changed.LastTransaction?.transaction === tx) < completedAt);
+  t.true(rec.events.findIndex((e) => 'changed' in e && e.changed.Slots?.active.digest === v2) < completedAt);
+
+  // The slot really changed on disk, and nothing is left mounted or attached.
+  t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="2\.0\.0"/);
+  t.deepEqual((await readdir(host.statePath('cOS'))).sort(), ['active.img', 'passive.img']);
+  t.true((await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'));
+  t.deepEqual(await host.leaks(), baseline);
+
+  const props = await client.getProperties();
+  t.is(props.Operation, 'idle');
+  t.is(props.Transaction, '');
+  t.is(props.LastError, '');
+  t.is(props.BootedSlot, 'active');
+  t.like(props.LastTransaction, { transaction: tx, kind: 'upgrade', result: 0, code: null, error: null });
+  t.like(props.LastTransaction?.details, { image: `${reg.host}/cos/os:v2`, digest: v2, target: 'system', version: '2.0.0', verification: 'skipped', rotated: true, reboot: false, force: false });
+  t.like(props.Slots.active, { digest: v2, version: '2.0.0', label: 'COS_ACTIVE', state: 'tentative', present: true, fs: 'ext2', verification: 'skipped' });
+  t.like(props.Slots.passive, { version: '0.8.10', label: 'COS_PASSIVE', state: 'good' });
+
+  const doc = await client.getStatus();
+  assertValidStatus(t, doc, 'GetStatus after an upgrade');
+  t.is(doc.status.lastUpgrade?.transaction, tx);
+  t.is(doc.status.staged?.imageDigest, v2);
+
+  // Every log line of the job carries its transaction id (tool runs included), and the logs are JSON only.
+  const from = cosd.logs.findIndex((l) => l.msg === 'job started' && l.transaction === tx);
+  const to = cosd.logs.findIndex((l) => l.msg === 'job succeeded' && l.transaction === tx);
+  t.true(from >= 0 && to > from);
+  const jobLines = cosd.logs.slice(from, to + 1);
+  t.deepEqual(jobLines.filter((l) => l.transaction !== tx).map((l) => l.msg), []);
+  t.true(jobLines.some((l) => l.msg === 'run' && Array.isArray(l.argv) && l.argv[0] === 'e2fsck'), 'tool runs are logged with the transaction');
+  t.deepEqual(cosd.junk, []);
+});
+
+test.serial('GetStatus is the versioned status document: valid against docs/status.schema.json and equal to cosctl status --json in-process', async (t) => {
+  const { host, client } = await daemon(t);
+  const text = await client.getStatusText();
+  const doc = JSON.parse(text) as HostStatusDocument;
+  assertValidStatus(t, doc, 'GetStatus');
+  t.is(doc.apiVersion, 'io.costoolkit.agent/v1');
+  t.is(doc.kind, 'CosHost');
+  t.is(doc.status.lastUpgrade, null);
+
+  const r = await cosctl(host, ['--no-daemon', 'status', '--json'], { DBUS_SYSTEM_BUS_ADDRESS: 'unix:path=/nonexistent/cos-test-bus' });
+  t.is(r.code, 0, r.stderr);
+  const cli = JSON.parse(r.stdout) as unknown;
+  assertValidStatus(t, cli, 'cosctl status --json');
+  t.deepEqual(doc, cli);
+
+  // The schema is strict: an unknown field or a missing one is refused.
+  t.false(validateStatus({ ...doc, extra: 1 }));
+  const { lastUpgrade: _dropped, ...withoutLast } = doc.status;
+  t.false(validateStatus({ ...doc, status: withoutLast }));
+});
+
+test.serial('a second request while an upgrade downloads gets Busy naming the running transaction; the first still completes', async (t) => {
+  const { client } = await daemon(t);
+  const { proxy, release, downloading } = await heldProxy(t);
+  const rec = await recordEvents(t, client);
+  const tx = await client.upgrade({ image: `${proxy.host}/cos/os:v2`, noVerify: true });
+  await downloading();
+
+  for (const second of [() => client.upgrade({ image: `${reg.host}/cos/os:v2`, noVerify: true }), () => client.check({}), () => client.markGood()]) {
+    const err = await t.throwsAsync(second());
+    t.true(err instanceof AgentError);
+    t.is((err as AgentError).code, 'BUSY');
+    t.is(((err as AgentError).cause as { type: string }).type, 'io.costoolkit.Agent1.Error.Busy');
+    t.true(err?.message.includes(tx), err?.message);
+  }
+  t.is(await client.getProperty('Transaction'), tx);
+  release();
+  t.deepEqual(await rec.completion(tx), { transaction: tx, result: 0, error: '' });
+  t.like(await client.getProperty('LastTransaction'), { transaction: tx, result: 0 });
+});
+
+test.serial('Cancel mid-download stops the upgrade: Completed(tx, 2), slots byte-identical, no transition image, no mounts or loops left', async (t) => {
+  const { host, client } = await daemon(t);
+  const baseline = await host.leaks();
+  const before = await slotHashes(host);
+  const { proxy, release, downloading } = await heldProxy(t);
+  const rec = await recordEvents(t, client);
+
+  const tx = await client.upgrade({ image: `${proxy.host}/cos/os:v2`, noVerify: true });
+  await downloading();
+  t.true(await stat(host.statePath('cOS/transition.img')).then(() => true, () => false), 'the transition image exists mid-download');
+  t.true(await client.cancel());
+  const c = await rec.completion(tx);
+  release();
+  t.is(c.transaction, tx);
+  t.is(c.result, 2);
+  t.regex(c.error, /cancel|abort/i);
+  t.false(await client.cancel(), 'nothing left to cancel');
+
+  t.deepEqual(await slotHashes(host), before);
+  t.deepEqual((await readdir(host.statePath('cOS'))).sort(), ['active.img', 'passive.img']);
+  t.deepEqual(await host.leaks(), baseline);
+  t.true((await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'));
+  const props = await client.getProperties();
+  t.is(props.Operation, 'idle');
+  t.like(props.LastTransaction, { transaction: tx, result: 2, code: 'STAGE_FAILED' });
+  t.false(operations(rec.events).includes('finalizing'), 'never reached the switch');
+});
+
+test.serial('a non-root caller reads GetStatus and properties but is denied Upgrade', async (t) => {
+  const { bus, client, host } = await daemon(t);
+  const before = await slotHashes(host);
+  const status = await asUser(65534, bus, 'getStatus');
+  t.true(status.ok, JSON.stringify(status));
+  assertValidStatus(t, status.value, 'GetStatus as nobody');
+  t.deepEqual(await asUser(65534, bus, 'getProperty', 'BootedSlot'), { ok: true, value: 'active' });
+  const up = await asUser(65534, bus, 'upgrade');
+  t.is(up.code, 'ACCESS_DENIED', JSON.stringify(up));
+  t.is(await client.getProperty('LastTransaction'), null);
+  t.deepEqual(await slotHashes(host), before);
+});
+
+test.serial('after a restart, cosd republishes the last job: its record, LastError, slots and the status document', async (t) => {
+  const { bus, host, cosd, client } = await daemon(t);
+  const seen: Progress[] = [];
+  const done = await client.upgradeAndWait({ image: `${reg.host}/cos/os:v2`, noVerify: true }, { onProgress: (p) => seen.push(p) });
+  // The waiting helper reports the job's progress with its operation, as cosctl shows it.
+  t.true(isSubsequence(['checking', 'staging', 'downloading', 'finalizing'], seen.map((p) => p.operation).filter((op, i, a) => a[i - 1] !== op)));
+  t.true(seen.some((p) => p.operation === 'downloading' && p.bytesTotal > 0 && p.bytesDone === p.bytesTotal));
+  t.true(seen.every((p) => p.operation !== 'idle'));
+  // A check now finds nothing newer.
+  const check = await client.checkAndWait({ image: `${reg.host}/cos/os:v2` });
+  t.like(check.details, { digest: v2, currentDigest: v2, updateAvailable: false });
+  t.false(await client.getProperty('UpdateAvailable'));
+
+  t.is(await cosd.stop(), 0);
+  const second = await startCosd(bus, host, { COS_LOG_LEVEL: 'debug' });
+  t.teardown(async () => {
+    await second.stop();
+  });
+  let props = await client.getProperties();
+  t.deepEqual(props.LastTransaction, check, 'the check was the last job');
+  t.is(props.LastError, '');
+  t.like(props.Slots.active, { digest: v2, version: '2.0.0', state: 'tentative' });
+  let doc = await client.getStatus();
+  t.is(doc.status.lastUpgrade?.transaction, done.transaction);
+  t.is(doc.status.lastUpgrade?.result, 'success');
+
+  // A failed upgrade is republished too, with its error.
+  const err = await t.throwsAsync(client.upgradeAndWait({ image: `${reg.host}/cos/missing:v1`, noVerify: true }));
+  t.is((err as AgentError).code, 'REGISTRY_NOT_FOUND');
+  const failed = await client.getProperty('LastTransaction');
+  t.like(failed, { kind: 'upgrade', result: 1, code: 'REGISTRY_NOT_FOUND' });
+  t.is(await second.stop(), 0);
+  const third = await startCosd(bus, host, { COS_LOG_LEVEL: 'debug' });
+  t.teardown(async () => {
+    await third.stop();
+  });
+  props = await client.getProperties();
+  t.deepEqual(props.LastTransaction, failed);
+  t.is(props.LastError, failed?.error ?? 'missing');
+  t.regex(props.LastError, /missing/);
+  doc = await client.getStatus();
+  t.like(doc.status.lastUpgrade, { transaction: failed?.transaction, result: 'failure', code: 'REGISTRY_NOT_FOUND' });
+  t.like(props.Slots.active, { digest: v2 }, 'the failed upgrade left the staged slot alone');
+  t.truthy(third.logs.find((l) => l.msg === 'last transaction republished' && l.lastTransaction === failed?.transaction));
+});
+
+test.serial('an upgrade rolled back by boot assessment shows as UpgradeFailure, and active as bad', async (t) => {
+  const { client } = await daemon(t, { booted: 'passive', upgradeFailure: true });
+  const props = await client.getProperties();
+  t.true(props.UpgradeFailure);
+  t.is(props.BootedSlot, 'passive');
+  t.is(props.Slots.active.state, 'bad');
+  t.is(props.Slots.passive.state, 'good');
+  t.is(props.Slots.recovery.state, 'good');
+  t.true((await client.getStatus()).status.upgradeFailure);
+});
+
+test.serial('reboot: a successful upgrade that asked for it goes to Operation "rebooting" and reboots (through the test seam)', async (t) => {
+  const dir = await (await import('node:fs/promises')).mkdtemp(path.join((await import('node:os')).tmpdir(), 'cosd-reboot-'));
+  t.teardown(() => import('node:fs/promises').then((fs) => fs.rm(dir, { recursive: true, force: true })));
+  const marker = path.join(dir, 'rebooted');
+  const { cosd, client } = await daemon(t, {}, { AGENT_TEST_REBOOT_ARGV: JSON.stringify(['touch', marker]) });
+  const rec = await client.upgradeAndWait({ image: `${reg.host}/cos/os:v2`, noVerify: true, reboot: true, force: true });
+  t.like(rec.details, { reboot: true, force: true });
+  await cosd.waitForLog((l) => l.msg === 'rebooting after the upgrade');
+  t.true(await stat(marker).then(() => true, () => false), 'the reboot command ran');
+  t.is(await client.getProperty('Operation'), 'rebooting');
+});
+
+test.serial('rollback and mark-good over D-Bus: the next boot entry and boot assessment change, and the status shows it', async (t) => {
+  const { host, client } = await daemon(t);
+  const rb = await client.rollbackAndWait({});
+  t.like(rb.details, { permanent: false, nextEntry: 'fallback' });
+  t.is((await grubList(`${host.root}/oem/grubenv`)).get('next_entry'), 'fallback');
+  t.deepEqual((await client.getStatus()).status.nextBoot, { entry: 'fallback', oneShot: true });
+
+  const mark = await client.markAndWait(true);
+  t.like(mark, { kind: 'mark-good', result: 0 });
+  const assess = await grubList(host.statePath('boot_assessment'));
+  t.is(assess.get('enable_boot_assessment'), '');
+  t.is(await client.getProperty('LastError'), '');
+  const persisted = JSON.parse(await readFile(path.join(host.root, 'run/cos-agent/last-transaction.json'), 'utf8')) as { transaction: string };
+  t.is(persisted.transaction, mark.transaction);
+});
