@@ -45,7 +45,8 @@ export async function benchDaemon(
   let cosd: Awaited<ReturnType<typeof startCosd>> | undefined;
   let client: AgentClient | undefined;
   try {
-    cosd = await startCosd(bus, host, { HOME: host.root });
+    // As systemd/cosd.service runs it: the bundle (`npm run bench` builds it first) with the unit's NODE_OPTIONS.
+    cosd = await startCosd(bus, host, { HOME: host.root, NODE_OPTIONS: '--max-semi-space-size=1' });
     const pid = cosd.child.pid as number;
     await sleep(2000);
     const rss = await rssMb(pid);

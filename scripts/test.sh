@@ -4,6 +4,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/node_modules/.bin:$PATH"
 log=$(mktemp)
+bash scripts/build.sh || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
 ava --tap "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 pass=$(grep -E '^# pass ' "$log" | tail -1 | awk '{print $3}')
