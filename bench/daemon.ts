@@ -46,7 +46,7 @@ export async function benchDaemon(
   let client: AgentClient | undefined;
   try {
     // As systemd/cosd.service runs it: the bundle (`npm run bench` builds it first) with the unit's NODE_OPTIONS.
-    cosd = await startCosd(bus, host, { HOME: host.root, NODE_OPTIONS: '--max-semi-space-size=1' });
+    cosd = await startCosd(bus, host, { HOME: host.root, NODE_OPTIONS: '--max-semi-space-size=1', AGENT_TEST_CLOCK: '' });
     const pid = cosd.child.pid as number;
     await sleep(2000);
     const rss = await rssMb(pid);

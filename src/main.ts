@@ -5,7 +5,17 @@
  * per line, the transaction id on every line of a job. SIGTERM/SIGINT: cancel a job that can still be cancelled,
  * wait for it to clean up, leave the bus, exit.
  *
- * Static imports stay small (dbus-next, pino, the daemon state): the job machinery is imported on the first job.
+ * The configuration is watched (inotify, debounced: a change shows in the Config property without a restart, an
+ * invalid file keeps the previous config and sets LastError) and automatic updates run on the schedule of
+ * /etc/cos-agent/agent.yaml (src/agent/automation.ts). The idle daemon holds the scheduler's cron task and the
+ * watches, no other timer.
+ *
+ * Static imports stay small (dbus-next, pino, the daemon state, the config loader, node-cron): the job machinery is
+ * imported on the first job.
+ *
+ * Test-only seam: AGENT_TEST_CLOCK=manual:<ISO instant> runs the scheduler on a ManualClock starting there, and only
+ * then is a SIGUSR2 handler installed that moves that clock to its next event (cron match or timer) and logs
+ * "test clock advanced" once the work it started has finished. Inert when unset.
  */
 import { parseArgs } from 'node:util';
 import { AgentError } from './model/errors.ts';
@@ -16,6 +26,7 @@ import { NoHooks } from './agent/hooks.ts';
 import { AgentDaemon } from './agent/daemon.ts';
 import type { AgentDeps } from './agent/deps.ts';
 import { startService, type RunningService } from './dbus/service.ts';
+import { advanceToNextEvent, Automation, TEST_CLOCK_ENV, testClockFromEnv } from './agent/automation.ts';
 
 export interface DaemonIo {
   stdout: NodeJS.WritableStream;
@@ -47,6 +58,8 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
   }
   const env = io.env;
   const root = new SysRoot(values.root ?? '/');
+  // Test-only seam (AGENT_TEST_CLOCK): a manual scheduler clock; a malformed value is a USAGE error.
+  const testClock = testClockFromEnv(env[TEST_CLOCK_ENV]);
   const log: Logger = createLogger({ level: env.COS_LOG_LEVEL ?? 'info', destination: io.stdout }).child({ component: 'cosd' });
   // Tool runs are logged at debug level, with the transaction of the job that runs them.
   let current = (): string => '';
@@ -65,7 +78,7 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
     ...(env.AGENT_TEST_REGISTRY_RETRY_MS ? { registry: { retryBaseMs: Number(env.AGENT_TEST_REGISTRY_RETRY_MS) } } : {}),
   };
 
-  const daemon = new AgentDaemon({
+  const daemon: AgentDaemon = new AgentDaemon({
     agent,
     reboot: async () => {
       // Test-only seam: AGENT_TEST_REBOOT_ARGV (a JSON argv) runs instead of the reboot.
@@ -79,11 +92,19 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
       await runner.run({ argv: ['systemctl', 'reboot'], description: 'rebooting after the upgrade' });
       return 'rebooting';
     },
+    // The first call (from daemon.start) loads the config and arms the watches.
+    reloadConfig: (): Promise<void> => automation.reload(),
   });
   current = () => daemon.state.transaction;
+  const automation: Automation = new Automation({ root, daemon, log, env, ...(testClock !== undefined ? { clock: testClock } : {}) });
 
-  log.info({ root: root.prefix, pid: process.pid }, 'starting');
-  await daemon.start();
+  log.info({ root: root.prefix, pid: process.pid, ...(testClock !== undefined ? { testClock: testClock.now().toISOString() } : {}) }, 'starting');
+  try {
+    await daemon.start();
+  } catch (e) {
+    automation.stop();
+    throw e;
+  }
 
   let resolveStopped: (code: number) => void = () => {};
   const stopped = new Promise<number>((resolve) => {
@@ -91,9 +112,12 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
   });
   let stopping: Promise<void> | null = null;
   let service: RunningService | undefined;
+  let advanceOnSignal: (() => void) | undefined;
   const stop = (reason: string, code = 0): Promise<void> => {
     stopping ??= (async () => {
       log.info({ reason }, 'stopping');
+      if (advanceOnSignal) process.off('SIGUSR2', advanceOnSignal);
+      automation.stop();
       await daemon.stop();
       await service?.stop();
       log.info({}, 'stopped');
@@ -101,15 +125,34 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
     })();
     return stopping;
   };
-  service = await startService(daemon, {
-    log,
-    ...(env.DBUS_SYSTEM_BUS_ADDRESS ? { address: env.DBUS_SYSTEM_BUS_ADDRESS } : {}),
-    subscribe: (l) => daemon.subscribe(l),
-    onDisconnect: (err) => {
-      log.error({ err: err.message }, 'lost the bus connection');
-      void stop('bus connection lost', 1);
-    },
-  });
+  try {
+    service = await startService(daemon, {
+      log,
+      ...(env.DBUS_SYSTEM_BUS_ADDRESS ? { address: env.DBUS_SYSTEM_BUS_ADDRESS } : {}),
+      subscribe: (l) => daemon.subscribe(l),
+      onDisconnect: (err) => {
+        log.error({ err: err.message }, 'lost the bus connection');
+        void stop('bus connection lost', 1);
+      },
+    });
+  } catch (e) {
+    automation.stop();
+    throw e;
+  }
+  automation.start();
+  if (testClock !== undefined) {
+    // Test-only seam: each SIGUSR2 moves the manual clock to its next event, one advance at a time.
+    let chain = Promise.resolve();
+    let advances = 0;
+    advanceOnSignal = () => {
+      chain = chain.then(async () => {
+        const from = testClock.now().toISOString();
+        const to = await advanceToNextEvent(testClock, automation.scheduler);
+        log.info({ advance: ++advances, from, to: to?.toISOString() ?? null, pending: testClock.pending().timers.map((d) => d.toISOString()) }, 'test clock advanced');
+      });
+    };
+    process.on('SIGUSR2', advanceOnSignal);
+  }
   log.info({}, 'ready');
   return { daemon, stop: (reason) => stop(reason), stopped };
 }

@@ -106,6 +106,11 @@ export interface DaemonListener {
   changed?(changes: Partial<DaemonState>): void;
   /** A job finished; its outcome is persisted and in the state already. */
   completed?(transaction: string, result: number, error: string): void;
+  /**
+   * A job finished (called just before `completed`) with its persisted record. `configuredSource` is true for a check
+   * or upgrade of the configured system image (no image or recovery override): the automatic-update policy may act on it.
+   */
+  finished?(record: TransactionRecord, configuredSource: boolean): void;
 }
 
 export interface DaemonDeps {
@@ -116,6 +121,11 @@ export interface DaemonDeps {
    * host under a --root prefix).
    */
   reboot(): Promise<'rebooting' | 'skipped'>;
+  /**
+   * Load the configuration and hand it to setConfig / setConfigError (the config watcher does, see automation.ts).
+   * Default: a one-off loadConfig on each reloadConfig().
+   */
+  reloadConfig?(): Promise<void>;
 }
 
 /** Whatever the service needs from the daemon: the state, and one call per method. */
@@ -209,6 +219,8 @@ interface Pending {
   startedAt: string;
   details: TransactionDetails;
   reboot: boolean;
+  /** A check or upgrade of the configured system image (no image or recovery override). */
+  configuredSource: boolean;
 }
 
 export class AgentDaemon implements AgentPort {
@@ -275,8 +287,12 @@ export class AgentDaemon implements AgentPort {
     return this.started;
   }
 
-  /** Re-read the configuration (the config watcher calls this, or setConfig with what it loaded). */
+  /** Re-read the configuration (through deps.reloadConfig when given, which calls setConfig / setConfigError). */
   async reloadConfig(): Promise<void> {
+    if (this.deps.reloadConfig) {
+      await this.deps.reloadConfig();
+      return;
+    }
     const { loadConfig } = await import('./config/load.ts');
     try {
       const { config, warnings } = await loadConfig(this.deps.agent.root, { env: this.deps.agent.env });
@@ -342,7 +358,7 @@ export class AgentDaemon implements AgentPort {
       ...(req.noVerify ? { noVerify: true } : {}),
     });
     const details: TransactionDetails = { target: req.recovery ? 'recovery' : 'system', reboot: req.reboot === true, force: req.force === true };
-    this.pending.set(tx, { kind: 'upgrade', startedAt, details, reboot: req.reboot === true });
+    this.pending.set(tx, { kind: 'upgrade', startedAt, details, reboot: req.reboot === true, configuredSource: req.image === undefined && !req.recovery });
     this.log.child({ transaction: tx }).info({ kind: 'upgrade', image: req.image ?? null, recovery: req.recovery === true, noVerify: req.noVerify === true, reboot: req.reboot === true, force: req.force === true }, 'job started');
     return tx;
   }
@@ -351,7 +367,7 @@ export class AgentDaemon implements AgentPort {
     const jm = await this.jobs();
     const startedAt = this.deps.agent.now().toISOString();
     const tx = jm.check({ ...(req.image !== undefined ? { image: req.image } : {}), ...(req.recovery ? { recovery: true } : {}) });
-    this.pending.set(tx, { kind: 'check', startedAt, details: {}, reboot: false });
+    this.pending.set(tx, { kind: 'check', startedAt, details: {}, reboot: false, configuredSource: req.image === undefined && !req.recovery });
     this.log.child({ transaction: tx }).info({ kind: 'check', image: req.image ?? null, recovery: req.recovery === true }, 'job started');
     return tx;
   }
@@ -360,7 +376,7 @@ export class AgentDaemon implements AgentPort {
     const jm = await this.jobs();
     const startedAt = this.deps.agent.now().toISOString();
     const tx = jm.rollback({ permanent: req.permanent === true });
-    this.pending.set(tx, { kind: 'rollback', startedAt, details: { permanent: req.permanent === true }, reboot: false });
+    this.pending.set(tx, { kind: 'rollback', startedAt, details: { permanent: req.permanent === true }, reboot: false, configuredSource: false });
     this.log.child({ transaction: tx }).info({ kind: 'rollback', permanent: req.permanent === true }, 'job started');
     return tx;
   }
@@ -370,7 +386,7 @@ export class AgentDaemon implements AgentPort {
     const startedAt = this.deps.agent.now().toISOString();
     const tx = jm.mark(good);
     const kind: JobKind = good ? 'mark-good' : 'mark-bad';
-    this.pending.set(tx, { kind, startedAt, details: {}, reboot: false });
+    this.pending.set(tx, { kind, startedAt, details: {}, reboot: false, configuredSource: false });
     this.log.child({ transaction: tx }).info({ kind }, 'job started');
     return tx;
   }
@@ -452,6 +468,7 @@ export class AgentDaemon implements AgentPort {
       ...(kind === 'check' && details.updateAvailable !== undefined ? { updateAvailable: details.updateAvailable } : {}),
     });
     if (kind !== 'check') await this.refresh();
+    for (const l of this.listeners) l.finished?.(rec, pending?.configuredSource === true);
     for (const l of this.listeners) l.completed?.(tx, result, error?.message ?? '');
     if (kind === 'upgrade' && result === RESULT.ok && pending?.reboot) await this.rebootAfter(tx);
   }
@@ -485,8 +502,27 @@ export class AgentDaemon implements AgentPort {
     return {};
   }
 
+  /** An upgrade has been staged this boot and waits for the reboot into it (from the last status refresh). */
+  get stagedUpgrade(): boolean {
+    return this.statusDoc !== null && this.statusDoc.status.staged !== null;
+  }
+
+  /**
+   * Reboot into the staged slot now (automatic updates under policy `apply`, inside the maintenance window): the same
+   * path as an upgrade's reboot. BUSY while a job runs; a failed reboot rejects (and shows in LastError).
+   */
+  async rebootStaged(): Promise<'rebooting' | 'skipped'> {
+    const running = this.manager?.running ?? null;
+    if (running !== null) throw new AgentError('BUSY', `busy: ${running.kind} transaction ${running.transaction} is running`);
+    if (this.current.operation === 'rebooting') return 'rebooting';
+    return this.reboot(this.log, 'rebooting into the staged upgrade', 'the reboot into the staged upgrade failed');
+  }
+
   private async rebootAfter(tx: string): Promise<void> {
-    const log = this.log.child({ transaction: tx });
+    await this.reboot(this.log.child({ transaction: tx }), 'rebooting after the upgrade', 'the upgrade succeeded but the reboot failed').catch(() => undefined);
+  }
+
+  private async reboot(log: Logger, message: string, failure: string): Promise<'rebooting' | 'skipped'> {
     this.set({ operation: 'rebooting' });
     try {
       const done = await this.deps.reboot();
@@ -494,12 +530,14 @@ export class AgentDaemon implements AgentPort {
         log.warn({}, 'reboot requested but not performed: this daemon manages a host under --root, not this machine');
         this.set({ operation: 'idle' });
       } else {
-        log.info({}, 'rebooting after the upgrade');
+        log.info({}, message);
       }
+      return done;
     } catch (e) {
       const err = toAgentError(e);
       log.error({ code: err.code, err: err.message }, 'reboot failed');
-      this.set({ operation: 'idle', lastError: `the upgrade succeeded but the reboot failed: ${err.message}` });
+      this.set({ operation: 'idle', lastError: `${failure}: ${err.message}` });
+      throw err;
     }
   }
 

@@ -142,7 +142,8 @@ export interface CosdProcess {
 
 /**
  * Start the real cosd against `host` (or a bare root dir: `{ root, env: {} }`) on `bus`; resolves once it logged
- * "ready". `env` adds to (and overrides) the defaults: the host's AGENT_TEST_DISK, HOME = the root, log level info.
+ * "ready". `env` adds to (and overrides) the defaults: the host's AGENT_TEST_DISK, HOME = the root, log level info,
+ * a frozen AGENT_TEST_CLOCK.
  */
 export async function startCosd(bus: TestBus, host: Pick<CosHost, 'root' | 'env'>, env: Record<string, string> = {}): Promise<CosdProcess> {
   // The lines must be read even when nobody waits for one: a full stdout pipe would block the daemon.
@@ -154,6 +155,9 @@ export async function startCosd(bus: TestBus, host: Pick<CosHost, 'root' | 'env'
       HOME: host.root,
       AGENT_TEST_REGISTRY_RETRY_MS: '20',
       COS_LOG_LEVEL: 'info',
+      // A frozen test clock, so no scheduled run fires during a test whatever the wall clock says; a test (or the
+      // benchmark, which measures the real schedule) passes AGENT_TEST_CLOCK: '' for the real clock.
+      AGENT_TEST_CLOCK: 'manual:2025-01-06T12:00:00Z',
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -18,7 +18,7 @@ import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.ts';
 import { cosctl, grubList, imageCat, mountOptions, sha256File } from '../helpers/cosctl.ts';
-import { asUser, startBus, startCosd, type CosdProcess, type TestBus } from '../helpers/dbus.ts';
+import { asUser, startBus, startCosd, type CosdLog, type CosdProcess, type TestBus } from '../helpers/dbus.ts';
 
 let reg: TestRegistry;
 let v2 = '';
@@ -38,6 +38,8 @@ test.after.always(async () => {
 });
 
 const CONFIG = { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\n' };
+/** Test clock start (a Monday, 02:00 UTC): the default schedule's next run is 03:00 the same day. */
+const FROZEN_CLOCK = 'manual:2025-01-06T02:00:00Z';
 
 interface Daemon {
   bus: TestBus;
@@ -52,7 +54,8 @@ async function daemon(t: ExecutionContext, opts: CosHostOptions = {}, env: Recor
   t.teardown(() => bus.stop());
   const host = await createCosHost({ ...opts, files: { ...CONFIG, ...opts.files } });
   t.teardown(() => host.close());
-  const cosd = await startCosd(bus, host, { COS_LOG_LEVEL: 'debug', ...env });
+  // The scheduler runs on a test clock that only moves on SIGUSR2: no automatic check fires in the middle of a test.
+  const cosd = await startCosd(bus, host, { COS_LOG_LEVEL: 'debug', AGENT_TEST_CLOCK: FROZEN_CLOCK, ...env });
   t.teardown(async () => {
     await cosd.stop();
   });
@@ -355,4 +358,161 @@ test.serial('rollback and mark-good over D-Bus: the next boot entry and boot ass
   t.is(await client.getProperty('LastError'), '');
   const persisted = JSON.parse(await readFile(path.join(host.root, 'run/cos-agent/last-transaction.json'), 'utf8')) as { transaction: string };
   t.is(persisted.transaction, mark.transaction);
+});
+
+// --- config watching and the update schedule ----------------------------------------------------------------------
+
+/** Every PropertiesChanged with its arrival time; `until` waits (bounded) for the first change matching `pred`. */
+async function watchProperties(t: ExecutionContext, client: AgentClient): Promise<{
+  until<T>(what: string, pred: (c: Partial<AgentProperties>) => T | undefined, timeoutMs?: number): Promise<{ value: T; at: number }>;
+}> {
+  const seen: Array<{ changed: Partial<AgentProperties>; at: number }> = [];
+  const wake = new Set<() => void>();
+  const stop = await client.subscribe({
+    changed: (changed) => {
+      seen.push({ changed, at: performance.now() });
+      for (const w of wake) w();
+    },
+  });
+  t.teardown(() => stop());
+  return {
+    async until(what, pred, timeoutMs = 15_000) {
+      let cursor = 0;
+      const deadline = performance.now() + timeoutMs;
+      for (;;) {
+        for (; cursor < seen.length; cursor++) {
+          const s = seen[cursor] as { changed: Partial<AgentProperties>; at: number };
+          const value = pred(s.changed);
+          if (value !== undefined) return { value, at: s.at };
+        }
+        const left = deadline - performance.now();
+        if (left <= 0) throw new Error(`no PropertiesChanged with ${what} within ${timeoutMs} ms`);
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, left);
+          function done(): void {
+            clearTimeout(timer);
+            wake.delete(done);
+            resolve();
+          }
+          wake.add(done);
+        });
+      }
+    },
+  };
+}
+
+/** Replace a host file the way yip and editors do: write a sibling, rename it over. */
+async function replaceFile(host: CosHost, hostPath: string, text: string): Promise<void> {
+  const { writeFile, rename } = await import('node:fs/promises');
+  const file = path.join(host.root, hostPath);
+  await writeFile(`${file}.tmp-${process.pid}`, text);
+  await rename(`${file}.tmp-${process.pid}`, file);
+}
+
+/** Send SIGUSR2 (the AGENT_TEST_CLOCK seam): the clock moves to its next event; resolves with that advance's log line. */
+async function advanceClock(cosd: CosdProcess): Promise<CosdLog> {
+  const n = cosd.logs.filter((l) => l.msg === 'test clock advanced').length + 1;
+  cosd.child.kill('SIGUSR2');
+  return cosd.waitForLog((l) => l.msg === 'test clock advanced' && l.advance === n);
+}
+
+test.serial('a new /etc/cos-upgrade-image is picked up within a second with no restart: Config shows the new image', async (t) => {
+  const { host, cosd, client } = await daemon(t, { files: { '/etc/cos-upgrade-image': `UPGRADE_IMAGE=${reg.host}/cos/os:v1\n` } });
+  t.is((await client.getProperty('Config'))?.upgradeImage, `oci:${reg.host}/cos/os:v1`);
+  const props = await watchProperties(t, client);
+
+  const t0 = performance.now();
+  await replaceFile(host, '/etc/cos-upgrade-image', `UPGRADE_IMAGE=${reg.host}/cos/os:v2\n`);
+  const seen = await props.until('the new image in Config', (c) => (c.Config?.upgradeImage === `oci:${reg.host}/cos/os:v2` ? c.Config : undefined));
+  const latency = seen.at - t0;
+  t.log(`config change visible in the Config property after ${latency.toFixed(0)} ms`);
+  t.true(latency < 1000, `took ${latency.toFixed(0)} ms`);
+
+  t.is((await client.getProperty('Config'))?.upgradeImage, `oci:${reg.host}/cos/os:v2`);
+  t.is(await client.getProperty('LastError'), '');
+  t.is(cosd.child.exitCode, null, 'the same cosd process');
+  t.is(cosd.logs.filter((l) => l.msg === 'starting').length, 1, 'no restart');
+  t.truthy(cosd.logs.find((l) => l.msg === 'configuration reloaded' && l.upgradeImage === `oci:${reg.host}/cos/os:v2`));
+});
+
+test.serial('an invalid config is rejected with the old one kept: LastError names file and line; a following valid write clears it', async (t) => {
+  const { host, client } = await daemon(t, { files: { '/etc/cos-upgrade-image': `UPGRADE_IMAGE=${reg.host}/cos/os:v1\n` } });
+  const props = await watchProperties(t, client);
+  const file = path.join(host.root, 'etc/cos-upgrade-image');
+
+  await replaceFile(host, '/etc/cos-upgrade-image', `UPGRADE_IMAGE=${reg.host}/cos/os:v3\nthis line is not KEY=value\n`);
+  const err = await props.until('a LastError', (c) => (c.LastError ? c.LastError : undefined));
+  t.true(err.value.startsWith(`${file}:2`), err.value);
+  t.regex(err.value, /KEY=value/);
+  t.is((await client.getProperty('Config'))?.upgradeImage, `oci:${reg.host}/cos/os:v1`, 'the previous config stays in effect');
+  t.is(await client.getProperty('LastError'), err.value);
+
+  await replaceFile(host, '/etc/cos-upgrade-image', `UPGRADE_IMAGE=${reg.host}/cos/os:v3\n`);
+  await props.until('LastError cleared', (c) => (c.LastError === '' ? true : undefined));
+  t.is((await client.getProperty('Config'))?.upgradeImage, `oci:${reg.host}/cos/os:v3`);
+  t.is(await client.getProperty('LastError'), '');
+});
+
+test.serial('a scheduled check fires on the test clock (default policy check, daily at 03:00 UTC): a real Check job finds the update', async (t) => {
+  const { cosd, client } = await daemon(t, { files: { '/etc/cos-upgrade-image': `UPGRADE_IMAGE=${reg.host}/cos/os:v2\n` } });
+  const armed = await cosd.waitForLog((l) => l.msg === 'automatic updates scheduled');
+  t.like(armed, { policy: 'check', schedule: '0 3 * * *', timeZone: 'UTC', nextRun: '2025-01-06T03:00:00.000Z' });
+  t.is(await client.getProperty('LastTransaction'), null, 'nothing ran before the clock moved');
+  const rec = await recordEvents(t, client);
+
+  // The tick at 03:00 arms the random delay (up to 2 h); the next advance runs the check after it.
+  const first = await advanceClock(cosd);
+  t.is(first.to, '2025-01-06T03:00:00.000Z');
+  const tick = await cosd.waitForLog((l) => l.msg === 'scheduled run due');
+  t.true(typeof tick.delayMs === 'number' && tick.delayMs >= 0 && tick.delayMs < 2 * 3600_000);
+  if ((tick.delayMs as number) > 0) await advanceClock(cosd);
+
+  const started = await cosd.waitForLog((l) => l.msg === 'automatic job started');
+  t.like(started, { kind: 'check', trigger: 'schedule', policy: 'check' });
+  const tx = started.transaction as string;
+  t.deepEqual(await rec.completion(tx), { transaction: tx, result: 0, error: '' });
+  const props = await client.getProperties();
+  t.true(props.UpdateAvailable);
+  t.like(props.LastTransaction, { transaction: tx, kind: 'check', result: 0 });
+  t.like(props.LastTransaction?.details, { image: `${reg.host}/cos/os:v2`, digest: v2, updateAvailable: true });
+  // Policy check only reports: nothing was staged.
+  t.truthy(cosd.logs.find((l) => l.msg === 'update available' && l.digest === v2));
+  t.false(cosd.logs.some((l) => l.msg === 'automatic job started' && l.kind === 'upgrade'));
+  t.like(props.Slots.active, { version: '0.8.10' });
+});
+
+test.serial('under policy stage a scheduled run checks, then stages the new image without rebooting', async (t) => {
+  const { host, cosd, client } = await daemon(t, {
+    files: {
+      '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\nNO_VERIFY=true\n',
+      '/etc/cos-upgrade-image': `UPGRADE_IMAGE=${reg.host}/cos/os:v2\n`,
+      '/etc/cos-agent/agent.yaml': 'policy: stage\nrandomDelay: 0\n',
+    },
+  });
+  t.like(await cosd.waitForLog((l) => l.msg === 'automatic updates scheduled'), { policy: 'stage' });
+  const rec = await recordEvents(t, client);
+  // One advance: the tick, its check and the upgrade (the test clock waits for the run it started).
+  t.like(await advanceClock(cosd), { to: '2025-01-06T03:00:00.000Z' });
+
+  const jobs = cosd.logs.filter((l) => l.msg === 'automatic job started');
+  t.deepEqual(jobs.map((l) => [l.kind, l.trigger]), [['check', 'schedule'], ['upgrade', 'schedule']]);
+  const upgradeTx = jobs[1]?.transaction as string;
+  t.deepEqual(await rec.completion(upgradeTx), { transaction: upgradeTx, result: 0, error: '' });
+  t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="2\.0\.0"/);
+  const props = await client.getProperties();
+  t.like(props.LastTransaction, { transaction: upgradeTx, kind: 'upgrade', result: 0 });
+  t.like(props.LastTransaction?.details, { digest: v2, reboot: false });
+  t.like(props.Slots.active, { digest: v2, version: '2.0.0', state: 'tentative' });
+  t.is(props.Operation, 'idle', 'no reboot');
+  t.false(cosd.logs.some((l) => /reboot/.test(l.msg)));
+});
+
+test.serial('under policy none there is no cron task at all: the test clock has nothing to advance to', async (t) => {
+  const { cosd, client } = await daemon(t, {
+    files: { '/etc/cos-upgrade-image': `UPGRADE_IMAGE=${reg.host}/cos/os:v2\n`, '/etc/cos-agent/agent.yaml': 'policy: none\n' },
+  });
+  t.truthy(await cosd.waitForLog((l) => l.msg === 'automatic updates off (policy none)'));
+  t.false(cosd.logs.some((l) => l.msg === 'automatic updates scheduled'));
+  t.like(await advanceClock(cosd), { to: null, pending: [] });
+  t.is(await client.getProperty('LastTransaction'), null);
 });
