@@ -1,4 +1,6 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --no-memory-reducer --max-semi-space-size=1
+// Node flags (kept on the shebang so the unit, a shell and the tests run cosd alike): the memory reducer would wake
+// the idle daemon every 8 s; a 1 MB semi-space keeps the young generation, and so idle RSS, small (bench/daemon.ts).
 // cosd: thin wrapper. Runs the bundle `npm run build` makes (dist/cosd/main.mjs: what ships, ~60 MB idle), or the
 // TypeScript sources (src/main.ts, run natively by Node >= 24) when no bundle was built.
 import { existsSync } from 'node:fs';

@@ -13,6 +13,7 @@ import { EventEmitter, once } from 'node:events';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { CosHost } from './cos-host.ts';
@@ -20,6 +21,9 @@ import type { CosHost } from './cos-host.ts';
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 export const POLICY_FILE: string = path.join(REPO, 'packaging/io.costoolkit.Agent1.conf');
 const COSD = path.join(REPO, 'bin/cosd.js');
+/** The Node flags cosd runs with, from its shebang (`#!/usr/bin/env -S node <flags>`): the one place they are set. */
+export const COSD_NODE_FLAGS: readonly string[] = (/^#!\/usr\/bin\/env -S node(.*)$/m.exec(readFileSync(COSD, 'utf8').split('\n')[0] ?? '')?.[1] ?? '')
+  .split(' ').filter((f) => f !== '');
 const CALL_SCRIPT = path.join(REPO, 'test/helpers/dbus-call.ts');
 
 /** The default policy of Debian's /usr/share/dbus-1/system.conf (default deny for method calls and ownership). */
@@ -147,7 +151,7 @@ export interface CosdProcess {
  */
 export async function startCosd(bus: TestBus, host: Pick<CosHost, 'root' | 'env'>, env: Record<string, string> = {}): Promise<CosdProcess> {
   // The lines must be read even when nobody waits for one: a full stdout pipe would block the daemon.
-  const child = spawn(process.execPath, [COSD, '--root', host.root], {
+  const child = spawn(process.execPath, [...COSD_NODE_FLAGS, COSD, '--root', host.root], {
     env: {
       ...process.env,
       ...host.env,
