@@ -43,13 +43,22 @@ export async function connectDaemon(env: NodeJS.ProcessEnv, deps: AgentDeps): Pr
     status: () => client.getStatus(),
     verify: (image) => local.verify(image),
     async watch(onStatus) {
-      onStatus(await client.getStatus());
+      // Re-read on every property change and on Completed (the daemon refreshes its status before it signals
+      // completion); print a document only when it differs from the last one printed.
+      let last = '';
+      const emit = async (): Promise<void> => {
+        const doc = await client.getStatus();
+        const text = JSON.stringify(doc);
+        if (text === last) return;
+        last = text;
+        onStatus(doc);
+      };
+      await emit();
       let pending = Promise.resolve();
-      const stop = await client.subscribe({
-        changed: () => {
-          pending = pending.then(async () => onStatus(await client.getStatus())).catch(() => {});
-        },
-      });
+      const refresh = (): void => {
+        pending = pending.then(emit).catch(() => {});
+      };
+      const stop = await client.subscribe({ changed: refresh, completed: refresh });
       return async () => {
         await stop();
         await pending;
