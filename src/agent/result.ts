@@ -25,7 +25,8 @@ export async function recordResult(root: SysRoot, result: UpgradeResult): Promis
 export async function readLastResult(root: SysRoot): Promise<{ result: UpgradeResult; thisBoot: boolean } | null> {
   let best: { result: UpgradeResult; thisBoot: boolean } | null = null;
   for (const [i, f] of FILES.entries()) {
-    const r = await readFile(root.path(f), 'utf8').then((t) => JSON.parse(t) as UpgradeResult, () => null);
+    // A missing or corrupt record (e.g. a torn write from an older version) is no record, never a failed status.
+    const r = await readFile(root.path(f), 'utf8').then((t) => JSON.parse(t) as UpgradeResult).catch(() => null);
     if (r && (best === null || r.finishedAt > best.result.finishedAt)) best = { result: r, thisBoot: i === 0 };
   }
   return best;
