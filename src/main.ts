@@ -10,8 +10,9 @@
  * /etc/cos-agent/agent.yaml (src/agent/automation.ts). The idle daemon holds the scheduler's cron task and the
  * watches, no other timer.
  *
- * Static imports stay small (dbus-next, pino, the daemon state, the config loader, node-cron): the job machinery is
- * imported on the first job.
+ * Static imports stay small (dbus-next, pino, the daemon state, the config loader): the job machinery is imported on
+ * the first job, and the schedule's next run is computed by node-cron in the cron helper process (src/cron-next.ts),
+ * so ICU's date-format data never loads in the idle daemon.
  *
  * Test-only seam: AGENT_TEST_CLOCK=manual:<ISO instant> runs the scheduler on a ManualClock starting there, and only
  * then is a SIGUSR2 handler installed that moves that clock to its next event (cron match or timer) and logs

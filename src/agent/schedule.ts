@@ -15,8 +15,8 @@
  * no random delay) and a check run by someone else that found a newer digest (`onCheckResult`); the policy decides
  * what follows, as above. Inhibitors are checked at the start of every run and again right before a reboot.
  *
- * Timers: the idle scheduler holds exactly one cron task (node-cron arms one timeout to the next match, at most 24 h
- * away) and nothing else; the random-delay timer exists only between a tick and its run, the window timer only while
+ * Timers: the idle scheduler holds exactly one cron task (on the system clock one timeout to the next match, which
+ * node-cron computes in the cron helper process) and nothing else; the random-delay timer exists only between a tick and its run, the window timer only while
  * an `apply` reboot waits for its window. `stop()` clears all of them. Time comes from a SchedulerClock, so tests run
  * on a ManualClock instead of sleeping. Nothing here knows about D-Bus: work is asked through `runAutomatic` and
  * reported through `onEvent`.
@@ -34,6 +34,7 @@ import {
 } from '../model/schedule.ts';
 import type { AgentConfig } from '../model/config.ts';
 import type { SysRoot } from '../sys/root.ts';
+import { nextCronRuns } from '../sys/cron.ts';
 
 // ---------------------------------------------------------------------------------------------------------------
 // Maintenance-window arithmetic (PURE)
@@ -147,8 +148,10 @@ export function nextWindowStart(date: Date, window: MaintenanceWindow): Date {
 
 /** A running cron task. */
 export interface CronHandle {
-  /** The next time the task fires, or null when stopped. */
+  /** The next time the task fires, or null when stopped (or, on the system clock, not yet computed). */
   nextRun(): Date | null;
+  /** Resolves with the first next run once it is known (null when it could not be computed). */
+  readonly ready: Promise<Date | null>;
   stop(): void;
 }
 
@@ -170,26 +173,77 @@ export interface SchedulerClock {
 
 /** Late ticks (a suspended host, a busy event loop) still run when at most this late; older ones are logged as missed. */
 const MISSED_TOLERANCE_MS = 5 * 60_000;
+/** When the cron helper fails (it should not), the next attempt. */
+const HELPER_RETRY_MS = 60_000;
+/** setTimeout's longest delay; a longer wait is re-armed when it ends. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
-/** The real clock: node-cron tasks and setTimeout. */
-export function systemClock(opts: { onMissed?: (at: Date) => void; onCronLog?: (level: string, message: string) => void } = {}): SchedulerClock {
-  const log = (level: string) => (m: string | Error): void => opts.onCronLog?.(level, m instanceof Error ? m.message : m);
-  const logger = { info: log('info'), warn: log('warn'), error: log('error'), debug: log('debug') };
+export interface SystemClockOptions {
+  onMissed?: (at: Date) => void;
+  onCronLog?: (level: string, message: string) => void;
+  /** The next run of a schedule after now; default: node-cron in the cron helper process (src/sys/cron.ts). */
+  nextRun?: (expression: string, timeZone: string) => Promise<Date>;
+  /** After a failed computation, the next attempt (default 60 s). */
+  retryMs?: number;
+}
+
+/**
+ * The real clock. A cron task is one setTimeout to its next run, which node-cron computes in the cron helper
+ * process (once when armed and once after each tick): node-cron computes through Intl, whose ICU data would
+ * otherwise stay resident in the idle daemon (8.3 MB). The timer checks the wall clock when it fires: early (the
+ * clock was set back, or the wait was longer than setTimeout allows) it waits again; late by more than
+ * MISSED_TOLERANCE_MS (a suspended host) the run is reported missed instead of run.
+ */
+export function systemClock(opts: SystemClockOptions = {}): SchedulerClock {
+  const retryMs = opts.retryMs ?? HELPER_RETRY_MS;
+  const next = opts.nextRun ?? (async (expression: string, timeZone: string): Promise<Date> => (await nextCronRuns(expression, timeZone, 1))[0] as Date);
   return {
     now: (): Date => new Date(),
     cron(expression: string, timeZone: string, fn: () => void): CronHandle {
-      const task = cron.createTask(expression, () => fn(), {
-        timezone: timeZone,
-        missedExecutionTolerance: MISSED_TOLERANCE_MS,
-        suppressMissedWarning: true,
-        logger,
-      });
-      task.on('execution:missed', (ctx) => opts.onMissed?.(ctx.date));
-      void task.start();
-      return { nextRun: (): Date | null => task.getNextRun(), stop: (): void => void task.destroy() };
+      let at: Date | null = null;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      let stopped = false;
+      const wait = (ms: number, then: () => void): void => {
+        timer = setTimeout(then, Math.max(1, Math.min(ms, MAX_TIMER_MS)));
+      };
+      const fire = (): void => {
+        timer = undefined;
+        if (stopped || at === null) return;
+        const late = Date.now() - at.getTime();
+        if (late < 0) return wait(-late, fire);
+        if (late > MISSED_TOLERANCE_MS) opts.onMissed?.(at);
+        else fn();
+        void plan();
+      };
+      const plan = async (): Promise<Date | null> => {
+        try {
+          const n = await next(expression, timeZone);
+          if (stopped) return null;
+          at = n;
+          wait(n.getTime() - Date.now(), fire);
+          return n;
+        } catch (e) {
+          if (stopped) return null;
+          at = null;
+          opts.onCronLog?.('error', `${e instanceof Error ? e.message : String(e)}; trying again in ${retryMs / 1000} s`);
+          wait(retryMs, () => void plan());
+          return null;
+        }
+      };
+      const ready = plan();
+      return {
+        nextRun: (): Date | null => (stopped ? null : at),
+        ready,
+        stop: (): void => {
+          stopped = true;
+          at = null;
+          if (timer !== undefined) clearTimeout(timer);
+          timer = undefined;
+        },
+      };
     },
     setTimer(ms: number, fn: () => void): TimerHandle {
-      const h = setTimeout(fn, Math.max(0, Math.min(ms, 2 ** 31 - 1)));
+      const h = setTimeout(fn, Math.max(0, Math.min(ms, MAX_TIMER_MS)));
       return { cancel: (): void => clearTimeout(h) };
     },
   };
@@ -235,12 +289,14 @@ export class ManualClock implements SchedulerClock {
     const fields = expression.trim().startsWith('@') ? 5 : expression.trim().split(/\s+/).length;
     const entry: ManualCron = { expression, timeZone, fn, matcher, stepMs: fields >= 6 ? 1000 : 60_000 };
     this.#crons.add(entry);
+    // walked, so only the next 32 days are looked at
+    const nextRun = (): Date | null => {
+      const at = this.#crons.has(entry) ? this.#nextMatch(entry, this.#now, this.#now + 32 * DAY_MS) : null;
+      return at === null ? null : new Date(at);
+    };
     return {
-      // walked, so only the next 32 days are looked at
-      nextRun: (): Date | null => {
-        const at = this.#crons.has(entry) ? this.#nextMatch(entry, this.#now, this.#now + 32 * DAY_MS) : null;
-        return at === null ? null : new Date(at);
-      },
+      nextRun,
+      ready: Promise.resolve(nextRun()),
       stop: (): void => {
         if (this.#crons.delete(entry)) void matcher.destroy();
       },
@@ -497,8 +553,12 @@ export class Scheduler {
       this.#emit({ type: 'disarmed', reason: 'policy-none' });
       return;
     }
-    this.#cron = this.#clock.cron(s.schedule, s.timeZone, () => this.#onTick());
-    this.#emit({ type: 'armed', schedule: s.schedule, timeZone: s.timeZone, policy: s.policy, nextRun: this.#cron.nextRun() });
+    const handle = this.#clock.cron(s.schedule, s.timeZone, () => this.#onTick());
+    this.#cron = handle;
+    // On the system clock the next run is known once the cron helper answered.
+    void handle.ready.then((nextRun) => {
+      if (this.#cron === handle) this.#emit({ type: 'armed', schedule: s.schedule, timeZone: s.timeZone, policy: s.policy, nextRun });
+    });
   }
 
   #disarm(): void {

@@ -3,7 +3,6 @@
  * then the directory fsynced. Readers see the old content or the new, never a partial file; on failure the temp
  * file is removed and the old file is untouched. Errors are the raw Node errors (callers add their context).
  */
-import { randomBytes } from 'node:crypto';
 import { open, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -20,9 +19,12 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/** Temp-file names only need to be unique among this process's writes in flight (pid + counter; 'wx' checks). */
+let tmpSeq = 0;
+
 export async function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): Promise<void> {
   const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Date.now().toString(36)}-${tmpSeq++}`);
   let pending = false;
   try {
     const fh = await open(tmp, 'wx', mode);

@@ -195,6 +195,8 @@ test.serial('on the real clock the idle daemon holds one timer, the daily cron t
   const watchesBefore = process.getActiveResourcesInfo().filter((r) => r === 'FSEventWrap').length;
   const r = await rig(t, { clock: 'system', files: { '/etc/cos-upgrade-image': 'UPGRADE_IMAGE=registry.example/cos/os:v2\n' } });
   t.deepEqual(r.automation.scheduler.state, { cron: true, delayPending: false, rebootWindow: null, running: false });
+  // The next run comes from the cron helper process; "scheduled" is logged once it answered.
+  t.like(await r.log((l) => l.msg === 'automatic updates scheduled', 'armed'), { policy: 'check', schedule: '0 3 * * *' });
   t.is(r.automation.scheduler.nextRun?.toISOString().slice(11), '03:00:00.000Z');
   t.is(timeouts() - before, 1, process.getActiveResourcesInfo().join(' '));
   t.true(process.getActiveResourcesInfo().filter((x) => x === 'FSEventWrap').length > watchesBefore);

@@ -507,6 +507,16 @@ test.serial('under policy stage a scheduled run checks, then stages the new imag
   t.false(cosd.logs.some((l) => /reboot/.test(l.msg)));
 });
 
+test.serial('on the real clock the daemon arms the schedule through the cron helper: the next run is the coming 02:30 in the zone', async (t) => {
+  const { cosd } = await daemon(t, { files: { '/etc/cos-agent/agent.yaml': 'schedule: "30 2 * * *"\ntimeZone: Europe/Berlin\n' } }, { AGENT_TEST_CLOCK: '' });
+  const armed = await cosd.waitForLog((l) => l.msg === 'automatic updates scheduled');
+  t.like(armed, { policy: 'check', schedule: '30 2 * * *', timeZone: 'Europe/Berlin' });
+  const next = new Date(armed.nextRun as string);
+  t.true(next.getTime() > Date.now() && next.getTime() - Date.now() <= 25 * 3600_000, String(armed.nextRun));
+  const local = new Intl.DateTimeFormat('en-GB', { timeZone: 'Europe/Berlin', hour: '2-digit', minute: '2-digit', hourCycle: 'h23' }).format(next);
+  t.is(local, '02:30');
+});
+
 test.serial('under policy none there is no cron task at all: the test clock has nothing to advance to', async (t) => {
   const { cosd, client } = await daemon(t, {
     files: { '/etc/cos-upgrade-image': `UPGRADE_IMAGE=${reg.host}/cos/os:v2\n`, '/etc/cos-agent/agent.yaml': 'policy: none\n' },
