@@ -25,7 +25,10 @@ export interface CliIo {
 }
 
 const USAGE = `usage: cosctl [--root DIR] [--no-daemon] [--verbose] <command>
-  upgrade [--image REF] [--recovery] [--no-verify]   stage a new OS into the active (or recovery) slot
+  upgrade [--image REF] [--recovery] [--no-verify] [--force] [--reboot]
+                                                     stage a new OS into the active (or recovery) slot; an image the
+                                                     slot already holds is not staged again unless --force; --reboot
+                                                     reboots into it afterwards (needs the daemon)
   check [--image REF] [--recovery]                   is a newer image available? (resolves digests, writes nothing)
   rollback [--permanent]                             boot the other slot next (once, or swap them for good)
   status [--json|--yaml] [--watch]                   show slots, images and boot state (--watch: follow changes)
@@ -53,7 +56,7 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
 
 /** The options each command takes (besides the global --root, --no-daemon, --verbose, --help). */
 const COMMANDS: Record<string, readonly string[]> = {
-  upgrade: ['image', 'recovery', 'no-verify'],
+  upgrade: ['image', 'recovery', 'no-verify', 'force', 'reboot'],
   check: ['image', 'recovery'],
   rollback: ['permanent'],
   status: ['json', 'yaml', 'watch'],
@@ -78,6 +81,8 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
         image: { type: 'string' },
         recovery: { type: 'boolean' },
         'no-verify': { type: 'boolean' },
+        force: { type: 'boolean' },
+        reboot: { type: 'boolean' },
         permanent: { type: 'boolean' },
         json: { type: 'boolean' },
         yaml: { type: 'boolean' },
@@ -128,7 +133,7 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
   }
 }
 
-type Values = Partial<Record<'image' | 'json' | 'yaml' | 'watch' | 'recovery' | 'no-verify' | 'permanent', string | boolean>>;
+type Values = Partial<Record<'image' | 'json' | 'yaml' | 'watch' | 'recovery' | 'no-verify' | 'force' | 'reboot' | 'permanent', string | boolean>>;
 
 async function dispatch(command: string, operand: string | undefined, values: Values, backend: Backend, io: CliIo): Promise<number> {
   const out = (s: string): void => {
@@ -144,13 +149,19 @@ async function dispatch(command: string, operand: string | undefined, values: Va
           ...(image !== undefined ? { image } : {}),
           ...(values.recovery ? { recovery: true } : {}),
           ...(values['no-verify'] ? { noVerify: true } : {}),
+          ...(values.force ? { force: true } : {}),
+          ...(values.reboot ? { reboot: true } : {}),
         }, (p) => bar.update(p));
       } finally {
         bar.stop();
       }
+      if (res.unchanged !== null) {
+        out(`Already up to date: ${res.unchanged} (${res.image}); nothing staged. Use --force to stage it again.\n`);
+        return EXIT_OK;
+      }
       out(`Upgraded ${res.target === 'recovery' ? 'recovery' : 'active'} slot to ${res.image}@${res.digest}` +
         `${res.version ? ` version ${res.version}` : ''}${res.verification === 'skipped' ? ' [signature NOT verified]' : ''}.\n` +
-        `${res.keepPassiveReason ? `Passive kept: ${res.keepPassiveReason}.\n` : ''}Reboot to run it.\n`);
+        `${res.keepPassiveReason ? `Passive kept: ${res.keepPassiveReason}.\n` : ''}${values.reboot ? 'Rebooting into it.\n' : 'Reboot to run it.\n'}`);
       return EXIT_OK;
     }
     case 'check': {

@@ -4,13 +4,10 @@
 import type { AgentDeps } from './deps.ts';
 import { loadConfig } from './config/load.ts';
 import { resolveSource } from './upgrade.ts';
-import { findPartition, mountRo } from './access.ts';
-import { CleanupStack } from './cleanup.ts';
-import { readStateFile } from './state-file.ts';
+import { readSlotImage } from './slot-image.ts';
 import { RegistryClient } from '../oci/registry.ts';
 import { formatReference, parseReference } from '../oci/reference.ts';
 import { withContext } from '../model/errors.ts';
-import path from 'node:path';
 
 export interface CheckOutcome {
   image: string;
@@ -28,17 +25,7 @@ export async function checkForUpdate(deps: AgentDeps, opts: { image?: string; re
   const registry = new RegistryClient({ root: deps.root, env: deps.env, ...deps.registry });
   try {
     const resolved = await registry.resolve(ref).catch((e: unknown) => { throw withContext(`resolving ${formatReference(ref)}`, e); });
-    const cleanup = new CleanupStack();
-    let currentDigest: string | null = null;
-    try {
-      const part = await findPartition(deps, opts.recovery ? config.labels.recovery : config.labels.state);
-      const dir = await mountRo(deps, part.device, cleanup);
-      const { state } = await readStateFile(path.join(dir, 'state.yaml'), { moveAside: false });
-      const entry = opts.recovery ? state.partitions['recovery']?.images['recovery'] : state.partitions['state']?.images['active'];
-      currentDigest = entry?.digest ?? entry?.sourceMetadata?.digest ?? null;
-    } finally {
-      await cleanup.run(false);
-    }
+    const { digest: currentDigest } = await readSlotImage(deps, config, opts.recovery === true);
     const accepted = new Set([resolved.digest, ...(resolved.indexDigest ? [resolved.indexDigest] : [])]);
     return {
       image: formatReference(ref),

@@ -28,7 +28,7 @@ export interface UpgradeRequest {
   noVerify?: boolean;
   /** Reboot after a successful upgrade. */
   reboot?: boolean;
-  /** Stage even when the slot already holds the digest (recorded; the upgrade has no such short-cut yet). */
+  /** Stage even when the slot already holds the digest (otherwise such an upgrade does nothing and succeeds). */
   force?: boolean;
 }
 
@@ -356,6 +356,7 @@ export class AgentDaemon implements AgentPort {
       ...(req.image !== undefined ? { image: req.image } : {}),
       ...(req.recovery ? { recovery: true } : {}),
       ...(req.noVerify ? { noVerify: true } : {}),
+      ...(req.force ? { force: true } : {}),
     });
     const details: TransactionDetails = { target: req.recovery ? 'recovery' : 'system', reboot: req.reboot === true, force: req.force === true };
     this.pending.set(tx, { kind: 'upgrade', startedAt, details, reboot: req.reboot === true, configuredSource: req.image === undefined && !req.recovery });
@@ -470,7 +471,8 @@ export class AgentDaemon implements AgentPort {
     if (kind !== 'check') await this.refresh();
     for (const l of this.listeners) l.finished?.(rec, pending?.configuredSource === true);
     for (const l of this.listeners) l.completed?.(tx, result, error?.message ?? '');
-    if (kind === 'upgrade' && result === RESULT.ok && pending?.reboot) await this.rebootAfter(tx);
+    // As bootc's `upgrade --apply`: an upgrade that had nothing to stage does not reboot.
+    if (kind === 'upgrade' && result === RESULT.ok && pending?.reboot && details.unchanged === undefined) await this.rebootAfter(tx);
   }
 
   private async detailsOf(tx: string, kind: JobKind, outcome: JobOutcome): Promise<TransactionDetails> {
@@ -481,6 +483,7 @@ export class AgentDaemon implements AgentPort {
           image: o.image, digest: o.digest, target: o.target, verification: o.verification, rotated: o.rotated,
           ...(o.version !== null ? { version: o.version } : {}),
           ...(o.keepPassiveReason !== null ? { keepPassiveReason: o.keepPassiveReason } : {}),
+          ...(o.unchanged !== null ? { unchanged: o.unchanged } : {}),
         };
       }
       // A failed upgrade leaves what it got to (image, digest) in its own result record.

@@ -68,6 +68,30 @@ export function planUpgrade(input: {
 }
 
 /** One filesystem step of a slot switch, applied in order with an fsync of the directory after each. */
+/**
+ * PURE: whether an upgrade to `digests` (the resolved manifest digest, plus the index digest when the tag named an
+ * index) has nothing to do, as `bootc upgrade` reports "no changes": the target slot's image file is there and its
+ * recorded digest is one of them. A fresh copy is still staged when the slot is the one being repaired (booted from
+ * passive or recovery, or after `upgrade_failure`: the active slot may hold the image that failed) and when
+ * verification is required now but the slot's copy was staged unverified. `force` always stages.
+ * Returns null when the upgrade must run, else the sentence saying why it need not.
+ */
+export function alreadyStaged(input: {
+  target: UpgradeTarget;
+  digests: readonly string[];
+  slot: { digest: string | null; present: boolean; verification: string | null };
+  bootedFrom: BootedFrom;
+  upgradeFailure: boolean;
+  verificationRequired: boolean;
+  force: boolean;
+}): string | null {
+  const { slot } = input;
+  if (input.force || !slot.present || slot.digest === null || !input.digests.includes(slot.digest)) return null;
+  if (input.target === 'system' && (input.bootedFrom !== 'active' || input.upgradeFailure)) return null;
+  if (input.verificationRequired && slot.verification !== 'verified') return null;
+  return `the ${input.target === 'recovery' ? 'recovery' : 'active'} slot already holds ${slot.digest}`;
+}
+
 export type SwitchStep =
   | { op: 'link'; from: string; to: string }
   | { op: 'rename'; from: string; to: string }

@@ -37,6 +37,8 @@ export interface TransactionDetails {
   reboot?: boolean;
   /** upgrade: the caller asked to stage even an unchanged digest. */
   force?: boolean;
+  /** upgrade: nothing was staged, the slot already held the digest (why, in words). */
+  unchanged?: string;
   /** check: the digest the slot holds (absent when unknown). */
   currentDigest?: string;
   /** check: whether the image differs from the slot. */

@@ -16,7 +16,7 @@ import { CleanupStack } from './cleanup.ts';
 import { acquireLock } from './lock.ts';
 import { loadConfig } from './config/load.ts';
 import { parseCmdline } from './boot.ts';
-import { planUpgrade, STALE_FILES, upgradeSwitchSteps, type RecoveryFlavour, type UpgradePlan } from './plan.ts';
+import { alreadyStaged, planUpgrade, STALE_FILES, upgradeSwitchSteps, type RecoveryFlavour, type UpgradePlan } from './plan.ts';
 import { readStateFile, rotateOnUpgrade, writeStateFile } from './state-file.ts';
 import { recordResult } from './result.ts';
 import type { AgentDeps, Progress, ProgressFn } from './deps.ts';
@@ -45,6 +45,7 @@ import { parseOsRelease } from './os-release.ts';
 import { applySwitchSteps } from './switch.ts';
 import { findPartition, mountRw } from './access.ts';
 import { verifyImage } from './verify-image.ts';
+import { readSlotImage } from './slot-image.ts';
 
 export interface UpgradeOptions {
   /** Image reference overriding the configured source. */
@@ -53,6 +54,8 @@ export interface UpgradeOptions {
   recovery?: boolean;
   /** Stage without signature verification (explicit, logged loudly, shown in status). */
   noVerify?: boolean;
+  /** Stage even when the target slot already holds the resolved digest. */
+  force?: boolean;
   /** Transaction id (generated when absent). */
   transaction?: string;
   onProgress?: ProgressFn;
@@ -73,6 +76,8 @@ export interface UpgradeOutcome {
   /** Who signed what (verified), or what disabled verification (skipped). */
   verificationDetail: string;
   imageSizeMiB: number;
+  /** Nothing was staged: the slot already held this digest (why, in words); null when the image was staged. */
+  unchanged: string | null;
 }
 
 /** Skeleton dirs of a cOS image (cos-layout.md 2.5 step 7). */
@@ -110,6 +115,8 @@ export async function upgrade(deps: AgentDeps, opts: UpgradeOptions = {}): Promi
   };
   try {
     const outcome = await runUpgrade(deps, opts, transaction, log, result);
+    // An upgrade with nothing to do leaves the record of the last real one in place.
+    if (outcome.unchanged !== null) return outcome;
     await recordResult(deps.root, { ...result, result: 'success', code: null, error: null, rotated: outcome.rotated, finishedAt: deps.now().toISOString() });
     return outcome;
   } catch (e) {
@@ -175,6 +182,39 @@ async function runUpgrade(
     result.imageDigest = image.digest;
     const pinned = { ...ref, digest: image.digest };
     log.info({ digest: image.digest, layers: image.manifest.layers.length, compressedSize: image.compressedSize }, 'resolved image');
+
+    // 5a. Nothing to do when the slot already holds this digest (bootc's "no changes"), unless forced.
+    const target = opts.recovery ? ('recovery' as const) : ('system' as const);
+    if (!opts.force) {
+      const slot = await readSlotImage(deps, config, opts.recovery === true);
+      const unchanged = alreadyStaged({
+        target,
+        digests: [image.digest, ...(image.indexDigest ? [image.indexDigest] : [])],
+        slot: { digest: slot.digest, present: slot.present, verification: slot.entry?.verification ?? null },
+        bootedFrom: boot.bootedFrom,
+        upgradeFailure,
+        verificationRequired: disabledBy === undefined,
+        force: false,
+      });
+      if (unchanged !== null) {
+        log.info({ digest: image.digest, reason: unchanged }, 'already up to date: nothing staged');
+        failed = false;
+        return {
+          transaction,
+          target,
+          image: result.image,
+          digest: image.digest,
+          version: slot.entry?.version ?? null,
+          file: slot.file ?? '',
+          rotated: false,
+          keepPassiveReason: null,
+          verification: slot.entry?.verification === 'verified' ? 'verified' : 'skipped',
+          verificationDetail: slot.entry?.verificationDetail ?? '',
+          imageSizeMiB: 0,
+          unchanged,
+        };
+      }
+    }
     const estimate = await estimateRootfs(registry, pinned, image);
     checkAbort();
 
@@ -314,6 +354,7 @@ async function runUpgrade(
       verification,
       verificationDetail,
       imageSizeMiB: sizeMiB,
+      unchanged: null,
     };
   } finally {
     const errors = await cleanup.run(failed);

@@ -11,6 +11,10 @@ export interface UpgradeRequest {
   image?: string;
   recovery?: boolean;
   noVerify?: boolean;
+  /** Stage even when the slot already holds the digest. */
+  force?: boolean;
+  /** Reboot into the new slot after a successful upgrade (daemon only). */
+  reboot?: boolean;
 }
 
 export interface UpgradeSummary {
@@ -21,6 +25,8 @@ export interface UpgradeSummary {
   version: string | null;
   verification: Verification;
   keepPassiveReason: string | null;
+  /** Nothing was staged: the slot already held the digest (why); null when staged. */
+  unchanged: string | null;
 }
 
 export interface Backend {

@@ -13,15 +13,17 @@ export function localBackend(deps: AgentDeps): Backend {
   return {
     kind: 'in-process',
     async upgrade(req, onProgress) {
+      if (req.reboot) throw new AgentError('NOT_SUPPORTED', 'upgrade --reboot needs the daemon (cosd); without it, reboot after the upgrade yourself');
       const out = await upgrade(deps, {
         ...(req.image !== undefined ? { image: req.image } : {}),
         ...(req.recovery ? { recovery: true } : {}),
         ...(req.noVerify ? { noVerify: true } : {}),
+        ...(req.force ? { force: true } : {}),
         onProgress,
       });
       return {
         transaction: out.transaction, target: out.target, image: out.image, digest: out.digest, version: out.version,
-        verification: out.verification, keepPassiveReason: out.keepPassiveReason,
+        verification: out.verification, keepPassiveReason: out.keepPassiveReason, unchanged: out.unchanged,
       };
     },
     check: (req) => checkForUpdate(deps, req),

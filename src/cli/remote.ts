@@ -26,6 +26,7 @@ export async function connectDaemon(env: NodeJS.ProcessEnv, deps: AgentDeps): Pr
         version: d.version ?? null,
         verification: d.verification === 'verified' ? 'verified' : d.verification === 'skipped' ? 'skipped' : 'unknown',
         keepPassiveReason: d.keepPassiveReason ?? null,
+        unchanged: d.unchanged ?? null,
       };
     },
     async check(req) {

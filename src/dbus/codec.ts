@@ -209,7 +209,7 @@ const TX_KEYS: ReadonlyArray<[keyof TransactionRecord, string, string]> = [
 const DETAIL_KEYS: ReadonlyArray<[keyof TransactionDetails, string, string]> = [
   ['image', 'image', 's'], ['digest', 'digest', 's'], ['target', 'target', 's'], ['version', 'version', 's'],
   ['verification', 'verification', 's'], ['rotated', 'rotated', 'b'], ['keepPassiveReason', 'keep-passive-reason', 's'],
-  ['reboot', 'reboot', 'b'], ['force', 'force', 'b'], ['currentDigest', 'current-digest', 's'],
+  ['reboot', 'reboot', 'b'], ['force', 'force', 'b'], ['unchanged', 'unchanged', 's'], ['currentDigest', 'current-digest', 's'],
   ['updateAvailable', 'update-available', 'b'], ['permanent', 'permanent', 'b'], ['nextEntry', 'next-entry', 's'],
 ];
 

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { planUpgrade, rollbackEntry, swapSteps, upgradeSwitchSteps, type SwitchStep } from '../../src/agent/plan.ts';
+import { alreadyStaged, planUpgrade, rollbackEntry, swapSteps, upgradeSwitchSteps, type SwitchStep } from '../../src/agent/plan.ts';
 import type { Labels } from '../../src/model/config.ts';
 
 const labels: Labels = {
@@ -115,4 +115,35 @@ test('a one-shot rollback boots the other A/B slot', (t) => {
   t.is(rollbackEntry('active'), 'fallback');
   t.is(rollbackEntry('passive'), 'cos');
   t.is(rollbackEntry('recovery'), 'cos');
+});
+
+// --- already staged ---------------------------------------------------------------------------------------------
+
+const SAME = {
+  target: 'system' as const,
+  digests: ['sha256:aa', 'sha256:index'],
+  slot: { digest: 'sha256:aa', present: true, verification: 'verified' },
+  bootedFrom: 'active' as const,
+  upgradeFailure: false,
+  verificationRequired: true,
+  force: false,
+};
+
+test('an upgrade to the digest the booted active slot holds has nothing to do, and says why', (t) => {
+  t.is(alreadyStaged(SAME), 'the active slot already holds sha256:aa');
+  t.is(alreadyStaged({ ...SAME, slot: { ...SAME.slot, digest: 'sha256:index' } }), 'the active slot already holds sha256:index', 'the index digest counts');
+  t.is(alreadyStaged({ ...SAME, target: 'recovery', bootedFrom: 'passive' }), 'the recovery slot already holds sha256:aa');
+  t.is(alreadyStaged({ ...SAME, verificationRequired: false, slot: { ...SAME.slot, verification: 'skipped' } }), 'the active slot already holds sha256:aa');
+});
+
+test('force, another digest, a missing or unrecorded slot, a slot under repair or an unverified copy: the upgrade runs', (t) => {
+  t.is(alreadyStaged({ ...SAME, force: true }), null);
+  t.is(alreadyStaged({ ...SAME, digests: ['sha256:bb'] }), null);
+  t.is(alreadyStaged({ ...SAME, slot: { ...SAME.slot, present: false } }), null);
+  t.is(alreadyStaged({ ...SAME, slot: { ...SAME.slot, digest: null } }), null);
+  t.is(alreadyStaged({ ...SAME, bootedFrom: 'passive' }), null);
+  t.is(alreadyStaged({ ...SAME, bootedFrom: 'recovery' }), null);
+  t.is(alreadyStaged({ ...SAME, upgradeFailure: true }), null);
+  t.is(alreadyStaged({ ...SAME, slot: { ...SAME.slot, verification: 'skipped' } }), null);
+  t.is(alreadyStaged({ ...SAME, slot: { ...SAME.slot, verification: null } }), null);
 });

@@ -344,6 +344,34 @@ test.serial('reboot: a successful upgrade that asked for it goes to Operation "r
   t.is(await client.getProperty('Operation'), 'rebooting');
 });
 
+test.serial('an Upgrade to the digest active already holds completes with nothing staged and no reboot; force stages it again', async (t) => {
+  const dir = await (await import('node:fs/promises')).mkdtemp(path.join((await import('node:os')).tmpdir(), 'cosd-reboot-'));
+  t.teardown(() => import('node:fs/promises').then((fs) => fs.rm(dir, { recursive: true, force: true })));
+  const marker = path.join(dir, 'rebooted');
+  const { host, cosd, client } = await daemon(t, {}, { AGENT_TEST_REBOOT_ARGV: JSON.stringify(['touch', marker]) });
+  const image = `${reg.host}/cos/os:v2`;
+  t.like((await client.upgradeAndWait({ image, noVerify: true })).details, { digest: v2, rotated: true });
+  const active = await sha256File(host.statePath('cOS/active.img'));
+  const passive = await sha256File(host.statePath('cOS/passive.img'));
+
+  const same = await client.upgradeAndWait({ image, noVerify: true, reboot: true });
+  t.is(same.result, 0);
+  t.like(same.details, { digest: v2, reboot: true, force: false, unchanged: `the active slot already holds ${v2}` });
+  t.like(cosd.logs.find((l) => l.msg === 'already up to date: nothing staged' && l.transaction === same.transaction), { digest: v2 });
+  t.is(await sha256File(host.statePath('cOS/active.img')), active);
+  t.is(await sha256File(host.statePath('cOS/passive.img')), passive);
+  t.false(await stat(marker).then(() => true, () => false), 'nothing staged, so no reboot (bootc upgrade --apply)');
+  t.is(await client.getProperty('Operation'), 'idle');
+  t.like(await client.getProperty('LastTransaction'), { transaction: same.transaction, details: { unchanged: `the active slot already holds ${v2}` } });
+
+  const activeIno = (await stat(host.statePath('cOS/active.img'))).ino;
+  const forced = await client.upgradeAndWait({ image, noVerify: true, force: true });
+  t.is(forced.result, 0);
+  t.is(forced.details.unchanged, undefined);
+  t.like(forced.details, { digest: v2, force: true, rotated: true });
+  t.is((await stat(host.statePath('cOS/passive.img'))).ino, activeIno, 'forced: the previous copy rotated to passive');
+});
+
 test.serial('rollback and mark-good over D-Bus: the next boot entry and boot assessment change, and the status shows it', async (t) => {
   const { host, client } = await daemon(t);
   const rb = await client.rollbackAndWait({});

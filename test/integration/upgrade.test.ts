@@ -230,6 +230,63 @@ test.serial('cosctl check reports an update, then none once staged; it writes no
   t.regex(second.stdout, /Up to date/);
 });
 
+test.serial('an upgrade to the digest the active slot already holds stages nothing and says so; --force stages it again', async (t) => {
+  const host = await withHost(t);
+  const image = `${reg.host}/cos/os:v1`;
+  t.is((await cosctl(host, ['upgrade', '--no-verify', '--image', image])).code, 0);
+  const files = async (): Promise<string[]> => Promise.all(['cOS/active.img', 'cOS/passive.img', 'state.yaml', 'grub_oem_env', 'boot_assessment'].map((f) => sha256File(host.statePath(f))));
+  const before = await files();
+  const activeIno = (await stat(host.statePath('cOS/active.img'))).ino;
+  const lastUpgrade = (await status(host)).status.lastUpgrade;
+  const baseline = await host.leaks();
+
+  const again = await cosctl(host, ['upgrade', '--no-verify', '--image', image]);
+  t.is(again.code, 0, again.stderr);
+  t.is(again.stdout.split('\n').filter((l) => !l.startsWith('[')).join('\n'), `Already up to date: the active slot already holds ${digests.v1} (${image}); nothing staged. Use --force to stage it again.\n`);
+  t.deepEqual(await files(), before, 'slots, state.yaml and GRUB env untouched');
+  t.deepEqual((await status(host)).status.lastUpgrade, lastUpgrade, 'the record of the last real upgrade stays');
+  t.deepEqual(await host.leaks(), baseline);
+  t.true((await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'));
+
+  const forced = await cosctl(host, ['upgrade', '--no-verify', '--force', '--image', image]);
+  t.is(forced.code, 0, forced.stderr);
+  t.regex(forced.stdout, new RegExp(`Upgraded active slot to .*@${digests.v1}`));
+  t.is((await stat(host.statePath('cOS/passive.img'))).ino, activeIno, 'forced: the previous active rotated to passive');
+  t.regex(await imageCat(host.statePath('cOS/passive.img'), '/etc/os-release'), /VERSION="1\.0\.0"/);
+});
+
+test.serial('the same digest is staged again when the slot is being repaired or its copy was not verified', async (t) => {
+  const image = `${reg.host}/cos/os:v1`;
+  // Booted from passive (the active slot may be the broken one): staged again.
+  const passive = await withHost(t, { booted: 'passive' });
+  t.is((await cosctl(passive, ['upgrade', '--no-verify', '--image', image])).code, 0);
+  const a1 = (await stat(passive.statePath('cOS/active.img'))).ino;
+  const r1 = await cosctl(passive, ['upgrade', '--no-verify', '--image', image]);
+  t.is(r1.code, 0, r1.stderr);
+  t.regex(r1.stdout, /Upgraded active slot/);
+  t.not((await stat(passive.statePath('cOS/active.img'))).ino, a1);
+
+  // Staged unverified, now verification is required (no policy on this host): the upgrade runs, and fails closed on
+  // verification instead of reporting the unverified copy as up to date.
+  const host = await withHost(t);
+  t.is((await cosctl(host, ['upgrade', '--no-verify', '--image', image])).code, 0);
+  const before = await sha256File(host.statePath('cOS/active.img'));
+  const r2 = await cosctl(host, ['upgrade', '--image', image]);
+  t.not(r2.code, 0);
+  t.regex(r2.stderr, /signature policy: no public keys and no keyless identities/);
+  t.notRegex(r2.stdout, /Already up to date/);
+  t.is(await sha256File(host.statePath('cOS/active.img')), before);
+});
+
+test.serial('upgrade --reboot needs the daemon: refused up front without one', async (t) => {
+  const host = await withHost(t);
+  const before = await sha256File(host.statePath('cOS/active.img'));
+  const r = await cosctl(host, ['--no-daemon', 'upgrade', '--no-verify', '--reboot', '--image', `${reg.host}/cos/os:v1`]);
+  t.not(r.code, 0);
+  t.regex(r.stderr, /--reboot needs the daemon/);
+  t.is(await sha256File(host.statePath('cOS/active.img')), before);
+});
+
 test.serial('mark-bad arms boot assessment with tentative set (GRUB falls back next boot); mark-good disarms it', async (t) => {
   const host = await withHost(t);
   t.is((await cosctl(host, ['--no-daemon', 'mark-bad'])).code, 0);
