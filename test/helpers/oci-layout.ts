@@ -165,12 +165,29 @@ export async function buildLayout(dir: string, tag: string, spec: ImageSpec): Pr
   return desc;
 }
 
+/**
+ * skopeo copy, tried up to 3 times: fixture setup, not the code under test. Under a loaded CI machine an index push
+ * was seen to fail once ("Manifest list must be converted ... Instructed to preserve digests": skopeo's fallback
+ * after the registry refused the OCI index PUT); the same push passes when repeated.
+ */
+async function skopeoCopy(args: readonly string[]): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await run('skopeo', ['copy', ...args], { maxBuffer: 16 << 20 });
+      return;
+    } catch (e) {
+      if (attempt >= 3) throw e;
+      await new Promise((r) => setTimeout(r, 200 * attempt));
+    }
+  }
+}
+
 /** Pushes layout `dir:tag` to `docker://host/repo:tag` with the real skopeo, preserving digests. */
 export async function pushLayout(dir: string, tag: string, dest: string): Promise<void> {
-  await run('skopeo', ['copy', '--all', '--preserve-digests', '--dest-tls-verify=false', `oci:${dir}:${tag}`, `docker://${dest}`], { maxBuffer: 16 << 20 });
+  await skopeoCopy(['--all', '--preserve-digests', '--dest-tls-verify=false', `oci:${dir}:${tag}`, `docker://${dest}`]);
 }
 
 /** Like pushLayout, with registry credentials (`user:password`) for registries that require auth. */
 export async function pushLayoutAs(dir: string, tag: string, dest: string, creds: string): Promise<void> {
-  await run('skopeo', ['copy', '--all', '--preserve-digests', '--dest-tls-verify=false', '--dest-creds', creds, `oci:${dir}:${tag}`, `docker://${dest}`], { maxBuffer: 16 << 20 });
+  await skopeoCopy(['--all', '--preserve-digests', '--dest-tls-verify=false', '--dest-creds', creds, `oci:${dir}:${tag}`, `docker://${dest}`]);
 }
