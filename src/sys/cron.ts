@@ -2,13 +2,14 @@
  * Next run times of a node-cron schedule, computed by the cron helper (src/cron-next.ts) in a short-lived child
  * process so the daemon itself never loads ICU's date-format data (see that file). The helper is the bundle's
  * `cron-next.mjs` next to this module when cosd runs as built (dist/cosd/), else the TypeScript source.
+ *
+ * No timeout: the helper only computes (no I/O), and a spawn timeout leaves a timer behind that Node clears lazily,
+ * so it would wake the idle daemon once, 30 s later (seen with strace; bench/daemon.ts counts wake-ups).
  */
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { AgentError } from '../model/errors.ts';
 import { SpawnRunner, type Runner } from './runner.ts';
-
-const HELPER_TIMEOUT_MS = 30_000;
 
 /** The helper script: bundled next to this module, or the source. */
 export function cronHelperPath(): string {
@@ -25,7 +26,6 @@ export async function nextCronRuns(expression: string, timeZone: string, count =
   const res = await runner.run({
     argv: [process.execPath, cronHelperPath(), expression, timeZone, String(count)],
     description: `computing the next run of the ${what}`,
-    timeoutMs: HELPER_TIMEOUT_MS,
     okExitCodes: [2],
   });
   let doc: { next?: unknown; error?: unknown };
