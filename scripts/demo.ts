@@ -1,22 +1,24 @@
 /**
  * The main job on an embedded default: a disposable cOS host (a disk image with the real cOS partition layout on
- * loop devices), a local registry holding two OS versions, a real upgrade by the agent (the real cosctl), then
- * `cosctl status`. Everything lives in temp dirs and is torn down at the end, even on failure.
+ * loop devices), a local registry holding two OS versions, a private D-Bus (a dbus-daemon with a system-bus-like
+ * policy) with the real cosd on it, a real upgrade by the daemon asked for by the real cosctl, then `cosctl status`.
+ * Everything lives in temp dirs and is torn down at the end, even on failure.
  */
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { createCosHost, type CosHost } from '../test/helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../test/helpers/registry.ts';
 import { pushOsImage } from '../test/helpers/os-image.ts';
+import { startBus, startCosd, type CosdProcess, type TestBus } from '../test/helpers/dbus.ts';
 
 const BIN = fileURLToPath(new URL('../bin/cosctl.js', import.meta.url));
 
-function cosctl(host: CosHost, args: string[]): Promise<number> {
+function cosctl(host: CosHost, bus: TestBus, args: string[]): Promise<number> {
   console.log(`\n$ cosctl ${args.join(' ')}`);
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [BIN, '--root', host.root, ...args], {
       stdio: 'inherit',
-      env: { ...process.env, ...host.env, HOME: host.root },
+      env: { ...process.env, ...host.env, HOME: host.root, DBUS_SYSTEM_BUS_ADDRESS: bus.address },
     });
     child.on('close', (code) => resolve(code ?? 1));
   });
@@ -24,6 +26,8 @@ function cosctl(host: CosHost, args: string[]): Promise<number> {
 
 let reg: TestRegistry | undefined;
 let host: CosHost | undefined;
+let bus: TestBus | undefined;
+let cosd: CosdProcess | undefined;
 let rc = 0;
 try {
   console.log('demo: starting a local registry on 127.0.0.1 with two OS versions');
@@ -43,16 +47,29 @@ try {
   });
   console.log(`  disk ${host.disk} on ${host.loop}, host root ${host.root}`);
 
-  rc = (await cosctl(host, ['status'])) || rc;
-  rc = (await cosctl(host, ['upgrade'])) || rc;
-  rc = (await cosctl(host, ['status'])) || rc;
-  rc = (await cosctl(host, ['status', '--json'])) || rc;
+  console.log('demo: starting a private D-Bus (system-bus-like policy) and cosd on it, on the real clock');
+  bus = await startBus();
+  cosd = await startCosd(bus, host, { AGENT_TEST_CLOCK: '' });
+  const armed = await cosd.waitForLog((l) => l.msg === 'automatic updates scheduled');
+  console.log(`  cosd pid ${cosd.child.pid} owns io.costoolkit.Agent1 on ${bus.address}; next automatic check ${String(armed.nextRun)}`);
+
+  rc = (await cosctl(host, bus, ['status'])) || rc;
+  rc = (await cosctl(host, bus, ['upgrade'])) || rc;
+  rc = (await cosctl(host, bus, ['upgrade'])) || rc;
+  rc = (await cosctl(host, bus, ['status'])) || rc;
+  rc = (await cosctl(host, bus, ['status', '--json'])) || rc;
+  console.log('\ncosd log (the jobs cosctl asked for, one JSON event per line in the journal):');
+  for (const l of cosd.logs.filter((x) => /^job (started|succeeded|failed)|^already up to date|^slot switched/.test(String(x.msg)))) {
+    console.log(`  ${String(l.msg)}  transaction ${String(l.transaction)}${l.digest ? `  ${String(l.digest)}` : ''}`);
+  }
 } catch (e) {
   console.error(`demo: ${e instanceof Error ? e.message : String(e)}`);
   rc = 1;
 } finally {
+  await cosd?.stop();
+  await bus?.stop();
   await host?.close();
   await reg?.stop();
-  console.log(rc === 0 ? '\ndemo: done (host and registry removed)' : `\ndemo: FAILED (exit ${rc})`);
+  console.log(rc === 0 ? '\ndemo: done (daemon, bus, host and registry removed)' : `\ndemo: FAILED (exit ${rc})`);
 }
 process.exitCode = rc;
