@@ -2,7 +2,9 @@
  * The D-Bus adapter of cosd: exports io.costoolkit.Agent1 at /io/costoolkit/Agent1 and translates. Calls become
  * AgentPort calls (options through the codec), AgentError codes become D-Bus error names (errors.ts), the daemon's
  * state changes become PropertiesChanged, job completions the Completed signal. It decides nothing, except who may
- * call: state-changing methods are for uid 0, checked on the caller's credentials from the bus.
+ * call: state-changing methods are for uid 0 (the caller's credentials from the bus), or, where the host runs polkit,
+ * for callers polkit authorizes for the method's action (polkit.ts; out of the box that is nobody but root, and the
+ * shipped bus policy lets only root send them unless the polkit drop-in is installed).
  *
  * dbus-next builds the introspection data and answers Properties.Get/GetAll from the member table below; method calls
  * of this interface are dispatched here (rather than by dbus-next) because the authorization check needs the sender.
@@ -25,6 +27,7 @@ import {
   type PropertyName,
 } from './codec.ts';
 import { dbusErrorName } from './errors.ts';
+import { checkAuthorization, POLKIT_ACTIONS } from './polkit.ts';
 
 type Message = dbus.Message;
 
@@ -34,7 +37,7 @@ const mkVariant: MakeVariant = (signature, value) => new dbus.Variant(signature,
 interface MethodSpec {
   in: string;
   out: string;
-  /** State-changing: only uid 0 may call it. */
+  /** State-changing: only uid 0 may call it, or a caller polkit authorizes (POLKIT_ACTIONS). */
   privileged: boolean;
   call(agent: AgentPort, args: unknown[]): Promise<unknown[]>;
 }
@@ -164,7 +167,7 @@ export class AgentService {
     }
   }
 
-  /** The caller's uid, from the bus: root only for state-changing methods. */
+  /** State-changing methods: root (the caller's uid from the bus), else whoever polkit authorizes where it runs. */
   private async authorize(msg: Message): Promise<void> {
     const reply = await this.bus.call(new dbus.Message({
       destination: 'org.freedesktop.DBus',
@@ -175,11 +178,24 @@ export class AgentService {
       body: [msg.sender],
     }));
     const uid = Number(reply?.body[0]);
-    if (uid !== 0) {
-      this.log.warn({ method: msg.member, sender: msg.sender, uid }, 'refused a call from a non-root caller');
-      throw new AgentError('ACCESS_DENIED', `${msg.member} is for root only (the caller ${msg.sender} runs as uid ${uid})`);
+    if (uid === 0) {
+      this.log.info({ method: msg.member, sender: msg.sender, uid }, 'call');
+      return;
     }
-    this.log.info({ method: msg.member, sender: msg.sender, uid }, 'call');
+    const action = POLKIT_ACTIONS[msg.member] ?? 'io.costoolkit.agent1.upgrade';
+    const answer = await checkAuthorization(this.bus, msg, action).catch((e: unknown) => {
+      // polkit runs but failed to answer: refuse (fail closed), and say why.
+      this.log.error({ method: msg.member, sender: msg.sender, uid, action, err: e instanceof Error ? e.message : String(e) }, 'polkit did not answer');
+      throw new AgentError('ACCESS_DENIED', `${msg.member}: the caller ${msg.sender} runs as uid ${uid} and polkit could not be asked about ${action}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    });
+    if (answer.kind === 'authorized') {
+      this.log.info({ method: msg.member, sender: msg.sender, uid, action }, 'call authorized by polkit');
+      return;
+    }
+    this.log.warn({ method: msg.member, sender: msg.sender, uid, action, polkit: answer.kind === 'absent' ? 'absent' : answer.challenge ? 'challenge' : 'no' }, 'refused a call from a non-root caller');
+    throw new AgentError('ACCESS_DENIED', answer.kind === 'absent'
+      ? `${msg.member} is for root only (the caller ${msg.sender} runs as uid ${uid})`
+      : `${msg.member} is for root, or for callers polkit authorizes for ${action}; polkit ${answer.challenge ? 'requires an administrator to authenticate, which cosctl cannot offer (run it as root)' : 'said no'} (the caller ${msg.sender} runs as uid ${uid})`);
   }
 }
 

@@ -31,7 +31,7 @@ export type ErrorCode =
   | 'HOOK_FAILED'
   | 'FSCK_FAILED'
   | 'BUSY' // another upgrade holds the lock
-  | 'ACCESS_DENIED' // the caller may not do this (D-Bus: state-changing methods are for uid 0)
+  | 'ACCESS_DENIED' // the caller may not do this (D-Bus: state-changing methods are for uid 0, or whom polkit authorizes)
   // GRUB environment
   | 'GRUBENV_CORRUPT' // a block is not a valid GRUB environment block
   | 'GRUBENV_OVERFLOW' // the variables do not fit in the block

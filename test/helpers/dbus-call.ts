@@ -1,7 +1,7 @@
 /**
  * Test helper program: one call to cosd through src/dbus/client.ts, run as another user by test/helpers/dbus.ts
  * asUser(). Prints one JSON line: {"ok":true,"value":...} or {"ok":false,"code":"ACCESS_DENIED","message":"..."}.
- *   node dbus-call.ts getStatus | getProperty NAME | upgrade | cancel | markGood | runStage NAME
+ *   node dbus-call.ts getStatus | getProperty NAME | upgrade | check IMAGE | cancel | markGood | runStage NAME
  */
 import { AgentError } from '../../src/model/errors.ts';
 import { AgentClient } from '../../src/dbus/client.ts';
@@ -20,6 +20,9 @@ try {
       break;
     case 'upgrade':
       value = await client.upgrade({ image: 'registry.invalid/os:v1', noVerify: true });
+      break;
+    case 'check':
+      value = await client.check({ image: arg ?? 'registry.invalid/os:v1' });
       break;
     case 'cancel':
       value = await client.cancel();

@@ -77,7 +77,15 @@ async function stopProcess(child: ChildProcess, graceMs = 10_000): Promise<void>
   }
 }
 
-export async function startBus(opts: { policy?: 'packaging' | 'open' } = {}): Promise<TestBus> {
+/** Debian's bus policy of polkitd (user polkitd owns org.freedesktop.PolicyKit1, everyone may call it). */
+const POLKIT_BUS_POLICY = '/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf';
+export const POLKIT_DROP_IN: string = path.join(REPO, 'packaging/io.costoolkit.Agent1.polkit.conf');
+
+/**
+ * `policy`: the packaging policy (default) or a permissive one. `polkit`: also the bus policy polkitd needs, and with
+ * `'drop-in'` the packaging's optional polkit drop-in (non-root calls reach cosd, which asks polkit).
+ */
+export async function startBus(opts: { policy?: 'packaging' | 'open'; polkit?: boolean | 'drop-in' } = {}): Promise<TestBus> {
   const dir = await mkdtemp(path.join(tmpdir(), 'cos-bus-'));
   await chmod(dir, 0o755);
   const socket = path.join(dir, 'system_bus_socket');
@@ -95,6 +103,8 @@ export async function startBus(opts: { policy?: 'packaging' | 'open' } = {}): Pr
   <listen>unix:path=${socket}</listen>
   ${SYSTEM_DEFAULT_POLICY}
   <include>${include}</include>
+  ${opts.polkit ? `<include>${POLKIT_BUS_POLICY}</include>` : ''}
+  ${opts.polkit === 'drop-in' ? `<include>${POLKIT_DROP_IN}</include>` : ''}
 </busconfig>
 `);
   const child = spawn('dbus-daemon', [`--config-file=${config}`, '--nofork', '--nopidfile', '--print-address=1'], { stdio: ['ignore', 'pipe', 'pipe'] });
