@@ -143,6 +143,15 @@ async function dispatch(command: string, operand: string | undefined, values: Va
   switch (command) {
     case 'upgrade': {
       const bar = progressRenderer(io.stdout);
+      // Ctrl-C (or SIGTERM) cancels: before the slot switch the upgrade stops and cleans up (in-process, or in cosd
+      // through Cancel), and cosctl reports how it ended. A second Ctrl-C kills cosctl (the default action again).
+      const abort = new AbortController();
+      const onSignal = (sig: NodeJS.Signals): void => {
+        io.stderr.write(`cosctl: ${sig}: cancelling the upgrade (it stops before the slot switch and cleans up); ${sig} again to quit at once\n`);
+        abort.abort();
+      };
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
       let res;
       try {
         res = await backend.upgrade({
@@ -151,9 +160,11 @@ async function dispatch(command: string, operand: string | undefined, values: Va
           ...(values['no-verify'] ? { noVerify: true } : {}),
           ...(values.force ? { force: true } : {}),
           ...(values.reboot ? { reboot: true } : {}),
-        }, (p) => bar.update(p));
+        }, (p) => bar.update(p), abort.signal);
       } finally {
         bar.stop();
+        process.removeListener('SIGINT', onSignal);
+        process.removeListener('SIGTERM', onSignal);
       }
       if (res.unchanged !== null) {
         out(`Already up to date: ${res.unchanged} (${res.image}); nothing staged. Use --force to stage it again.\n`);

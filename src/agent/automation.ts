@@ -174,6 +174,7 @@ export class Automation {
       this.#recent.delete(tx);
     }
     if (this.#ours.has(rec.transaction) || !this.#started) return;
+    this.scheduler.onJobFinished();
     if (rec.kind === 'check' && configuredSource && rec.result === RESULT.ok && rec.details.updateAvailable !== undefined) {
       this.scheduler.onCheckResult(this.#report(rec));
     }
@@ -230,7 +231,7 @@ export class Automation {
         log.info({ at: e.at.toISOString(), delayMs: e.delayMs }, 'scheduled run due');
         break;
       case 'missed':
-        log.warn({ at: e.at.toISOString() }, 'a scheduled run was missed');
+        log.warn({ at: e.at.toISOString() }, 'a scheduled run is late (suspended host or clock step): running it now');
         break;
       case 'skipped':
         log.info({ trigger: e.trigger, reason: e.reason, ...(e.reason === 'inhibited' ? { file: e.file } : {}) }, 'automatic run skipped');

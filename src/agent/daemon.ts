@@ -17,7 +17,7 @@ import type { UpgradeOutcome } from './upgrade.ts';
 import type { CheckOutcome } from './check.ts';
 import type { RollbackOutcome } from './rollback.ts';
 import { readLastResult } from './result.ts';
-import { readLastTransaction, recordTransaction, RESULT, type TransactionDetails, type TransactionRecord } from './transactions.ts';
+import { readLastTransaction, recordedThisBoot, recordTransaction, RESULT, type TransactionDetails, type TransactionRecord } from './transactions.ts';
 
 export interface UpgradeRequest {
   /** Image reference overriding the configured source. */
@@ -83,6 +83,8 @@ export interface ConfigSummary {
   cosignRepository: string;
   cosignKeys: string[];
   labels: Record<string, string>;
+  /** The host root cosd manages ("/" on a real host; a temp root in tests): cosctl --root compares it. */
+  root: string;
 }
 
 export interface DaemonState {
@@ -176,8 +178,9 @@ export function slotSummaries(doc: HostStatusDocument): Record<SlotName, SlotSum
   return { active: one('active'), passive: one('passive'), recovery: one('recovery') };
 }
 
-export function summarizeConfig(c: AgentConfig): ConfigSummary {
+export function summarizeConfig(c: AgentConfig, root = '/'): ConfigSummary {
   return {
+    root,
     upgradeImage: c.upgradeSource?.uri ?? '',
     recoveryImage: c.recoverySource?.uri ?? '',
     verify: c.verify,
@@ -194,6 +197,9 @@ export function summarizeConfig(c: AgentConfig): ConfigSummary {
     labels: { ...c.labels },
   };
 }
+
+/** A status copy older than this is re-read in the background when GetStatus is called (never while a job runs). */
+const STATUS_MAX_AGE_MS = 5000;
 
 function toAgentError(e: unknown): AgentError {
   return e instanceof AgentError ? e : new AgentError('STAGE_FAILED', e instanceof Error ? e.message : String(e), { cause: e });
@@ -248,6 +254,11 @@ export class AgentDaemon implements AgentPort {
   private statusText = '';
   private statusError: AgentError | null = null;
   private refreshChain: Promise<void> = Promise.resolve();
+  /** When the status copy was last read (performance.now()), and whether a read is queued or running. */
+  private statusAt = 0;
+  private refreshing = false;
+  /** A refresh was asked for while a job ran: done when the job finishes. */
+  private refreshDeferred = false;
   private completions: Promise<void> = Promise.resolve();
   private started: Promise<void> | null = null;
   private startDone = false;
@@ -281,7 +292,19 @@ export class AgentDaemon implements AgentPort {
       this.set({ lastTransaction: last, lastError: last !== null && last.result !== RESULT.ok ? (last.error ?? '') : '' });
       if (last !== null) this.log.info({ lastTransaction: last.transaction, kind: last.kind, result: last.result }, 'last transaction republished');
       await this.reloadConfig();
+      // UpdateAvailable as the last check of the configured image left it (a check of another image says nothing).
+      const configured = this.current.config?.upgradeImage.replace(/^oci:/, '');
+      if (last?.kind === 'check' && last.result === RESULT.ok && last.details.image !== undefined && last.details.image === configured) {
+        this.set({ updateAvailable: last.details.updateAvailable === true });
+      }
       await this.refresh();
+      // "The last upgrade was rolled back by boot assessment": it succeeded in an earlier boot, and this boot is
+      // the fallback (upgrade_failure on the cmdline or /run/cos/upgrade_failure).
+      if (last !== null && last.kind === 'upgrade' && last.result === RESULT.ok && last.details.target !== 'recovery' &&
+        last.details.unchanged === undefined && this.current.upgradeFailure && !(await recordedThisBoot(this.deps.agent.root, last.transaction))) {
+        this.set({ lastTransaction: { ...last, details: { ...last.details, rolledBack: true } } });
+        this.log.warn({ lastTransaction: last.transaction, digest: last.details.digest ?? null }, 'the last upgrade was rolled back by boot assessment');
+      }
       this.startDone = true;
     })();
     return this.started;
@@ -309,7 +332,7 @@ export class AgentDaemon implements AgentPort {
     // A good configuration clears the error a rejected one left in LastError (a job's error stays).
     const clear = this.configError !== null && this.current.lastError === this.configError;
     this.configError = null;
-    this.set({ config: summarizeConfig(config), ...(clear ? { lastError: '' } : {}) });
+    this.set({ config: summarizeConfig(config, this.deps.agent.root.prefix), ...(clear ? { lastError: '' } : {}) });
     if (this.startDone && JSON.stringify(this.current.config) !== before) void this.refresh();
   }
 
@@ -320,8 +343,16 @@ export class AgentDaemon implements AgentPort {
     this.set({ lastError: err.message });
   }
 
-  /** Re-read the status document (slots, booted slot, boot assessment). Serialised; errors keep the old copy. */
+  /**
+   * Re-read the status document (slots, booted slot, boot assessment). Serialised; errors keep the old copy. While a
+   * job runs it is deferred to the job's end (the job has the partitions mounted and changes them).
+   */
   refresh(): Promise<void> {
+    if (this.manager?.running) {
+      this.refreshDeferred = true;
+      return this.refreshChain;
+    }
+    this.refreshing = true;
     this.refreshChain = this.refreshChain.then(async () => {
       const { hostStatus } = await import('./status.ts');
       try {
@@ -333,6 +364,9 @@ export class AgentDaemon implements AgentPort {
       } catch (e) {
         this.statusError = toAgentError(e);
         this.log.warn({ code: this.statusError.code, err: this.statusError.message }, 'could not read the host status');
+      } finally {
+        this.statusAt = performance.now();
+        this.refreshing = false;
       }
     });
     return this.refreshChain;
@@ -344,7 +378,11 @@ export class AgentDaemon implements AgentPort {
    */
   async statusJson(): Promise<string> {
     await this.start();
-    if (this.statusDoc === null) await this.refreshChain;
+    // Never read successfully (e.g. the partitions were not there yet at start): try again now.
+    if (this.statusDoc === null) await (this.refreshing ? this.refreshChain : this.refresh());
+    // Changes made outside cosd (cosctl --no-daemon, grubenv edits, boot assessment) show on a later call: an old
+    // copy is answered at once and re-read in the background.
+    else if (!this.refreshing && performance.now() - this.statusAt > STATUS_MAX_AGE_MS) void this.refresh();
     if (this.statusDoc !== null) return this.statusText;
     throw this.statusError ?? new AgentError('STATE_INVALID', 'the host status could not be read');
   }
@@ -420,7 +458,10 @@ export class AgentDaemon implements AgentPort {
         operation: (op, tx) => this.onOperation(op, tx),
         progress: (p) => this.onProgress(p),
         completed: (tx, kind, result, error, outcome) => {
-          this.completions = this.completions.then(() => this.finish(tx, kind, result, error, outcome));
+          // One failed announcement must not stop the later ones.
+          this.completions = this.completions
+            .then(() => this.finish(tx, kind, result, error, outcome))
+            .catch((e: unknown) => this.log.error({ transaction: tx, err: e instanceof Error ? (e.stack ?? e.message) : String(e) }, 'could not announce the end of a job'));
         },
       });
       this.log.info({}, 'job machinery loaded');
@@ -463,12 +504,19 @@ export class AgentDaemon implements AgentPort {
     await recordTransaction(this.deps.agent.root, rec).catch((e: unknown) => log.error({ err: String(e) }, 'could not persist the transaction outcome'));
     if (result === RESULT.ok) log.info({ kind, ...details }, 'job succeeded');
     else log.error({ kind, code: rec.code, err: rec.error, cancelled: result === RESULT.cancelled }, result === RESULT.cancelled ? 'job cancelled' : 'job failed');
+    // UpdateAvailable is about the configured image: its checks set it, an upgrade to it clears it.
+    const configured = pending?.configuredSource === true && result === RESULT.ok;
     this.set({
       lastTransaction: rec,
-      lastError: error?.message ?? '',
-      ...(kind === 'check' && details.updateAvailable !== undefined ? { updateAvailable: details.updateAvailable } : {}),
+      // A job's success does not hide a configuration error that is still in effect.
+      lastError: error?.message ?? this.configError ?? '',
+      ...(configured && kind === 'check' && details.updateAvailable !== undefined ? { updateAvailable: details.updateAvailable } : {}),
+      ...(configured && kind === 'upgrade' ? { updateAvailable: false } : {}),
     });
-    if (kind !== 'check') await this.refresh();
+    if (kind !== 'check' || this.refreshDeferred) {
+      this.refreshDeferred = false;
+      await this.refresh();
+    }
     for (const l of this.listeners) l.finished?.(rec, pending?.configuredSource === true);
     for (const l of this.listeners) l.completed?.(tx, result, error?.message ?? '');
     // As bootc's `upgrade --apply`: an upgrade that had nothing to stage does not reboot.

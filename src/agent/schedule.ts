@@ -171,7 +171,7 @@ export interface SchedulerClock {
   track?(work: Promise<unknown>): void;
 }
 
-/** Late ticks (a suspended host, a busy event loop) still run when at most this late; older ones are logged as missed. */
+/** A tick later than this (a suspended host, a clock stepped forward by NTP at boot) is logged as late; it still runs. */
 const MISSED_TOLERANCE_MS = 5 * 60_000;
 /** When the cron helper fails (it should not), the next attempt. */
 const HELPER_RETRY_MS = 60_000;
@@ -179,6 +179,7 @@ const HELPER_RETRY_MS = 60_000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface SystemClockOptions {
+  /** A tick ran more than 5 minutes after its time. */
   onMissed?: (at: Date) => void;
   onCronLog?: (level: string, message: string) => void;
   /** The next run of a schedule after now; default: node-cron in the cron helper process (src/sys/cron.ts). */
@@ -192,7 +193,9 @@ export interface SystemClockOptions {
  * process (once when armed and once after each tick): node-cron computes through Intl, whose ICU data would
  * otherwise stay resident in the idle daemon (8.3 MB). The timer checks the wall clock when it fires: early (the
  * clock was set back, or the wait was longer than setTimeout allows) it waits again; late by more than
- * MISSED_TOLERANCE_MS (a suspended host) the run is reported missed instead of run.
+ * MISSED_TOLERANCE_MS (a suspended host, a clock stepped forward at boot) it is reported late and still runs, once
+ * (like a systemd timer with Persistent=true): a day's check is not lost to a suspend. The next run is then computed
+ * from the real time, so ticks passed while suspended are not run one by one.
  */
 export function systemClock(opts: SystemClockOptions = {}): SchedulerClock {
   const retryMs = opts.retryMs ?? HELPER_RETRY_MS;
@@ -212,7 +215,7 @@ export function systemClock(opts: SystemClockOptions = {}): SchedulerClock {
         const late = Date.now() - at.getTime();
         if (late < 0) return wait(-late, fire);
         if (late > MISSED_TOLERANCE_MS) opts.onMissed?.(at);
-        else fn();
+        fn();
         void plan();
       };
       const plan = async (): Promise<Date | null> => {
@@ -433,6 +436,8 @@ export class Scheduler {
   #window: { timer: TimerHandle; at: Date } | undefined;
   #busy: Promise<void> | undefined;
   #queued: AutomaticTrigger | undefined;
+  /** An automatic run refused with BUSY (a user's job was running): run again once that job has finished. */
+  #afterJob: AutomaticTrigger | undefined;
   #started = false;
   /** An upgrade staged under `apply` waits for its reboot. */
   #rebootPending = false;
@@ -486,6 +491,7 @@ export class Scheduler {
     this.#disarm();
     this.#cancelWindow();
     this.#queued = undefined;
+    this.#afterJob = undefined;
     if (wasArmed) this.#emit({ type: 'disarmed', reason: 'stopped' });
   }
 
@@ -536,6 +542,17 @@ export class Scheduler {
     const policy = this.#settings.policy;
     if (policy === 'check' || (report.digest !== undefined && report.digest === this.#stagedDigest)) return;
     this.#start('update-available', () => this.#act(policy, 'update-available', report));
+  }
+
+  /**
+   * A job that was not the scheduler's own finished. An automatic run it had refused with BUSY runs now, once (a
+   * tick that fell into a user's upgrade is not lost until tomorrow).
+   */
+  onJobFinished(): void {
+    const trigger = this.#afterJob;
+    if (trigger === undefined || this.#busy !== undefined) return;
+    this.#afterJob = undefined;
+    this.#trigger(trigger);
   }
 
   /** Run the policy now, as a tick would after its delay (inhibitors still apply). */
@@ -679,8 +696,14 @@ export class Scheduler {
       return out;
     } catch (error) {
       this.#emit({ type: 'failed', request, error });
+      this.#noteBusy(request, error);
       return undefined;
     }
+  }
+
+  /** A run refused because another job was running is retried when that job ends (onJobFinished). */
+  #noteBusy(request: AutomaticRequest, error: unknown): void {
+    if ((error as { code?: unknown } | null)?.code === 'BUSY' && request.action !== 'reboot') this.#afterJob = request.trigger;
   }
 
   /** Ask for an upgrade or a reboot; false (and a `failed` event) when it fails. */
@@ -691,6 +714,7 @@ export class Scheduler {
       return true;
     } catch (error) {
       this.#emit({ type: 'failed', request, error });
+      this.#noteBusy(request, error);
       return false;
     }
   }

@@ -39,6 +39,11 @@ export interface TransactionDetails {
   force?: boolean;
   /** upgrade: nothing was staged, the slot already held the digest (why, in words). */
   unchanged?: string;
+  /**
+   * upgrade: the upgrade succeeded in an earlier boot, and boot assessment then rolled it back (this boot is the
+   * fallback, with upgrade_failure). Derived at each start, not stored.
+   */
+  rolledBack?: boolean;
   /** check: the digest the slot holds (absent when unknown). */
   currentDigest?: string;
   /** check: whether the image differs from the slot. */
@@ -69,6 +74,18 @@ function isRecord(v: unknown): v is TransactionRecord {
   const r = v as Record<string, unknown>;
   return typeof r.transaction === 'string' && typeof r.kind === 'string' && KINDS.has(r.kind) && typeof r.result === 'number' &&
     typeof r.startedAt === 'string' && typeof r.finishedAt === 'string' && typeof r.details === 'object' && r.details !== null;
+}
+
+/**
+ * Whether `transaction` finished during this boot: its record (the daemon's, or cosctl's upgrade result) is in /run,
+ * which every boot starts empty. A record found only on COS_PERSISTENT is from an earlier boot.
+ */
+export async function recordedThisBoot(root: SysRoot, transaction: string): Promise<boolean> {
+  for (const f of [FILES[0], '/run/cos-agent/last-upgrade.json']) {
+    const parsed = await readFile(root.path(f), 'utf8').then((t) => JSON.parse(t) as { transaction?: unknown }).catch(() => null);
+    if (parsed?.transaction === transaction) return true;
+  }
+  return false;
 }
 
 /** Persist `rec` atomically in /run (always) and on COS_PERSISTENT (when /usr/local is there). */

@@ -120,7 +120,11 @@ export async function upgrade(deps: AgentDeps, opts: UpgradeOptions = {}): Promi
     await recordResult(deps.root, { ...result, result: 'success', code: null, error: null, rotated: outcome.rotated, finishedAt: deps.now().toISOString() });
     return outcome;
   } catch (e) {
-    const err = e instanceof AgentError ? e : withContext('upgrade', e);
+    const caught = e instanceof AgentError ? e : withContext('upgrade', e);
+    // A cancel surfaces wherever the work was (a download, an unpack): say it was a cancel.
+    const err = opts.signal?.aborted === true && caught.message !== 'upgrade cancelled'
+      ? new AgentError('STAGE_FAILED', `upgrade cancelled (${caught.message})`, { cause: caught })
+      : caught;
     await recordResult(deps.root, {
       ...result, result: 'failure', code: err.code, rotated: false, error: err.message, finishedAt: deps.now().toISOString(),
     }).catch((re: unknown) => log.warn({ err: re }, 'could not record the upgrade result'));
@@ -454,6 +458,8 @@ async function pullInto(
       const now = before + layerBytes;
       progress({ operation: 'downloading', message, bytesDone: now, bytesTotal: total, percent: total > 0 ? Math.floor((now * 100) / total) : 0 });
     };
+    // Announced before the first byte: a slow registry shows as downloading, not as the step before.
+    onBytes(0);
     const blob = registry.openBlob(ref, layer, { ...(signal ? { signal } : {}) });
     try {
       const stats = await applyLayer(blob, layer.mediaType, treeDir, { runner: deps.runner, onBytes, ...(signal ? { signal } : {}) });

@@ -31,7 +31,8 @@ export interface UpgradeSummary {
 
 export interface Backend {
   readonly kind: 'daemon' | 'in-process';
-  upgrade(req: UpgradeRequest, onProgress: (p: Progress) => void): Promise<UpgradeSummary>;
+  /** `signal` (Ctrl-C): cancel the upgrade (before the slot switch) and wait for its cleanup. */
+  upgrade(req: UpgradeRequest, onProgress: (p: Progress) => void, signal?: AbortSignal): Promise<UpgradeSummary>;
   check(req: { image?: string; recovery?: boolean }): Promise<CheckOutcome>;
   rollback(req: { permanent: boolean }): Promise<RollbackOutcome>;
   /** Cancel the running upgrade (daemon only); false when there is none or it is past the switch. */

@@ -14,6 +14,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, { exit: number; meaning: str
   BUSY: { exit: 4, meaning: 'another upgrade or rollback is running' },
   NOT_SUPPORTED: { exit: 5, meaning: 'the request is not supported on this host or source' },
   ACCESS_DENIED: { exit: 6, meaning: 'the operation changes the system and needs root' },
+  DAEMON_LOST: { exit: 7, meaning: 'cosd left the bus while the job ran; its outcome shows in LastTransaction once it is back' },
   REFERENCE_INVALID: { exit: 10, meaning: 'the image reference cannot be parsed' },
   REGISTRY_UNREACHABLE: { exit: 11, meaning: 'the registry could not be reached (after retries)' },
   REGISTRY_NOT_FOUND: { exit: 12, meaning: 'the image, tag or blob does not exist' },

@@ -12,13 +12,14 @@ import type { Backend } from './backend.ts';
 export function localBackend(deps: AgentDeps): Backend {
   return {
     kind: 'in-process',
-    async upgrade(req, onProgress) {
+    async upgrade(req, onProgress, signal) {
       if (req.reboot) throw new AgentError('NOT_SUPPORTED', 'upgrade --reboot needs the daemon (cosd); without it, reboot after the upgrade yourself');
       const out = await upgrade(deps, {
         ...(req.image !== undefined ? { image: req.image } : {}),
         ...(req.recovery ? { recovery: true } : {}),
         ...(req.noVerify ? { noVerify: true } : {}),
         ...(req.force ? { force: true } : {}),
+        ...(signal !== undefined ? { signal } : {}),
         onProgress,
       });
       return {
@@ -28,7 +29,7 @@ export function localBackend(deps: AgentDeps): Backend {
     },
     check: (req) => checkForUpdate(deps, req),
     rollback: (req) => rollback(deps, { permanent: req.permanent }),
-    cancel: () => Promise.reject(new AgentError('NOT_SUPPORTED', 'cancel needs the daemon (cosd): an in-process upgrade is cancelled with Ctrl-C')),
+    cancel: () => Promise.reject(new AgentError('NOT_SUPPORTED', 'cancel needs the daemon (cosd): an in-process upgrade is cancelled with Ctrl-C in its terminal')),
     mark: (good) => markBooted(deps, good),
     status: () => hostStatus(deps),
     verify: (image) => verifyReference(deps, image),

@@ -35,7 +35,8 @@ export function progressRenderer(out: NodeJS.WritableStream & { isTTY?: boolean 
 function ttyRenderer(out: NodeJS.WritableStream): ProgressRenderer {
   const bar = new cliProgress.SingleBar({
     stream: out as NodeJS.WriteStream,
-    format: '{operation} [{bar}] {percentage}% | {message} | {done}/{total} MiB',
+    // `{total}` is cli-progress's own (the bar's 100 steps): the byte total goes by another name.
+    format: '{operation} [{bar}] {percentage}% | {message} | {doneMiB}/{totalMiB} MiB',
     hideCursor: true,
     clearOnComplete: false,
     noTTYOutput: false,
@@ -43,7 +44,7 @@ function ttyRenderer(out: NodeJS.WritableStream): ProgressRenderer {
   let started = false;
   return {
     update(p) {
-      const payload = { operation: p.operation.padEnd(11), message: p.message.slice(0, 48), done: mib(p.bytesDone), total: mib(p.bytesTotal) };
+      const payload = { operation: p.operation.padEnd(11), message: p.message.slice(0, 48), doneMiB: mib(p.bytesDone), totalMiB: mib(p.bytesTotal) };
       if (!started) {
         bar.start(100, p.percent, payload);
         started = true;

@@ -8,15 +8,24 @@ import type { AgentDeps } from '../agent/deps.ts';
 import type { Backend } from './backend.ts';
 import { localBackend } from './local.ts';
 
-/** The daemon backend when cosd owns its name on the bus (DBUS_SYSTEM_BUS_ADDRESS, else the system bus), else null. */
+/**
+ * The daemon backend when cosd owns its name on the bus (DBUS_SYSTEM_BUS_ADDRESS, else the system bus) and manages
+ * the same host root as this cosctl (`--root`, default /), else null: cosctl then acts on its root in-process.
+ */
 export async function connectDaemon(env: NodeJS.ProcessEnv, deps: AgentDeps): Promise<Backend | null> {
   const client = await connectAgent({ env });
   if (client === null) return null;
+  const daemonRoot = (await client.getProperty('Config').catch(() => null))?.root;
+  if (daemonRoot !== undefined && daemonRoot !== '' && daemonRoot !== deps.root.prefix) {
+    deps.log.info({ daemonRoot, root: deps.root.prefix }, 'cosd manages another root: running in-process');
+    await client.close();
+    return null;
+  }
   const local = localBackend(deps);
   return {
     kind: 'daemon',
-    async upgrade(req, onProgress) {
-      const rec = await client.upgradeAndWait(req, { onProgress });
+    async upgrade(req, onProgress, signal) {
+      const rec = await client.upgradeAndWait(req, { onProgress, ...(signal !== undefined ? { signal } : {}) });
       const d = rec.details;
       return {
         transaction: rec.transaction,

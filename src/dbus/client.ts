@@ -58,6 +58,8 @@ export interface AgentEvents {
 export interface WaitOptions {
   /** Progress of the job: one call per Operation or Progress change (Operation folded into `operation`). */
   onProgress?(p: Progress): void;
+  /** When it aborts (cosctl's Ctrl-C), the job is asked to Cancel and still waited for: its cleanup is reported. */
+  signal?: AbortSignal;
 }
 
 /** A D-Bus error name neither the agent nor the bus defines (a daemon bug): not an AgentError, so exit code 1. */
@@ -94,7 +96,7 @@ export async function connectAgent(opts: ClientOptions = {}): Promise<AgentClien
   } catch {
     return null;
   }
-  if (await client.daemonRunning().catch(() => false)) return client;
+  if ((await client.daemonRunning().catch(() => false)) || (await client.daemonActivatable().catch(() => false))) return client;
   await client.close();
   return null;
 }
@@ -137,12 +139,22 @@ export class AgentClient {
     return reply[0] === true;
   }
 
+  /** Whether the bus can start cosd on the first call (packaging/io.costoolkit.Agent1.service installed). */
+  async daemonActivatable(): Promise<boolean> {
+    const reply = await this.callBus('ListActivatableNames', '', []);
+    return Array.isArray(reply[0]) && (reply[0] as unknown[]).includes(BUS_NAME);
+  }
+
   /** Call a method of io.costoolkit.Agent1 with a raw body (options as dbus-next Variants). Errors as AgentErrors. */
   async call(member: string, signature = '', body: unknown[] = []): Promise<unknown[]> {
     try {
       const reply = await this.bus.call(new dbus.Message({ destination: BUS_NAME, path: OBJECT_PATH, interface: INTERFACE_NAME, member, signature, body }));
       return reply?.body ?? [];
     } catch (e) {
+      // The bus policy's refusal comes as dbus-daemon's rule dump: say what it means, keep the dump as the cause.
+      if (e instanceof dbus.DBusError && e.type === 'org.freedesktop.DBus.Error.AccessDenied') {
+        throw new AgentError('ACCESS_DENIED', `${member} changes the system and is for root only: the bus policy refused the call (run cosctl as root)`, { cause: e });
+      }
       throw fromDbusError(e);
     }
   }
@@ -259,9 +271,30 @@ export class AgentClient {
     };
     const records = new Map<string, TransactionRecord>();
     let settle: (c: Completion) => void = () => {};
-    const done = new Promise<Completion>((resolve) => {
+    let lose: (e: AgentError) => void = () => {};
+    const done = new Promise<Completion>((resolve, reject) => {
       settle = resolve;
+      lose = reject;
     });
+    done.catch(() => undefined); // a loss before the wait begins must not count as an unhandled rejection
+    // cosd leaving the bus (a crash, a stop) or the bus connection dropping ends the wait: no Completed will come.
+    const lostMessage = (why: string): string =>
+      `${why} while transaction ${tx ?? '(starting)'} was running; its outcome shows in LastTransaction once cosd is back`;
+    const ownerRule = `type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='${BUS_NAME}'`;
+    const onOwner = (msg: dbus.Message): void => {
+      if (msg.type === SIGNAL && msg.member === 'NameOwnerChanged' && msg.body[0] === BUS_NAME && msg.body[2] === '') {
+        lose(new AgentError('DAEMON_LOST', lostMessage('cosd left the bus (it crashed or was stopped)')));
+      }
+    };
+    const onBusError = (e: unknown): void => {
+      lose(new AgentError('DAEMON_LOST', lostMessage(`the bus connection was lost (${e instanceof Error ? e.message : String(e)})`)));
+    };
+    this.bus.on('message', onOwner);
+    this.bus.on('error', onBusError);
+    await this.callBus('AddMatch', 's', [ownerRule]);
+    const onAbort = (): void => {
+      void this.cancel().catch(() => false);
+    };
     const unsubscribe = await this.subscribe({
       changed: (ch) => {
         if (ch.LastTransaction) records.set(ch.LastTransaction.transaction, ch.LastTransaction);
@@ -283,6 +316,8 @@ export class AgentClient {
     try {
       tx = await start();
       for (const fn of backlog.splice(0)) fn();
+      if (opts.signal?.aborted) onAbort();
+      else opts.signal?.addEventListener('abort', onAbort, { once: true });
       const c = await done;
       const rec = records.get(c.transaction) ?? (await this.getProperty('LastTransaction'));
       if (rec === null || rec.transaction !== c.transaction) {
@@ -294,6 +329,10 @@ export class AgentClient {
       }
       return rec;
     } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+      this.bus.removeListener('message', onOwner);
+      this.bus.removeListener('error', onBusError);
+      if (!this.closed) await this.callBus('RemoveMatch', 's', [ownerRule]).catch(() => undefined);
       await unsubscribe();
     }
   }

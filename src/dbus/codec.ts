@@ -198,7 +198,7 @@ const CONFIG_KEYS: ReadonlyArray<[keyof ConfigSummary, string, string]> = [
   ['verifyDisabledBy', 'verify-disabled-by', 's'], ['channelUpgrades', 'channel-upgrades', 'b'],
   ['imageSizeMiB', 'image-size-mib', 'u'], ['strict', 'strict', 'b'], ['reboot', 'reboot', 'b'], ['poweroff', 'poweroff', 'b'],
   ['cosign', 'cosign', 'b'], ['cosignKeyless', 'cosign-keyless', 'b'], ['cosignRepository', 'cosign-repository', 's'],
-  ['cosignKeys', 'cosign-keys', 'as'], ['labels', 'labels', 'a{ss}'],
+  ['cosignKeys', 'cosign-keys', 'as'], ['labels', 'labels', 'a{ss}'], ['root', 'root', 's'],
 ];
 
 /** Keys of the LastTransaction a{sv}: record fields, then details. */
@@ -209,7 +209,7 @@ const TX_KEYS: ReadonlyArray<[keyof TransactionRecord, string, string]> = [
 const DETAIL_KEYS: ReadonlyArray<[keyof TransactionDetails, string, string]> = [
   ['image', 'image', 's'], ['digest', 'digest', 's'], ['target', 'target', 's'], ['version', 'version', 's'],
   ['verification', 'verification', 's'], ['rotated', 'rotated', 'b'], ['keepPassiveReason', 'keep-passive-reason', 's'],
-  ['reboot', 'reboot', 'b'], ['force', 'force', 'b'], ['unchanged', 'unchanged', 's'], ['currentDigest', 'current-digest', 's'],
+  ['reboot', 'reboot', 'b'], ['force', 'force', 'b'], ['unchanged', 'unchanged', 's'], ['rolledBack', 'rolled-back', 'b'], ['currentDigest', 'current-digest', 's'],
   ['updateAvailable', 'update-available', 'b'], ['permanent', 'permanent', 'b'], ['nextEntry', 'next-entry', 's'],
 ];
 

@@ -10,6 +10,7 @@ export const ERROR_PREFIX = 'io.costoolkit.Agent1.Error.';
 /** Agent error code -> the last part of its D-Bus error name. One line each; names are unique. */
 export const DBUS_ERROR_NAMES: Readonly<Record<ErrorCode, string>> = {
   USAGE: 'InvalidArgs', // a bad request: unknown option key, wrong value type, no image configured
+  DAEMON_LOST: 'DaemonLost', // never sent by cosd: the client's own code when cosd leaves the bus mid-job
   ACCESS_DENIED: 'AccessDenied', // the caller is not uid 0 (nor authorized by polkit where it runs)
   BUSY: 'Busy', // another job runs; the message names its transaction
   NOT_SUPPORTED: 'NotSupported',

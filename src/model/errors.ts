@@ -31,6 +31,7 @@ export type ErrorCode =
   | 'HOOK_FAILED'
   | 'FSCK_FAILED'
   | 'BUSY' // another upgrade holds the lock
+  | 'DAEMON_LOST' // cosd left the bus while a job a client waited for was running (crashed or stopped)
   | 'ACCESS_DENIED' // the caller may not do this (D-Bus: state-changing methods are for uid 0, or whom polkit authorizes)
   // GRUB environment
   | 'GRUBENV_CORRUPT' // a block is not a valid GRUB environment block

@@ -63,10 +63,39 @@ test('the config summary carries the effective settings and key paths, nothing e
     cosign: { enabled: true, publicKeyLocations: ['/etc/cos/key.pub'], experimental: false, repository: 'reg/sigs' },
     cloudInitPaths: [], strict: true, reboot: true, poweroff: false, origins: { upgradeSource: '/etc/cos-upgrade-image:1 (UPGRADE_IMAGE)' },
   };
-  const s = summarizeConfig(config);
+  const s = summarizeConfig(config, '/srv/host');
   t.deepEqual(s, {
+    root: '/srv/host',
     upgradeImage: 'oci:reg/os:v2', recoveryImage: '', verify: false, verifyDisabledBy: '/etc/cos/config:3 (NO_VERIFY)', channelUpgrades: false,
     imageSizeMiB: 3072, strict: true, reboot: true, poweroff: false, cosign: true, cosignKeyless: false, cosignRepository: 'reg/sigs',
     cosignKeys: ['/etc/cos/key.pub'], labels: { ...DEFAULT_LABELS },
   });
+});
+
+test('GetStatus that failed at start (a broken config, no watcher to reload it) is retried on the next call', async (t) => {
+  const { mkdtemp, mkdir, rm, writeFile } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const { AgentDaemon } = await import('../../src/agent/daemon.ts');
+  const { SysRoot } = await import('../../src/sys/root.ts');
+  const { SpawnRunner } = await import('../../src/sys/runner.ts');
+  const { silentLogger } = await import('../../src/sys/log.ts');
+  const { NoHooks } = await import('../../src/agent/hooks.ts');
+  const dir = await mkdtemp(path.join(tmpdir(), 'cos-daemon-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await mkdir(path.join(dir, 'etc/cos'), { recursive: true });
+  await writeFile(path.join(dir, 'etc/cos/config'), 'this line is not KEY=value\n');
+  const daemon = new AgentDaemon({
+    agent: {
+      root: new SysRoot(dir), runner: new SpawnRunner(), log: silentLogger, hooks: new NoHooks(), env: { HOME: dir },
+      now: () => new Date(), testDisk: '/dev/cos-test-no-such-disk',
+    },
+    reboot: () => Promise.resolve('skipped'),
+  });
+  await daemon.start();
+  await t.throwsAsync(daemon.statusJson(), { code: 'CONFIG_INVALID' });
+  await writeFile(path.join(dir, 'etc/cos/config'), 'DEFAULT_IMAGE_SIZE=48\n');
+  const doc = JSON.parse(await daemon.statusJson()) as HostStatusDocument;
+  t.is(doc.apiVersion, HOST_API_VERSION);
+  t.is(doc.kind, HOST_KIND);
 });

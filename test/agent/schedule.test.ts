@@ -116,6 +116,8 @@ interface Rig {
   failNext?: AutomaticRequest['action'];
   /** Runs inside the next upgrade. */
   duringUpgrade?: () => Promise<void>;
+  /** Runs before every request; may throw (e.g. an error with code BUSY). */
+  busyCheck?: () => void;
 }
 
 async function rig(
@@ -140,6 +142,7 @@ async function rig(
         r.failNext = undefined;
         throw new Error(`${req.action} failed`);
       }
+      r.busyCheck?.();
       if (req.action === 'upgrade' && r.duringUpgrade) await r.duringUpgrade();
       return req.action === 'check' ? r.report : undefined;
     },
@@ -163,6 +166,26 @@ test('a scheduled check fires on its cron tick under a test clock, and not befor
   t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule']);
   await advanceTo(r, '2026-06-03T12:00:00Z');
   t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule', '2026-06-02T03:00 check schedule', '2026-06-03T03:00 check schedule']);
+});
+
+test('a scheduled run refused with BUSY (a user\'s job was running) runs once that job has finished, not tomorrow', async (t) => {
+  const r = await rig(t, 'schedule: "0 3 * * *"\nrandomDelay: 0\npolicy: check\n');
+  let busy = true;
+  // The daemon answers BUSY while the user's job runs.
+  r.scheduler.start();
+  r.busyCheck = (): void => {
+    if (busy) throw Object.assign(new Error('busy: upgrade transaction 1 is running'), { code: 'BUSY' });
+  };
+  await advanceTo(r, '2026-06-01T03:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule']);
+  t.like(r.events.find((e) => e.type === 'failed'), { request: { action: 'check', trigger: 'schedule' } });
+  busy = false;
+  r.scheduler.onJobFinished();
+  await r.scheduler.settled();
+  t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule', '2026-06-01T03:00 check schedule'], 'run again when the user\'s job ended');
+  r.scheduler.onJobFinished();
+  await r.scheduler.settled();
+  t.is(r.calls.length, 2, 'only once');
 });
 
 test('the schedule is evaluated in the configured time zone', async (t) => {
@@ -460,7 +483,7 @@ test('systemClock: a task fires at the time node-cron gave, then asks for the ne
   t.is(h.nextRun()?.getTime(), asked[1]?.getTime());
 });
 
-test('systemClock: a run more than 5 minutes late (a suspended host) is reported missed, not run', async (t) => {
+test('systemClock: a run more than 5 minutes late (a suspended host) is reported late and still runs, once', async (t) => {
   const missed: Date[] = [];
   let calls = 0;
   const late = new Date(Date.now() - 6 * 60_000);
@@ -469,8 +492,9 @@ test('systemClock: a run more than 5 minutes late (a suspended host) is reported
   const h = clock.cron('* * * * *', 'UTC', () => fired++);
   t.teardown(() => h.stop());
   await until(() => calls === 2);
-  t.is(fired, 0);
+  t.is(fired, 1);
   t.deepEqual(missed, [late]);
+  t.true((h.nextRun()?.getTime() ?? 0) > Date.now(), 'the next run is computed from now');
 });
 
 test('systemClock: a failed computation is logged and retried; stop cancels everything', async (t) => {

@@ -94,7 +94,7 @@ const STATE: DaemonState = {
   config: {
     upgradeImage: 'oci:reg/os:v2', recoveryImage: '', verify: false, verifyDisabledBy: '/etc/cos/config:3 (NO_VERIFY)', channelUpgrades: false,
     imageSizeMiB: 3072, strict: false, reboot: false, poweroff: false, cosign: true, cosignKeyless: false, cosignRepository: '',
-    cosignKeys: ['/etc/cos/cosign.pub'], labels: { state: 'COS_STATE', active: 'COS_ACTIVE' },
+    cosignKeys: ['/etc/cos/cosign.pub'], labels: { state: 'COS_STATE', active: 'COS_ACTIVE' }, root: '/',
   },
   upgradeFailure: false,
   lastTransaction: {

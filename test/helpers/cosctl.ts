@@ -13,15 +13,51 @@ export interface CliResult {
   stderr: string;
 }
 
-export function cosctl(host: CosHost, args: readonly string[], env: Record<string, string> = {}): Promise<CliResult> {
+export interface CosctlOptions {
+  /**
+   * Run cosctl as this uid (gid the same, no supplementary groups) through `setpriv`, with the small environment
+   * asUser() in test/helpers/dbus.ts gives its callers (PATH, HOME=/nonexistent, cwd /) plus the host's test seams
+   * and `env`: nothing of the root test process leaks in.
+   */
+  uid?: number;
+  /**
+   * Run cosctl under a pseudo-terminal (util-linux `script -qfec CMD /dev/null`, each argument shell-quoted), so
+   * its stdout is a TTY. Everything it writes (stderr too) arrives on `stdout`, with the terminal's CRLF line ends;
+   * `code` is cosctl's own exit code (`script -e`).
+   */
+  tty?: boolean;
+}
+
+/** A shell word that stands for `s` exactly (single quotes; an embedded quote closes, escapes and reopens). */
+function shellQuote(s: string): string {
+  return `'${s.replaceAll("'", "'\\''")}'`;
+}
+
+export function cosctl(host: CosHost, args: readonly string[], env: Record<string, string> = {}, opts: CosctlOptions = {}): Promise<CliResult> {
+  let argv = [process.execPath, BIN, '--root', host.root, ...args];
+  let childEnv: Record<string, string | undefined> = { ...process.env, ...host.env, HOME: host.root, AGENT_TEST_REGISTRY_RETRY_MS: '20', ...env };
+  let cwd: string | undefined;
+  if (opts.uid !== undefined) {
+    argv = ['setpriv', `--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', ...argv];
+    childEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/nonexistent', ...host.env, AGENT_TEST_REGISTRY_RETRY_MS: '20', ...env };
+    cwd = '/';
+  }
+  if (opts.tty === true) {
+    argv = ['script', '-qfec', argv.map(shellQuote).join(' '), '/dev/null'];
+    childEnv = { ...childEnv, SHELL: '/bin/sh' };
+  }
+  const [file, ...rest] = argv as [string, ...string[]];
   return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, '--root', host.root, ...args], {
-      env: { ...process.env, ...host.env, HOME: host.root, AGENT_TEST_REGISTRY_RETRY_MS: '20', ...env },
+    const child = execFile(file, rest, {
+      env: childEnv,
       maxBuffer: 16 << 20,
+      ...(cwd !== undefined ? { cwd } : {}),
     }, (err, stdout, stderr) => {
       const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
       resolve({ code, stdout, stderr });
     });
+    // Under a pty, `script` forwards its stdin to the terminal: give it none (EOF) rather than an open pipe.
+    if (opts.tty === true) child.stdin?.end();
   });
 }
 

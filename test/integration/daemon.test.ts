@@ -5,7 +5,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { Ajv } from 'ajv';
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentError } from '../../src/model/errors.ts';
@@ -13,7 +13,7 @@ import type { HostStatusDocument } from '../../src/model/host.ts';
 import type { Progress } from '../../src/agent/deps.ts';
 import { AgentClient, type Completion } from '../../src/dbus/client.ts';
 import type { AgentProperties } from '../../src/dbus/codec.ts';
-import { createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos-host.ts';
+import { cosCmdline, createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.ts';
@@ -370,6 +370,85 @@ test.serial('an Upgrade to the digest active already holds completes with nothin
   t.is(forced.details.unchanged, undefined);
   t.like(forced.details, { digest: v2, force: true, rotated: true });
   t.is((await stat(host.statePath('cOS/passive.img'))).ino, activeIno, 'forced: the previous copy rotated to passive');
+});
+
+test.serial('after a reboot into the fallback (run/ emptied, upgrade_failure), the upgrade of the earlier boot is republished from COS_PERSISTENT as rolled back', async (t) => {
+  const { bus, host, cosd, client } = await daemon(t);
+  const done = await client.upgradeAndWait({ image: `${reg.host}/cos/os:v2`, noVerify: true });
+  t.is((await client.getProperty('LastTransaction'))?.details.rolledBack, undefined, 'not rolled back in the boot that staged it');
+  t.is(await cosd.stop(), 0);
+  // The reboot: /run starts empty; GRUB's boot assessment fell back to passive and says so on the cmdline, and
+  // 08_boot_assessment creates /run/cos/upgrade_failure.
+  await rm(path.join(host.root, 'run/cos-agent'), { recursive: true, force: true });
+  await writeFile(path.join(host.root, 'proc/cmdline'), cosCmdline('passive', 'img', true));
+  await mkdir(path.join(host.root, 'run/cos'), { recursive: true });
+  await writeFile(path.join(host.root, 'run/cos/upgrade_failure'), '');
+  const after = await startCosd(bus, host, { COS_LOG_LEVEL: 'debug' });
+  t.teardown(async () => {
+    await after.stop();
+  });
+  const props = await client.getProperties();
+  t.like(props.LastTransaction, { transaction: done.transaction, kind: 'upgrade', result: 0, details: { digest: v2, rolledBack: true } });
+  t.true(props.UpgradeFailure);
+  t.is(props.BootedSlot, 'passive');
+  t.like(props.Slots.active, { digest: v2, state: 'bad' });
+  t.like(after.logs.find((l) => l.msg === 'the last upgrade was rolled back by boot assessment'), { lastTransaction: done.transaction, digest: v2 });
+  const doc = await client.getStatus();
+  assertValidStatus(t, doc, 'GetStatus after the fallback');
+  t.true(doc.status.upgradeFailure);
+  t.is(doc.status.lastUpgrade?.transaction, done.transaction);
+});
+
+test.serial('an old status copy is re-read in the background on GetStatus: a change made outside cosd shows on a later call', async (t) => {
+  const { host, client } = await daemon(t);
+  t.false((await client.getStatus()).status.bootAssessment.tentative);
+  // An in-process cosctl changes boot assessment behind cosd's back.
+  t.is((await cosctl(host, ['--no-daemon', 'mark-bad'])).code, 0);
+  t.false((await client.getStatus()).status.bootAssessment.tentative, 'a fresh copy is answered as it is');
+  // Once the copy is older than 5 s, a call answers at once with it and starts a re-read; a later call has the news.
+  await sleep(5200);
+  t.false((await client.getStatus()).status.bootAssessment.tentative, 'the old copy, answered at once');
+  let seen = false;
+  for (let i = 0; i < 100 && !seen; i++) {
+    seen = (await client.getStatus()).status.bootAssessment.tentative;
+    if (!seen) await sleep(50);
+  }
+  t.true(seen, 'mark-bad by the in-process cosctl shows in GetStatus');
+  t.like((await client.getProperties()).Slots.active, { state: 'tentative' });
+});
+
+test.serial('UpdateAvailable follows the configured image: a check of it sets it, an upgrade to it clears it, a restart keeps it; a check of another image leaves it', async (t) => {
+  const { bus, host, cosd, client } = await daemon(t, { files: { '/etc/cos-upgrade-image': `UPGRADE_IMAGE=${reg.host}/cos/os:v2\nNO_VERIFY=true\n` } });
+  t.like((await client.checkAndWait({})).details, { updateAvailable: true });
+  t.true(await client.getProperty('UpdateAvailable'));
+  t.is(await cosd.stop(), 0);
+  const second = await startCosd(bus, host, { COS_LOG_LEVEL: 'debug', AGENT_TEST_CLOCK: FROZEN_CLOCK });
+  t.teardown(async () => {
+    await second.stop();
+  });
+  t.true(await client.getProperty('UpdateAvailable'), 'restored from the last check of the configured image');
+  // A check of another image says nothing about the configured one.
+  await pushOsImage(reg, 'cos/other:v1', '7.0.0');
+  t.like((await client.checkAndWait({ image: `${reg.host}/cos/other:v1` })).details, { updateAvailable: true });
+  t.true(await client.getProperty('UpdateAvailable'));
+  await client.upgradeAndWait({});
+  t.false(await client.getProperty('UpdateAvailable'), 'the configured image is staged');
+  t.like((await client.checkAndWait({})).details, { updateAvailable: false, currentDigest: v2 });
+  t.false(await client.getProperty('UpdateAvailable'));
+});
+
+test.serial('a configuration error stays in LastError while it is in effect, even after a job succeeds', async (t) => {
+  const { host, client } = await daemon(t, { files: { '/etc/cos-agent/agent.yaml': 'policy: check\n' } });
+  const props = await watchProperties(t, client);
+  // cosd's own agent.yaml goes bad: the jobs do not read it, so they still succeed.
+  await replaceFile(host, '/etc/cos-agent/agent.yaml', 'policy: sometimes\n');
+  const err = await props.until('a LastError', (c) => (c.LastError ? c.LastError : undefined));
+  t.regex(err.value, /agent\.yaml/);
+  const rec = await client.checkAndWait({ image: `${reg.host}/cos/os:v2` });
+  t.is(rec.result, 0);
+  t.is(await client.getProperty('LastError'), err.value, 'the job succeeded, the config is still broken');
+  await replaceFile(host, '/etc/cos-agent/agent.yaml', 'policy: stage\n');
+  await props.until('LastError cleared', (c) => (c.LastError === '' ? true : undefined));
 });
 
 test.serial('rollback and mark-good over D-Bus: the next boot entry and boot assessment change, and the status shows it', async (t) => {

@@ -1,0 +1,318 @@
+/**
+ * packaging/install.sh and the files it installs, checked with the real consumers (runs as root):
+ *   - the installed tree: exactly the system-integration files, 0644 in 0755 directories, byte-identical to their
+ *     sources; idempotent; DESTDIR from argv only;
+ *   - the interface XML parses as D-Bus introspection (dbus-next's introspection reader);
+ *   - the bus policy and the activation file: a real dbus-daemon whose config includes the installed policy and has
+ *     the installed system-services dir as <servicedir> lists io.costoolkit.Agent1 as activatable, and lets root (only)
+ *     own the name; the example polkit drop-in is a bus config dbus-daemon loads;
+ *   - the unit: `systemd-analyze verify` offline, in a root made of the installed tree, the host's units (dbus.socket,
+ *     the targets) and a stub /usr/bin/cosd (the program itself is not installed by install.sh). systemd 252 only
+ *     warns about unknown keys and bad values (exit 0), so "valid" means exit 0 AND no diagnostics at all; broken
+ *     copies of the unit prove that this check fails on a real error.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { chmod, cp, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import dbus from 'dbus-next';
+
+const REPO = fileURLToPath(new URL('..', import.meta.url));
+const INSTALL = path.join(REPO, 'packaging/install.sh');
+const BUS_NAME = 'io.costoolkit.Agent1';
+const UNIT = 'usr/lib/systemd/system/cosd.service';
+const POLICY = 'usr/share/dbus-1/system.d/io.costoolkit.Agent1.conf';
+const SERVICES_DIR = 'usr/share/dbus-1/system-services';
+const ACTIVATION = `${SERVICES_DIR}/io.costoolkit.Agent1.service`;
+const INTERFACE = 'usr/share/dbus-1/interfaces/io.costoolkit.Agent1.xml';
+const POLKIT_DROP_IN = 'usr/share/doc/cos-agent/examples/io.costoolkit.Agent1.polkit.conf';
+
+/** Installed path (relative to DESTDIR) -> source (relative to the repository). */
+const FILES: Readonly<Record<string, string>> = {
+  [UNIT]: 'systemd/cosd.service',
+  [POLICY]: 'packaging/io.costoolkit.Agent1.conf',
+  [ACTIVATION]: 'packaging/io.costoolkit.Agent1.service',
+  [INTERFACE]: 'src/dbus/interface.xml',
+  'usr/share/polkit-1/actions/io.costoolkit.agent1.policy': 'packaging/io.costoolkit.agent1.policy',
+  [POLKIT_DROP_IN]: 'packaging/io.costoolkit.Agent1.polkit.conf',
+  'usr/share/doc/cos-agent/README.md': 'README.md',
+};
+
+interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run a program (argv); resolves with its exit code and output whatever the code. */
+function run(cmd: string, args: readonly string[], env: Record<string, string> = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+      if (err && typeof err.code !== 'number') reject(err);
+      else resolve({ code: err ? (err.code as number) : 0, stdout, stderr });
+    });
+  });
+}
+
+async function tempDir(t: ExecutionContext, prefix: string): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), prefix));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** install.sh into a fresh DESTDIR (a path it has to create); returns DESTDIR. */
+async function install(t: ExecutionContext): Promise<string> {
+  const dest = path.join(await tempDir(t, 'cos-pkg-'), 'destdir');
+  const r = await run('bash', [INSTALL, dest]);
+  t.is(r.code, 0, r.stderr);
+  return dest;
+}
+
+/** Every entry under `root` (not `root` itself) as "dir 755" / "file 644" / "symlink ...". */
+async function tree(root: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const e of await readdir(root, { recursive: true, withFileTypes: true })) {
+    const full = path.join(e.parentPath, e.name);
+    const st = await lstat(full);
+    const kind = st.isDirectory() ? 'dir' : st.isFile() ? 'file' : st.isSymbolicLink() ? 'symlink' : 'other';
+    out[path.relative(root, full)] = `${kind} ${(st.mode & 0o7777).toString(8)}`;
+  }
+  return out;
+}
+
+/** The tree install.sh must produce: FILES at 0644 and every directory leading to them at 0755. */
+function expectedTree(): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const file of Object.keys(FILES)) {
+    out[file] = 'file 644';
+    for (let dir = path.dirname(file); dir !== '.'; dir = path.dirname(dir)) out[dir] = 'dir 755';
+  }
+  return out;
+}
+
+async function assertInstalled(t: ExecutionContext, dest: string): Promise<void> {
+  t.deepEqual(await tree(dest), expectedTree());
+  for (const [installed, source] of Object.entries(FILES)) {
+    t.true((await readFile(path.join(dest, installed))).equals(await readFile(path.join(REPO, source))), `${installed} is byte-identical to ${source}`);
+  }
+}
+
+test('install.sh installs exactly the integration files, 0644 in 0755 directories, byte-identical to their sources', async (t) => {
+  const dest = await install(t);
+  await assertInstalled(t, dest);
+  // The opt-in polkit drop-in is an example only: nothing but the base policy goes into the bus's system.d.
+  t.deepEqual(await readdir(path.join(dest, path.dirname(POLICY))), [path.basename(POLICY)]);
+});
+
+test('install.sh is idempotent and repairs what changed since; DESTDIR comes from argv only', async (t) => {
+  const dest = await install(t);
+  // A file that was changed and made private, a directory with the wrong mode: a second run restores both.
+  await writeFile(path.join(dest, UNIT), 'changed\n');
+  await chmod(path.join(dest, UNIT), 0o600);
+  await chmod(path.join(dest, 'usr/share/dbus-1'), 0o700);
+  const again = await run('bash', [INSTALL, dest]);
+  t.is(again.code, 0, again.stderr);
+  await assertInstalled(t, dest);
+
+  const envOnly = path.join(await tempDir(t, 'cos-pkg-env-'), 'destdir');
+  for (const args of [[], [dest, dest], ['']]) {
+    const r = await run('bash', [INSTALL, ...args], { DESTDIR: envOnly });
+    t.is(r.code, 2, `args ${JSON.stringify(args)}`);
+    t.regex(r.stderr, /usage: .*install\.sh DESTDIR/);
+  }
+  await t.throwsAsync(lstat(envOnly), { code: 'ENOENT' });
+});
+
+interface Bus {
+  address: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * A dbus-daemon configured like a system bus (type system, EXTERNAL auth, Debian's default-deny policy) that includes
+ * `includes` and has `servicedir` as its activation directory. Rejects when dbus-daemon refuses the configuration.
+ */
+async function startBus(t: ExecutionContext, includes: readonly string[], servicedir: string): Promise<Bus> {
+  const dir = await tempDir(t, 'cos-pkg-bus-');
+  await chmod(dir, 0o755); // non-root clients (setpriv) reach the socket
+  const socket = path.join(dir, 'system_bus_socket');
+  const config = path.join(dir, 'system.conf');
+  await writeFile(config, `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <auth>EXTERNAL</auth>
+  <listen>unix:path=${socket}</listen>
+  <servicedir>${servicedir}</servicedir>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
+  </policy>
+  ${includes.map((f) => `<include>${f}</include>`).join('\n  ')}
+</busconfig>
+`);
+  const child = spawn('dbus-daemon', [`--config-file=${config}`, '--nofork', '--nopidfile', '--print-address=1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => {
+    stderr += b.toString();
+  });
+  const stop = async (): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = once(child, 'exit');
+    child.kill('SIGTERM');
+    await exited;
+  };
+  t.teardown(stop);
+  const address = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout }).once('line', (line) => resolve(line.trim()));
+    child.once('exit', (code) => reject(new Error(`dbus-daemon exited (${code}) before listening: ${stderr}`)));
+    child.once('error', reject);
+  });
+  return { address, stop };
+}
+
+function busCall(address: string, method: string, args: readonly string[] = [], asNobody = false): Promise<RunResult> {
+  const argv = [`--bus=${address}`, '--print-reply', '--dest=org.freedesktop.DBus', '/org/freedesktop/DBus', `org.freedesktop.DBus.${method}`, ...args];
+  return asNobody ? run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'dbus-send', ...argv]) : run('dbus-send', argv);
+}
+
+test('dbus-daemon loads the installed policy and activation file: io.costoolkit.Agent1 is activatable, only root may own it', async (t) => {
+  const dest = await install(t);
+  const bus = await startBus(t, [path.join(dest, POLICY)], path.join(dest, SERVICES_DIR));
+  const names = await busCall(bus.address, 'ListActivatableNames');
+  t.is(names.code, 0, names.stderr);
+  t.true(names.stdout.includes(`string "${BUS_NAME}"`), names.stdout);
+
+  // The default policy denies owning any name; the installed policy lets root own this one, and nobody else.
+  const root = await busCall(bus.address, 'RequestName', [`string:${BUS_NAME}`, 'uint32:4']);
+  t.is(root.code, 0, root.stderr);
+  t.regex(root.stdout, /uint32 1\b/, 'root becomes the primary owner');
+  const nobody = await busCall(bus.address, 'RequestName', [`string:${BUS_NAME}`, 'uint32:4'], true);
+  t.not(nobody.code, 0);
+  t.regex(nobody.stderr, /org\.freedesktop\.DBus\.Error\.AccessDenied/);
+});
+
+test('the installed example polkit drop-in is a bus configuration dbus-daemon accepts next to the policy', async (t) => {
+  const dest = await install(t);
+  const bus = await startBus(t, [path.join(dest, POLICY), path.join(dest, POLKIT_DROP_IN)], path.join(dest, SERVICES_DIR));
+  const names = await busCall(bus.address, 'ListActivatableNames');
+  t.is(names.code, 0, names.stderr);
+  // And dbus-daemon does refuse a configuration it cannot parse (so starting above means something).
+  const broken = path.join(await tempDir(t, 'cos-pkg-bad-'), 'broken.conf');
+  await writeFile(broken, (await readFile(path.join(dest, POLKIT_DROP_IN), 'utf8')).replace('</policy>', '</polcy>'));
+  await t.throwsAsync(startBus(t, [path.join(dest, POLICY), broken], path.join(dest, SERVICES_DIR)), { message: /dbus-daemon exited/ });
+});
+
+interface IntrospectedInterface {
+  $methods: Array<{ name: string; inSignature: string; outSignature: string }>;
+  $signals: Array<{ name: string; signature: string }>;
+  $properties: Array<{ name: string; type: string; access: string }>;
+}
+
+test('the installed interface XML is D-Bus introspection data of io.costoolkit.Agent1', async (t) => {
+  const dest = await install(t);
+  const xml = await readFile(path.join(dest, INTERFACE), 'utf8');
+  t.true(xml.includes(`<interface name="${BUS_NAME}">`));
+  // dbus-next's introspection reader (the one cosctl's proxy objects use) on a bus where the name has no owner.
+  const bus = await startBus(t, [], path.join(await tempDir(t, 'cos-pkg-nosvc-')));
+  const conn = dbus.sessionBus({ busAddress: bus.address, authMethods: ['EXTERNAL'] });
+  conn.on('error', () => {}); // a failure shows as the rejected connect or call below
+  t.teardown(() => conn.disconnect());
+  await new Promise<void>((resolve, reject) => {
+    conn.on('connect', () => resolve());
+    conn.on('error', reject);
+  });
+  const obj = await conn.getProxyObject(BUS_NAME, '/io/costoolkit/Agent1', xml);
+  t.deepEqual(Object.keys(obj.interfaces), [BUS_NAME]);
+  const iface = obj.getInterface(BUS_NAME) as unknown as IntrospectedInterface;
+  t.deepEqual(iface.$methods.map((m) => m.name).sort(), ['Cancel', 'Check', 'GetStatus', 'MarkBad', 'MarkGood', 'Rollback', 'RunStage', 'Upgrade']);
+  t.deepEqual(iface.$methods.find((m) => m.name === 'Upgrade'), { name: 'Upgrade', inSignature: 'a{sv}', outSignature: 's' });
+  t.deepEqual(iface.$signals, [{ name: 'Completed', signature: 'sis' }]);
+  t.true(iface.$properties.length > 0);
+  t.true(iface.$properties.every((p) => p.access === 'read' && p.type !== ''));
+});
+
+/** `key=value` lines of one [section] of a systemd-style file (comments skipped). */
+function section(text: string, name: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  let inside = false;
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (line.startsWith('[')) inside = line === `[${name}]`;
+    else if (inside && line !== '' && !line.startsWith('#')) {
+      const eq = line.indexOf('=');
+      out[line.slice(0, eq)] = line.slice(eq + 1);
+    }
+  }
+  return out;
+}
+
+test('the unit is Type=dbus on io.costoolkit.Agent1, and the activation file hands that name to the installed unit', async (t) => {
+  const dest = await install(t);
+  const service = section(await readFile(path.join(dest, UNIT), 'utf8'), 'Service');
+  t.is(service.Type, 'dbus');
+  t.is(service.BusName, BUS_NAME);
+  const activation = section(await readFile(path.join(dest, ACTIVATION), 'utf8'), 'D-BUS Service');
+  t.is(activation.Name, BUS_NAME);
+  t.is(path.basename(ACTIVATION), `${BUS_NAME}.service`, 'a system bus activation file is named after its bus name');
+  t.is(activation.SystemdService, path.basename(UNIT));
+  t.is(activation.User, 'root');
+});
+
+/**
+ * `systemd-analyze verify` of `unit` offline: in a fresh root holding the installed tree, the host's units (what
+ * cosd.service refers to: dbus.socket, local-fs.target, multi-user.target, and the default dependencies) and, unless
+ * `stub` is false, an executable stub /usr/bin/cosd for ExecStart=. `clean`: exit 0 and not one diagnostic.
+ */
+async function verify(t: ExecutionContext, dest: string, unit: string, stub = true): Promise<RunResult & { clean: boolean }> {
+  const root = await tempDir(t, 'cos-pkg-verify-');
+  await cp(dest, root, { recursive: true, verbatimSymlinks: true });
+  await cp('/usr/lib/systemd/system', path.join(root, 'usr/lib/systemd/system'), { recursive: true, verbatimSymlinks: true, force: false });
+  await writeFile(path.join(root, UNIT), unit);
+  if (stub) {
+    await mkdir(path.join(root, 'usr/bin'), { recursive: true });
+    await writeFile(path.join(root, 'usr/bin/cosd'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+  }
+  const r = await run('systemd-analyze', ['verify', '--man=no', `--root=${root}`, path.join(root, UNIT)], { SYSTEMD_COLORS: '0', SYSTEMD_PAGER: 'cat' });
+  return { ...r, clean: r.code === 0 && r.stdout === '' && r.stderr === '' };
+}
+
+test('systemd-analyze verify passes the installed unit without a single diagnostic', async (t) => {
+  const dest = await install(t);
+  const r = await verify(t, dest, await readFile(path.join(dest, UNIT), 'utf8'));
+  t.is(r.code, 0, r.stderr);
+  t.is(r.stderr, '');
+  t.is(r.stdout, '');
+  t.true(r.clean);
+});
+
+/** A broken copy: `edit` applied to the installed unit (null: the unit as installed, but no stub /usr/bin/cosd). */
+const broken = test.macro(async (t, edit: ((unit: string) => string) | null, diagnostic: RegExp) => {
+  const dest = await install(t);
+  const unit = await readFile(path.join(dest, UNIT), 'utf8');
+  const bad = edit ? edit(unit) : unit;
+  if (edit) t.not(bad, unit, 'the edit changed the unit');
+  const r = await verify(t, dest, bad, edit !== null);
+  t.false(r.clean);
+  t.regex(r.stderr, diagnostic);
+});
+
+test('systemd-analyze verify catches a misspelled directive (Tpye=dbus)', broken, (u) => u.replace(/^Type=dbus$/m, 'Tpye=dbus'), /Unknown key 'Tpye'/);
+test('systemd-analyze verify catches an invalid value (Type=dbuss)', broken, (u) => u.replace(/^Type=dbus$/m, 'Type=dbuss'), /Failed to parse service type/);
+test('systemd-analyze verify catches Type=dbus without BusName=', broken, (u) => u.replace(/^BusName=.*\n/m, ''), /no D-Bus service name/);
+test('systemd-analyze verify catches a missing ExecStart= binary (no stub /usr/bin/cosd)', broken, null, /\/usr\/bin\/cosd is not executable/);
