@@ -6,6 +6,8 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { createCosHost } from '../test/helpers/cos-host.ts';
 import { startBus, startCosd } from '../test/helpers/dbus.ts';
 import { AgentClient } from '../src/dbus/client.ts';
@@ -14,6 +16,12 @@ import type { TestRegistry } from '../test/helpers/registry.ts';
 export const TARGET_IDLE_RSS_MB = 60;
 export const TARGET_P99_IDLE_MS = 5;
 export const TARGET_P99_STAGING_MS = 25;
+
+/** A full GC of this (the measuring) process. */
+function collectGarbage(): void {
+  v8.setFlagsFromString('--expose-gc');
+  (runInNewContext('gc') as () => void)();
+}
 
 async function rssMb(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
@@ -56,6 +64,9 @@ export async function benchDaemon(
     const wakeups = (await switches(pid)) - s0;
 
     client = await AgentClient.connect({ address: bus.address });
+    // The round trips are timed in this process too: collect the garbage the staging benchmark left here first, so a
+    // collection of it does not land in the daemon's numbers.
+    collectGarbage();
     const idle: number[] = [];
     for (let i = 0; i < 300; i++) {
       const t0 = performance.now();

@@ -28,6 +28,7 @@ import { AgentDaemon } from './agent/daemon.ts';
 import type { AgentDeps } from './agent/deps.ts';
 import { startService, type RunningService } from './dbus/service.ts';
 import { advanceToNextEvent, Automation, TEST_CLOCK_ENV, testClockFromEnv } from './agent/automation.ts';
+import { StatusWatcher } from './agent/status-watch.ts';
 
 export interface DaemonIo {
   stdout: NodeJS.WritableStream;
@@ -98,6 +99,11 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
   });
   current = () => daemon.state.transaction;
   const automation: Automation = new Automation({ root, daemon, log, env, ...(testClock !== undefined ? { clock: testClock } : {}) });
+  // Changes to the status sources made outside cosd re-read the status copy (after the job, if one runs).
+  const statusWatcher = new StatusWatcher(root, () => {
+    log.debug({}, 'status sources changed');
+    void daemon.refresh();
+  });
 
   log.info({ root: root.prefix, pid: process.pid, ...(testClock !== undefined ? { testClock: testClock.now().toISOString() } : {}) }, 'starting');
   try {
@@ -119,6 +125,7 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
       log.info({ reason }, 'stopping');
       if (advanceOnSignal) process.off('SIGUSR2', advanceOnSignal);
       automation.stop();
+      statusWatcher.stop();
       await daemon.stop();
       await service?.stop();
       log.info({}, 'stopped');
@@ -141,6 +148,7 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
     throw e;
   }
   automation.start();
+  statusWatcher.start();
   if (testClock !== undefined) {
     // Test-only seam: each SIGUSR2 moves the manual clock to its next event, one advance at a time.
     let chain = Promise.resolve();

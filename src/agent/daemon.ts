@@ -198,8 +198,6 @@ export function summarizeConfig(c: AgentConfig, root = '/'): ConfigSummary {
   };
 }
 
-/** A status copy older than this is re-read in the background when GetStatus is called (never while a job runs). */
-const STATUS_MAX_AGE_MS = 5000;
 
 function toAgentError(e: unknown): AgentError {
   return e instanceof AgentError ? e : new AgentError('STAGE_FAILED', e instanceof Error ? e.message : String(e), { cause: e });
@@ -254,8 +252,7 @@ export class AgentDaemon implements AgentPort {
   private statusText = '';
   private statusError: AgentError | null = null;
   private refreshChain: Promise<void> = Promise.resolve();
-  /** When the status copy was last read (performance.now()), and whether a read is queued or running. */
-  private statusAt = 0;
+  /** Whether a read of the status is queued or running. */
   private refreshing = false;
   /** A refresh was asked for while a job ran: done when the job finishes. */
   private refreshDeferred = false;
@@ -365,7 +362,6 @@ export class AgentDaemon implements AgentPort {
         this.statusError = toAgentError(e);
         this.log.warn({ code: this.statusError.code, err: this.statusError.message }, 'could not read the host status');
       } finally {
-        this.statusAt = performance.now();
         this.refreshing = false;
       }
     });
@@ -378,11 +374,9 @@ export class AgentDaemon implements AgentPort {
    */
   async statusJson(): Promise<string> {
     await this.start();
-    // Never read successfully (e.g. the partitions were not there yet at start): try again now.
+    // Never read successfully (e.g. a broken config at start): try again now. Changes made outside cosd reach the
+    // copy through the StatusWatcher (status-watch.ts), never by reading on a call: GetStatus stays fast.
     if (this.statusDoc === null) await (this.refreshing ? this.refreshChain : this.refresh());
-    // Changes made outside cosd (cosctl --no-daemon, grubenv edits, boot assessment) show on a later call: an old
-    // copy is answered at once and re-read in the background.
-    else if (!this.refreshing && performance.now() - this.statusAt > STATUS_MAX_AGE_MS) void this.refresh();
     if (this.statusDoc !== null) return this.statusText;
     throw this.statusError ?? new AgentError('STATE_INVALID', 'the host status could not be read');
   }

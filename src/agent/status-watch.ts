@@ -1,0 +1,78 @@
+/**
+ * StatusWatcher: inotify (`fs.watch`) on the few places whose files make up the status document, so a change made
+ * outside cosd (an in-process `cosctl`, an admin editing a GRUB env block, a rename of a slot image) re-reads the
+ * status copy GetStatus answers from, after a short debounce. Event-driven, like ConfigWatcher: nothing runs between
+ * events, and the debounce timer exists only after one.
+ *
+ * Watched (host paths through the SysRoot, directories that exist when armed; events filtered by file name):
+ *   /run/initramfs/cos-state        boot_assessment, grub_oem_env, state.yaml   (COS_STATE as the booted host sees it)
+ *   /run/initramfs/cos-state/cOS    active.img, passive.img                      (slot switches and rollbacks)
+ *   /oem                            grubenv                                      (one-shot next_entry)
+ *   /run/cos-agent                  last-upgrade.json, last-transaction.json    (outcomes recorded by any cosctl)
+ *   /run/cos                        upgrade_failure
+ * Only these names count: cosd's own read-only mounts (temp dirs under /run/cos-agent) never trigger a re-read.
+ */
+import { watch, type FSWatcher } from 'node:fs';
+import type { SysRoot } from '../sys/root.ts';
+
+export const STATUS_SOURCES: ReadonlyArray<{ dir: string; names: readonly string[] }> = [
+  { dir: '/run/initramfs/cos-state', names: ['boot_assessment', 'grub_oem_env', 'state.yaml'] },
+  { dir: '/run/initramfs/cos-state/cOS', names: ['active.img', 'passive.img'] },
+  { dir: '/oem', names: ['grubenv'] },
+  { dir: '/run/cos-agent', names: ['last-upgrade.json', 'last-transaction.json'] },
+  { dir: '/run/cos', names: ['upgrade_failure'] },
+];
+
+export class StatusWatcher {
+  readonly #root: SysRoot;
+  readonly #onChange: () => void;
+  readonly #debounceMs: number;
+  #watchers: FSWatcher[] = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(root: SysRoot, onChange: () => void, opts: { debounceMs?: number } = {}) {
+    this.#root = root;
+    this.#onChange = onChange;
+    this.#debounceMs = opts.debounceMs ?? 200;
+  }
+
+  /** Host dirs being watched. */
+  get watchedDirs(): string[] {
+    return this.#watched;
+  }
+
+  #watched: string[] = [];
+
+  /** Arm the watches on the directories that exist. Idempotent. */
+  start(): void {
+    if (this.#watchers.length > 0) return;
+    for (const { dir, names } of STATUS_SOURCES) {
+      try {
+        const w = watch(this.#root.path(dir), { persistent: false }, (_event, name) => {
+          if (name !== null && names.includes(name.toString())) this.#changed();
+        });
+        w.on('error', () => undefined); // the directory went away (unmounted): its watch ends, the others stay
+        this.#watchers.push(w);
+        this.#watched.push(dir);
+      } catch {
+        // not there on this host (booted from recovery: COS_STATE is not mounted by the initrd)
+      }
+    }
+  }
+
+  stop(): void {
+    for (const w of this.#watchers) w.close();
+    this.#watchers = [];
+    this.#watched = [];
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #changed(): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#onChange();
+    }, this.#debounceMs);
+  }
+}
