@@ -377,10 +377,10 @@ test.serial('after a reboot into the fallback (run/ emptied, upgrade_failure), t
   const done = await client.upgradeAndWait({ image: `${reg.host}/cos/os:v2`, noVerify: true });
   t.is((await client.getProperty('LastTransaction'))?.details.rolledBack, undefined, 'not rolled back in the boot that staged it');
   t.is(await cosd.stop(), 0);
-  // The reboot: /run starts empty; GRUB's boot assessment fell back to passive and says so on the cmdline, and
-  // 08_boot_assessment creates /run/cos/upgrade_failure.
+  // The reboot: /run starts empty; GRUB's boot assessment fell back to passive. Only /run/cos/upgrade_failure (which
+  // 08_boot_assessment creates) tells it here, not the cmdline token: the file alone is enough.
   await rm(path.join(host.root, 'run/cos-agent'), { recursive: true, force: true });
-  await writeFile(path.join(host.root, 'proc/cmdline'), cosCmdline('passive', 'img', true));
+  await writeFile(path.join(host.root, 'proc/cmdline'), cosCmdline('passive', 'img', false));
   await mkdir(path.join(host.root, 'run/cos'), { recursive: true });
   await writeFile(path.join(host.root, 'run/cos/upgrade_failure'), '');
   const after = await startCosd(bus, host, { COS_LOG_LEVEL: 'debug' });
