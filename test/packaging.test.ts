@@ -12,14 +12,13 @@
  *     copies of the unit prove that this check fails on a real error.
  */
 import test, { type ExecutionContext } from 'ava';
-import { execFile, spawn } from 'node:child_process';
-import { once } from 'node:events';
+import { execFile } from 'node:child_process';
 import { chmod, cp, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import dbus from 'dbus-next';
+import { startBus as startTestBus, type TestBus } from './helpers/dbus.ts';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 const INSTALL = path.join(REPO, 'packaging/install.sh');
@@ -127,63 +126,11 @@ test('install.sh is idempotent and repairs what changed since; DESTDIR comes fro
   await t.throwsAsync(lstat(envOnly), { code: 'ENOENT' });
 });
 
-interface Bus {
-  address: string;
-  stop(): Promise<void>;
-}
-
-/**
- * A dbus-daemon configured like a system bus (type system, EXTERNAL auth, Debian's default-deny policy) that includes
- * `includes` and has `servicedir` as its activation directory. Rejects when dbus-daemon refuses the configuration.
- */
-async function startBus(t: ExecutionContext, includes: readonly string[], servicedir: string): Promise<Bus> {
-  const dir = await tempDir(t, 'cos-pkg-bus-');
-  await chmod(dir, 0o755); // non-root clients (setpriv) reach the socket
-  const socket = path.join(dir, 'system_bus_socket');
-  const config = path.join(dir, 'system.conf');
-  await writeFile(config, `<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <auth>EXTERNAL</auth>
-  <listen>unix:path=${socket}</listen>
-  <servicedir>${servicedir}</servicedir>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
-  </policy>
-  ${includes.map((f) => `<include>${f}</include>`).join('\n  ')}
-</busconfig>
-`);
-  const child = spawn('dbus-daemon', [`--config-file=${config}`, '--nofork', '--nopidfile', '--print-address=1'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (b: Buffer) => {
-    stderr += b.toString();
-  });
-  const stop = async (): Promise<void> => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    const exited = once(child, 'exit');
-    child.kill('SIGTERM');
-    await exited;
-  };
-  t.teardown(stop);
-  const address = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout }).once('line', (line) => resolve(line.trim()));
-    child.once('exit', (code) => reject(new Error(`dbus-daemon exited (${code}) before listening: ${stderr}`)));
-    child.once('error', reject);
-  });
-  return { address, stop };
+/** A system-like test bus (test/helpers/dbus.ts) with the installed policy files and activation directory. */
+async function startBus(t: ExecutionContext, includes: readonly string[], servicedir: string): Promise<TestBus> {
+  const bus = await startTestBus({ includes, servicedir });
+  t.teardown(() => bus.stop());
+  return bus;
 }
 
 function busCall(address: string, method: string, args: readonly string[] = [], asNobody = false): Promise<RunResult> {

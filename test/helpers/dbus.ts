@@ -83,9 +83,16 @@ export const POLKIT_DROP_IN: string = path.join(REPO, 'packaging/io.costoolkit.A
 
 /**
  * `policy`: the packaging policy (default) or a permissive one. `polkit`: also the bus policy polkitd needs, and with
- * `'drop-in'` the packaging's optional polkit drop-in (non-root calls reach cosd, which asks polkit).
+ * `'drop-in'` the packaging's optional polkit drop-in (non-root calls reach cosd, which asks polkit). `includes`:
+ * these policy files instead of the agent's (e.g. installed copies); `servicedir`: an activation directory.
+ * Rejects when dbus-daemon refuses the configuration.
  */
-export async function startBus(opts: { policy?: 'packaging' | 'open'; polkit?: boolean | 'drop-in' } = {}): Promise<TestBus> {
+export async function startBus(opts: {
+  policy?: 'packaging' | 'open';
+  polkit?: boolean | 'drop-in';
+  includes?: readonly string[];
+  servicedir?: string;
+} = {}): Promise<TestBus> {
   const dir = await mkdtemp(path.join(tmpdir(), 'cos-bus-'));
   await chmod(dir, 0o755);
   const socket = path.join(dir, 'system_bus_socket');
@@ -102,7 +109,8 @@ export async function startBus(opts: { policy?: 'packaging' | 'open'; polkit?: b
   <auth>EXTERNAL</auth>
   <listen>unix:path=${socket}</listen>
   ${SYSTEM_DEFAULT_POLICY}
-  <include>${include}</include>
+  ${(opts.includes ?? [include]).map((f) => `<include>${f}</include>`).join('\n  ')}
+  ${opts.servicedir !== undefined ? `<servicedir>${opts.servicedir}</servicedir>` : ''}
   ${opts.polkit ? `<include>${POLKIT_BUS_POLICY}</include>` : ''}
   ${opts.polkit === 'drop-in' ? `<include>${POLKIT_DROP_IN}</include>` : ''}
 </busconfig>

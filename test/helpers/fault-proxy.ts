@@ -205,3 +205,34 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
     },
   };
 }
+
+export interface HeldLayer {
+  proxy: FaultProxy;
+  /** Let the held download go on. */
+  release: () => void;
+  /** Resolves once the whole-layer download has reached the proxy (and is being held). */
+  downloading: () => Promise<void>;
+}
+
+/**
+ * A fault proxy in front of `registryUrl` that holds the whole-layer (rangeless) download of `layer` until release()
+ * or the end of the test; for cancelling, killing or watching a job mid-download.
+ */
+export async function holdLayerDownload(t: { teardown(fn: () => Promise<void>): void }, registryUrl: string, layer: string): Promise<HeldLayer> {
+  const proxy = await startFaultProxy(registryUrl);
+  let release: () => void = () => {};
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  t.teardown(async () => {
+    release();
+    await proxy.stop();
+  });
+  proxy.addFault({ path: layer, rangeless: true, fault: { kind: 'hold', until: held } });
+  const downloading = async (): Promise<void> => {
+    const seen = (): boolean => proxy.requests.some((r) => r.path.includes(layer) && r.range === undefined);
+    for (let i = 0; i < 1200 && !seen(); i++) await new Promise((r) => setTimeout(r, 25));
+    if (!seen()) throw new Error(`gave up waiting for the download of ${layer}`);
+  };
+  return { proxy, release, downloading };
+}

@@ -18,7 +18,7 @@ import { createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos
 import { startBus, startCosd } from '../helpers/dbus.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
-import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.ts';
+import { holdLayerDownload, type HeldLayer } from '../helpers/fault-proxy.ts';
 import { cosctl, grubList, imageCat, mountOptions, sha256File } from '../helpers/cosctl.ts';
 import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
 import { AgentClient } from '../../src/dbus/client.ts';
@@ -120,27 +120,7 @@ async function slotHashes(host: CosHost): Promise<{ active: string; passive: str
   return { active: await sha256File(host.statePath('cOS/active.img')), passive: await sha256File(host.statePath('cOS/passive.img')) };
 }
 
-/** Wait (bounded) for a condition that has no notification: the proxy seeing a request. */
-async function until(what: string, check: () => boolean): Promise<void> {
-  for (let i = 0; i < 1200 && !check(); i++) await sleep(25);
-  if (!check()) throw new Error(`gave up waiting for ${what}`);
-}
-
-/** A fault proxy in front of the registry that holds the whole-layer download of cos/os:v2 until release(). */
-async function heldProxy(t: ExecutionContext): Promise<{ proxy: FaultProxy; release: () => void; downloading: () => Promise<void> }> {
-  const proxy = await startFaultProxy(reg.url);
-  let release: () => void = () => {};
-  const held = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  t.teardown(async () => {
-    release();
-    await proxy.stop();
-  });
-  proxy.addFault({ path: v2Layer, rangeless: true, fault: { kind: 'hold', until: held } });
-  const downloading = (): Promise<void> => until('the layer download', () => proxy.requests.some((r) => r.path.includes(v2Layer) && r.range === undefined));
-  return { proxy, release, downloading };
-}
+const heldProxy = (t: ExecutionContext): Promise<HeldLayer> => holdLayerDownload(t, reg.url, v2Layer);
 
 test.serial('cosctl check runs a Check job in cosd: exit 0, "Update available", and nothing written', async (t) => {
   // The configured upgrade source (no --image): its checks are what UpdateAvailable reports.

@@ -7,13 +7,12 @@ import test, { type ExecutionContext } from 'ava';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readdir } from 'node:fs/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { createCosHost, type CosHost } from '../helpers/cos-host.ts';
 import { startBus, startCosd, type CosdProcess, type TestBus } from '../helpers/dbus.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
-import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.ts';
+import { holdLayerDownload, type HeldLayer } from '../helpers/fault-proxy.ts';
 import { cosctl, imageCat, mountOptions, sha256File } from '../helpers/cosctl.ts';
 import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
 
@@ -32,25 +31,7 @@ test.after.always(async () => {
   await reg?.stop();
 });
 
-async function until(what: string, check: () => boolean): Promise<void> {
-  for (let i = 0; i < 400 && !check(); i++) await sleep(25);
-  if (!check()) throw new Error(`timed out waiting for ${what}`);
-}
-
-/** The registry behind a proxy that holds the layer download until released (or the test ends). */
-async function heldProxy(t: ExecutionContext): Promise<{ proxy: FaultProxy; downloading: () => Promise<void> }> {
-  const proxy = await startFaultProxy(reg.url);
-  let release: () => void = () => {};
-  const held = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  t.teardown(async () => {
-    release();
-    await proxy.stop();
-  });
-  proxy.addFault({ path: layer, rangeless: true, fault: { kind: 'hold', until: held } });
-  return { proxy, downloading: () => until('the layer download', () => proxy.requests.some((r) => r.path.includes(layer))) };
-}
+const heldProxy = (t: ExecutionContext): Promise<HeldLayer> => holdLayerDownload(t, reg.url, layer);
 
 interface Running {
   child: ChildProcess;

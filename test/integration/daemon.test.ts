@@ -7,7 +7,6 @@ import test, { type ExecutionContext } from 'ava';
 import { Ajv } from 'ajv';
 import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentError } from '../../src/model/errors.ts';
 import type { HostStatusDocument } from '../../src/model/host.ts';
 import type { Progress } from '../../src/agent/deps.ts';
@@ -16,7 +15,7 @@ import type { AgentProperties } from '../../src/dbus/codec.ts';
 import { cosCmdline, createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
-import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.ts';
+import { holdLayerDownload, type HeldLayer } from '../helpers/fault-proxy.ts';
 import { cosctl, grubList, imageCat, mountOptions, sha256File } from '../helpers/cosctl.ts';
 import { asUser, startBus, startCosd, type CosdLog, type CosdProcess, type TestBus } from '../helpers/dbus.ts';
 
@@ -108,27 +107,7 @@ function assertValidStatus(t: ExecutionContext, doc: unknown, what: string): voi
   t.true(ok, `${what}: ${JSON.stringify(validateStatus.errors)}`);
 }
 
-/** Wait (bounded) for a condition that has no notification: the proxy seeing a request. */
-async function until(what: string, check: () => boolean): Promise<void> {
-  for (let i = 0; i < 1200 && !check(); i++) await sleep(25);
-  if (!check()) throw new Error(`gave up waiting for ${what}`);
-}
-
-/** A proxy that holds the whole-layer download of cos/os:v2 until release(). */
-async function heldProxy(t: ExecutionContext): Promise<{ proxy: FaultProxy; release: () => void; downloading: () => Promise<void> }> {
-  const proxy = await startFaultProxy(reg.url);
-  let release: () => void = () => {};
-  const held = new Promise<void>((resolve) => {
-    release = resolve;
-  });
-  t.teardown(async () => {
-    release();
-    await proxy.stop();
-  });
-  proxy.addFault({ path: v2Layer, rangeless: true, fault: { kind: 'hold', until: held } });
-  const downloading = (): Promise<void> => until('the layer download', () => proxy.requests.some((r) => r.path.includes(v2Layer) && r.range === undefined));
-  return { proxy, release, downloading };
-}
+const heldProxy = (t: ExecutionContext): Promise<HeldLayer> => holdLayerDownload(t, reg.url, v2Layer);
 
 async function slotHashes(host: CosHost): Promise<{ active: string; passive: string }> {
   return { active: await sha256File(host.statePath('cOS/active.img')), passive: await sha256File(host.statePath('cOS/passive.img')) };
