@@ -198,7 +198,6 @@ export function summarizeConfig(c: AgentConfig, root = '/'): ConfigSummary {
   };
 }
 
-
 function toAgentError(e: unknown): AgentError {
   return e instanceof AgentError ? e : new AgentError('STAGE_FAILED', e instanceof Error ? e.message : String(e), { cause: e });
 }
