@@ -100,9 +100,9 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
   current = () => daemon.state.transaction;
   const automation: Automation = new Automation({ root, daemon, log, env, ...(testClock !== undefined ? { clock: testClock } : {}) });
   // Changes to the status sources made outside cosd re-read the status copy (after the job, if one runs).
-  const statusWatcher = new StatusWatcher(root, () => {
+  const statusWatcher = new StatusWatcher(root, (at) => {
     log.debug({}, 'status sources changed');
-    void daemon.refresh();
+    void daemon.refreshAfterChange(at);
   });
 
   log.info({ root: root.prefix, pid: process.pid, ...(testClock !== undefined ? { testClock: testClock.now().toISOString() } : {}) }, 'starting');

@@ -251,8 +251,9 @@ export class AgentDaemon implements AgentPort {
   private statusText = '';
   private statusError: AgentError | null = null;
   private refreshChain: Promise<void> = Promise.resolve();
-  /** Whether a read of the status is queued or running. */
+  /** Whether a read of the status is queued or running, and when the last one began (performance.now()). */
   private refreshing = false;
+  private refreshStartedAt = -1;
   /** A refresh was asked for while a job ran: done when the job finishes. */
   private refreshDeferred = false;
   private completions: Promise<void> = Promise.resolve();
@@ -350,6 +351,7 @@ export class AgentDaemon implements AgentPort {
     }
     this.refreshing = true;
     this.refreshChain = this.refreshChain.then(async () => {
+      this.refreshStartedAt = performance.now();
       const { hostStatus } = await import('./status.ts');
       try {
         const doc = await hostStatus(this.deps.agent);
@@ -365,6 +367,15 @@ export class AgentDaemon implements AgentPort {
       }
     });
     return this.refreshChain;
+  }
+
+  /**
+   * A status source changed at `changedAt` (performance.now(); StatusWatcher): re-read, unless a read that began
+   * after the change covers it already (a job's own writes are followed by the job's own re-read).
+   */
+  refreshAfterChange(changedAt: number): Promise<void> {
+    if (this.refreshStartedAt >= changedAt) return this.refreshChain;
+    return this.refresh();
   }
 
   /**

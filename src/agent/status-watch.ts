@@ -8,9 +8,11 @@
  *   /run/initramfs/cos-state        boot_assessment, grub_oem_env, state.yaml   (COS_STATE as the booted host sees it)
  *   /run/initramfs/cos-state/cOS    active.img, passive.img                      (slot switches and rollbacks)
  *   /oem                            grubenv                                      (one-shot next_entry)
- *   /run/cos-agent                  last-upgrade.json, last-transaction.json    (outcomes recorded by any cosctl)
+ *   /run/cos-agent                  last-upgrade.json                            (an in-process cosctl's upgrade)
  *   /run/cos                        upgrade_failure
- * Only these names count: cosd's own read-only mounts (temp dirs under /run/cos-agent) never trigger a re-read.
+ * Only these names count: cosd's own read-only mounts (temp dirs under /run/cos-agent) and its own job records
+ * (last-transaction.json) never trigger a re-read. The callback gets the time of the last event (performance.now()),
+ * so the daemon can skip a re-read that one of its own, started later, already covers (a job's own writes).
  */
 import { watch, type FSWatcher } from 'node:fs';
 import type { SysRoot } from '../sys/root.ts';
@@ -19,18 +21,19 @@ export const STATUS_SOURCES: ReadonlyArray<{ dir: string; names: readonly string
   { dir: '/run/initramfs/cos-state', names: ['boot_assessment', 'grub_oem_env', 'state.yaml'] },
   { dir: '/run/initramfs/cos-state/cOS', names: ['active.img', 'passive.img'] },
   { dir: '/oem', names: ['grubenv'] },
-  { dir: '/run/cos-agent', names: ['last-upgrade.json', 'last-transaction.json'] },
+  { dir: '/run/cos-agent', names: ['last-upgrade.json'] },
   { dir: '/run/cos', names: ['upgrade_failure'] },
 ];
 
 export class StatusWatcher {
   readonly #root: SysRoot;
-  readonly #onChange: () => void;
+  readonly #onChange: (lastEventAt: number) => void;
   readonly #debounceMs: number;
   #watchers: FSWatcher[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
+  #lastEventAt = 0;
 
-  constructor(root: SysRoot, onChange: () => void, opts: { debounceMs?: number } = {}) {
+  constructor(root: SysRoot, onChange: (lastEventAt: number) => void, opts: { debounceMs?: number } = {}) {
     this.#root = root;
     this.#onChange = onChange;
     this.#debounceMs = opts.debounceMs ?? 200;
@@ -69,10 +72,11 @@ export class StatusWatcher {
   }
 
   #changed(): void {
+    this.#lastEventAt = performance.now();
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
-      this.#onChange();
+      this.#onChange(this.#lastEventAt);
     }, this.#debounceMs);
   }
 }
