@@ -10,7 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { startRegistry } from '../test/helpers/registry.ts';
-import { slotSize } from '../src/agent/size.ts';
+import { slotSize } from '../src/actions/upgrade/size.ts';
 import { benchVerification } from './verify.ts';
 import { benchDaemon } from './daemon.ts';
 import { ensureRootfsImage, ROOTFS_VERSION } from './rootfs.ts';
@@ -108,7 +108,7 @@ async function main(): Promise<void> {
 
     const rootfsMiB = image.contentBytes / MiB;
     // DEFAULT_IMAGE_SIZE: the rootfs with 30% for ext2, or what the agent would grow it to from the gzip ISIZE
-    // (src/agent/size.ts), whichever is larger, so the agent and the pipeline's mkfs.ext2 use the same size.
+    // (src/actions/upgrade/size.ts), whichever is larger, so the agent and the pipeline's mkfs.ext2 use the same size.
     const slotMiB = slotSize(Math.ceil(rootfsMiB * 1.3), image.tarBytes).sizeMiB;
     // active + passive (32 MiB each), the transition image, ext4 journal/inode tables and the 5% root reserve.
     const stateMiB = Math.ceil(slotMiB * 1.1) + 128;

@@ -28,9 +28,9 @@ import zlib from 'node:zlib';
 import { SpawnRunner, type Command, type CommandResult, type Runner } from '../src/sys/runner.ts';
 import { SysRoot } from '../src/sys/root.ts';
 import { silentLogger } from '../src/sys/log.ts';
-import { NoHooks } from '../src/agent/hooks.ts';
-import type { AgentDeps, Progress } from '../src/agent/deps.ts';
-import { upgrade } from '../src/agent/upgrade.ts';
+import { NoHooks } from '../src/host/hooks.ts';
+import type { AgentDeps, Progress } from '../src/host/deps.ts';
+import { upgrade } from '../src/actions/upgrade/upgrade.ts';
 import { attachLoop, mount, type Mount } from '../src/partitions/index.ts';
 import { createCosHost } from '../test/helpers/cos-host.ts';
 

@@ -12,14 +12,14 @@ import { startRegistry } from '../test/helpers/registry.ts';
 import { pushOsImage } from '../test/helpers/os-image.ts';
 import { getManifest, pushBundleReferrer } from '../test/helpers/sign-push.ts';
 import { makeSigstoreWorld, signImageKeyless } from '../test/helpers/sigstore.ts';
-import { verifyReference } from '../src/agent/verify-image.ts';
+import { verifyReference } from '../src/actions/verify-image.ts';
 import { RegistryClient } from '../src/oci/registry.ts';
 import { parseReference } from '../src/oci/reference.ts';
 import { SysRoot } from '../src/sys/root.ts';
 import { SpawnRunner } from '../src/sys/runner.ts';
 import { silentLogger } from '../src/sys/log.ts';
-import { NoHooks } from '../src/agent/hooks.ts';
-import type { AgentDeps } from '../src/agent/deps.ts';
+import { NoHooks } from '../src/host/hooks.ts';
+import type { AgentDeps } from '../src/host/deps.ts';
 
 export const TARGET_VERIFY_CPU_MS = 50;
 

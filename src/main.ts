@@ -7,7 +7,7 @@
  *
  * The configuration is watched (inotify, debounced: a change shows in the Config property without a restart, an
  * invalid file keeps the previous config and sets LastError) and automatic updates run on the schedule of
- * /etc/cos-agent/agent.yaml (src/agent/automation.ts). The idle daemon holds the scheduler's cron task and the
+ * /etc/cos-agent/agent.yaml (src/daemon/automation.ts). The idle daemon holds the scheduler's cron task and the
  * watches, no other timer.
  *
  * Static imports stay small (dbus-next, pino, the daemon state, the config loader): the job machinery is imported on
@@ -23,12 +23,12 @@ import { AgentError } from './model/errors.ts';
 import { SysRoot } from './sys/root.ts';
 import { SpawnRunner } from './sys/runner.ts';
 import { createLogger, type Logger } from './sys/log.ts';
-import { NoHooks } from './agent/hooks.ts';
-import { AgentDaemon } from './agent/daemon.ts';
-import type { AgentDeps } from './agent/deps.ts';
+import { NoHooks } from './host/hooks.ts';
+import { AgentDaemon } from './daemon/daemon.ts';
+import type { AgentDeps } from './host/deps.ts';
 import { startService, type RunningService } from './dbus/service.ts';
-import { advanceToNextEvent, Automation, TEST_CLOCK_ENV, testClockFromEnv } from './agent/automation.ts';
-import { StatusWatcher } from './agent/status-watch.ts';
+import { advanceToNextEvent, Automation, TEST_CLOCK_ENV, testClockFromEnv } from './daemon/automation.ts';
+import { StatusWatcher } from './daemon/status-watch.ts';
 
 export interface DaemonIo {
   stdout: NodeJS.WritableStream;

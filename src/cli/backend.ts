@@ -1,10 +1,10 @@
 /**
  * What cosctl needs from the agent, whether it runs in the daemon (over D-Bus) or in-process (--no-daemon).
  */
-import type { Progress } from '../agent/deps.ts';
-import type { CheckOutcome } from '../agent/check.ts';
-import type { RollbackOutcome } from '../agent/rollback.ts';
-import type { VerifyOutcome } from '../agent/verify-image.ts';
+import type { Progress } from '../host/deps.ts';
+import type { CheckOutcome } from '../actions/check.ts';
+import type { RollbackOutcome } from '../actions/rollback.ts';
+import type { VerifyOutcome } from '../actions/verify-image.ts';
 import type { HostStatusDocument, Verification } from '../model/host.ts';
 
 export interface UpgradeRequest {

@@ -1,12 +1,12 @@
 /** The in-process backend (--no-daemon, or no daemon on the bus): runs the agent's actions in this process. */
 import { AgentError } from '../model/errors.ts';
-import type { AgentDeps } from '../agent/deps.ts';
-import { upgrade } from '../agent/upgrade.ts';
-import { rollback } from '../agent/rollback.ts';
-import { checkForUpdate } from '../agent/check.ts';
-import { markBooted } from '../agent/mark.ts';
-import { hostStatus } from '../agent/status.ts';
-import { verifyReference } from '../agent/verify-image.ts';
+import type { AgentDeps } from '../host/deps.ts';
+import { upgrade } from '../actions/upgrade/upgrade.ts';
+import { rollback } from '../actions/rollback.ts';
+import { checkForUpdate } from '../actions/check.ts';
+import { markBooted } from '../actions/mark.ts';
+import { hostStatus } from '../actions/status.ts';
+import { verifyReference } from '../actions/verify-image.ts';
 import type { Backend } from './backend.ts';
 
 export function localBackend(deps: AgentDeps): Backend {

@@ -3,7 +3,7 @@
  * while downloading), so logs and pipes stay readable.
  */
 import cliProgress from 'cli-progress';
-import type { Progress } from '../agent/deps.ts';
+import type { Progress } from '../host/deps.ts';
 
 export interface ProgressRenderer {
   update(p: Progress): void;

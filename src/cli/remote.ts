@@ -4,7 +4,7 @@
  * codes are the same table either way. `verify` writes nothing and needs no privileges: it runs in-process.
  */
 import { connectAgent } from '../dbus/client.ts';
-import type { AgentDeps } from '../agent/deps.ts';
+import type { AgentDeps } from '../host/deps.ts';
 import type { Backend } from './backend.ts';
 import { localBackend } from './local.ts';
 

@@ -11,9 +11,9 @@
 import dbus from 'dbus-next';
 import { AgentError } from '../model/errors.ts';
 import type { HostStatusDocument } from '../model/host.ts';
-import type { Operation, Progress } from '../agent/deps.ts';
-import type { CheckRequest, RollbackRequest, UpgradeRequest } from '../agent/daemon.ts';
-import type { TransactionRecord } from '../agent/transactions.ts';
+import type { Operation, Progress } from '../host/deps.ts';
+import type { CheckRequest, RollbackRequest, UpgradeRequest } from '../daemon/daemon.ts';
+import type { TransactionRecord } from '../daemon/transactions.ts';
 import {
   BUS_NAME,
   decodeProperties,

@@ -6,8 +6,8 @@
  */
 import { AgentError } from '../model/errors.ts';
 import type { SlotName } from '../model/host.ts';
-import type { Operation } from '../agent/deps.ts';
-import type { JobKind } from '../agent/job.ts';
+import type { Operation } from '../host/deps.ts';
+import type { JobKind } from '../daemon/job.ts';
 import type {
   CheckRequest,
   ConfigSummary,
@@ -17,8 +17,8 @@ import type {
   SlotState,
   SlotSummary,
   UpgradeRequest,
-} from '../agent/daemon.ts';
-import type { TransactionDetails, TransactionRecord } from '../agent/transactions.ts';
+} from '../daemon/daemon.ts';
+import type { TransactionDetails, TransactionRecord } from '../daemon/transactions.ts';
 
 export const BUS_NAME = 'io.costoolkit.Agent1';
 export const OBJECT_PATH = '/io/costoolkit/Agent1';

@@ -12,7 +12,7 @@
 import dbus from 'dbus-next';
 import { AgentError } from '../model/errors.ts';
 import type { Logger } from '../sys/log.ts';
-import type { AgentPort, DaemonState } from '../agent/daemon.ts';
+import type { AgentPort, DaemonState } from '../daemon/daemon.ts';
 import {
   BUS_NAME,
   decodeCheckOptions,

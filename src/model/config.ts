@@ -1,6 +1,6 @@
 /**
  * The agent's effective configuration, resolved from the cOS / elemental config sources (spec cos-layout.md 2.2,
- * 3.1–3.3, 9). Pure data: produced by src/agent/config/resolve.ts, read by everything else.
+ * 3.1–3.3, 9). Pure data: produced by src/config/resolve.ts, read by everything else.
  */
 
 /** Where an upgrade payload comes from. `oci` covers elemental's `docker:` and `oci:` schemes (both pull an OCI image). */
@@ -10,7 +10,7 @@ export type ImageSourceKind = 'oci' | 'channel' | 'dir' | 'file';
  * One upgrade source.
  * - `ref`: the bare value: an image reference (`reg.example/os:1.2`), a luet package (`system/cos`) or an absolute path.
  * - `uri`: the canonical scheme form `oci:<ref>`, `channel:<pkg>`, `dir:<path>`, `file:<path>`. elemental's state.yaml
- *   writes `docker://<ref>` / `dir:///<path>` instead; src/agent/state-file.ts `imageSourceToStateUri` converts.
+ *   writes `docker://<ref>` / `dir:///<path>` instead; src/host/state-file.ts `imageSourceToStateUri` converts.
  */
 export interface ImageSource {
   readonly kind: ImageSourceKind;

@@ -68,7 +68,7 @@ export const DEFAULT_AGENT_SETTINGS: AgentSettings = Object.freeze({
 
 /** One consistent snapshot of every config source, as the watcher publishes it. */
 export interface WatchedConfig {
-  /** The effective upgrade config (src/agent/config/load.ts). */
+  /** The effective upgrade config (src/config/load.ts). */
   readonly config: AgentConfig;
   /** Warnings of the config loader (ignored keys and files), with file and line. */
   readonly warnings: readonly string[];
@@ -99,7 +99,7 @@ export interface AutomaticRequest {
   readonly digest?: string;
 }
 
-/** What a check found; `CheckOutcome` of src/agent/check.ts fits. */
+/** What a check found; `CheckOutcome` of src/actions/check.ts fits. */
 export interface CheckReport {
   readonly updateAvailable: boolean;
   readonly image?: string;

@@ -16,7 +16,7 @@ import {
   type MakeVariant,
   type PropertyName,
 } from '../../src/dbus/codec.ts';
-import type { DaemonState } from '../../src/agent/daemon.ts';
+import type { DaemonState } from '../../src/daemon/daemon.ts';
 
 /** A variant as dbus-next hands it over after unmarshalling: 64-bit integers arrive as BigInt. */
 class V {

@@ -9,7 +9,7 @@ import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import path from 'node:path';
 import { AgentError } from '../../src/model/errors.ts';
 import type { HostStatusDocument } from '../../src/model/host.ts';
-import type { Progress } from '../../src/agent/deps.ts';
+import type { Progress } from '../../src/host/deps.ts';
 import { AgentClient, type Completion } from '../../src/dbus/client.ts';
 import type { AgentProperties } from '../../src/dbus/codec.ts';
 import { cosCmdline, createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos-host.ts';

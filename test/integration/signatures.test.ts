@@ -256,7 +256,7 @@ test('a signature over one index, copied to another index the tag now points at,
 });
 
 test('a tag moved to an unsigned image between resolve and pull: the verified digest is what gets staged', async (t) => {
-  const { upgrade } = await import('../../src/agent/upgrade.ts');
+  const { upgrade } = await import('../../src/actions/upgrade/upgrade.ts');
   const { SysRoot } = await import('../../src/sys/root.ts');
   const { SpawnRunner } = await import('../../src/sys/runner.ts');
   const { silentLogger } = await import('../../src/sys/log.ts');

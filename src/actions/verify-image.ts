@@ -1,0 +1,78 @@
+/**
+ * Verify an image's signatures before a single byte of it is written: discover candidates in every cosign layout
+ * (src/oci/signatures.ts), check them against the policy (src/verify, pure), fail closed with the code of the check
+ * that failed. A multi-arch image is accepted through a signature over the index the tag resolved to (cosign's
+ * default) or over the platform manifest being staged (cosign --recursive); the registry client already checked
+ * that the platform manifest is the one the verified index lists, by digest.
+ */
+import type { AgentConfig } from '../model/config.ts';
+import type { RejectedSignature, VerifiedSignature } from '../model/signature.ts';
+import { findSignatures } from '../oci/signatures.ts';
+import { RegistryClient } from '../oci/registry.ts';
+import { formatReference, parseReference } from '../oci/reference.ts';
+import { withContext } from '../model/errors.ts';
+import { loadConfig } from '../config/load.ts';
+import type { AgentDeps } from '../host/deps.ts';
+import type { ImageReference, ResolvedImage } from '../oci/types.ts';
+import { checkPolicy, requireVerified, verifySignatures } from '../verify/index.ts';
+import type { SysRoot } from '../sys/root.ts';
+import { loadImagePolicy } from '../config/verify-policy.ts';
+
+export interface ImageVerification {
+  /** The digest whose signature was accepted (the index or the platform manifest). */
+  signedDigest: string;
+  signatures: VerifiedSignature[];
+  /** Rejected candidates seen on the way (informational when something else was accepted). */
+  rejected: RejectedSignature[];
+  /** One line for logs and state.yaml: who signed what. */
+  summary: string;
+}
+
+export function describeSignature(s: VerifiedSignature): string {
+  const who = s.mode === 'key' ? `key ${s.keyId ?? '?'}` : `${s.identity ?? '?'} (issuer ${s.issuer ?? '?'})`;
+  const log = s.logIndex !== undefined ? `, tlog index ${s.logIndex}` : '';
+  return `${who} signed ${s.digest} [${s.kind}${log}]`;
+}
+
+export async function verifyImage(
+  root: SysRoot,
+  config: AgentConfig,
+  registry: RegistryClient,
+  ref: ImageReference,
+  image: ResolvedImage,
+): Promise<ImageVerification> {
+  const { policy, signatureRepository } = await loadImagePolicy(root, config, ref);
+  checkPolicy(policy);
+  const name = formatReference({ registry: ref.registry, repository: ref.repository });
+  const digests = image.indexDigest !== undefined ? [image.indexDigest, image.digest] : [image.digest];
+  const rejected: RejectedSignature[] = [];
+  let found = 0;
+  for (const digest of digests) {
+    const candidates = await findSignatures(registry, ref, digest, signatureRepository !== undefined ? { signatureRepository } : {});
+    found += candidates.simpleSigning.length + candidates.bundles.length;
+    const report = verifySignatures(candidates, policy, { allowedDigests: [digest] });
+    if (report.accepted.length > 0) {
+      return { signedDigest: digest, signatures: report.accepted, rejected: [...rejected, ...report.rejected], summary: report.accepted.map(describeSignature).join('; ') };
+    }
+    rejected.push(...report.rejected);
+  }
+  // Nothing accepted: throws the most specific SIGNATURE_* code (SIGNATURE_NOT_FOUND when there was no candidate).
+  requireVerified({ digest: image.digest, accepted: [], rejected: found === 0 ? [] : rejected }, name);
+  throw new Error('unreachable: requireVerified accepted an empty report');
+}
+
+export interface VerifyOutcome extends ImageVerification {
+  image: string;
+  digest: string;
+  indexDigest: string | null;
+}
+
+/** `cosctl verify IMAGE`: resolve the tag to a digest and verify it under the host's policy, writing nothing. */
+export async function verifyReference(deps: AgentDeps, image: string): Promise<VerifyOutcome> {
+  const { config } = await loadConfig(deps.root, { env: deps.env });
+  const ref = parseReference(image.replace(/^(docker|oci):(\/\/)?/, ''));
+  const registry = new RegistryClient({ root: deps.root, env: deps.env, ...deps.registry });
+  const resolved = await registry.resolve(ref).catch((e: unknown) => { throw withContext(`resolving ${formatReference(ref)}`, e); });
+  const v = await verifyImage(deps.root, config, registry, { ...ref, digest: resolved.digest }, resolved);
+  return { ...v, image: formatReference(ref), digest: resolved.digest, indexDigest: resolved.indexDigest ?? null };
+}

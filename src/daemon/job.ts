@@ -1,0 +1,123 @@
+/**
+ * One job at a time (rauc's install thread + notify/cleanup callbacks): the daemon and an in-process CLI drive the
+ * same actions through this. A second request while a job runs gets BUSY naming the running transaction. Progress
+ * and completion go to the listener; the transport (D-Bus) turns them into properties and signals.
+ */
+import { randomUUID } from 'node:crypto';
+import { AgentError } from '../model/errors.ts';
+import type { AgentDeps, Operation, Progress } from '../host/deps.ts';
+import { upgrade, type UpgradeOptions, type UpgradeOutcome } from '../actions/upgrade/upgrade.ts';
+import { rollback, type RollbackOptions, type RollbackOutcome } from '../actions/rollback.ts';
+import { checkForUpdate, type CheckOutcome } from '../actions/check.ts';
+import { markBooted } from '../actions/mark.ts';
+
+export type JobKind = 'upgrade' | 'check' | 'rollback' | 'mark-good' | 'mark-bad';
+
+/** Completion result codes of the Completed signal: 0 success, 1 failure, 2 cancelled. */
+export const RESULT_OK = 0;
+export const RESULT_FAILED = 1;
+export const RESULT_CANCELLED = 2;
+
+export interface RunningJob {
+  transaction: string;
+  kind: JobKind;
+  startedAt: string;
+}
+
+export type JobOutcome = UpgradeOutcome | RollbackOutcome | CheckOutcome | null;
+
+export interface JobListener {
+  operation(op: Operation, transaction: string | null): void;
+  progress(p: Progress, transaction: string): void;
+  completed(transaction: string, kind: JobKind, result: number, error: AgentError | null, outcome: JobOutcome): void;
+}
+
+export class JobManager {
+  private readonly deps: AgentDeps;
+  private readonly listener: JobListener;
+  private job: (RunningJob & { abort: AbortController; committed: boolean; done: Promise<void> }) | null = null;
+
+  constructor(deps: AgentDeps, listener: JobListener) {
+    this.deps = deps;
+    this.listener = listener;
+  }
+
+  get running(): RunningJob | null {
+    if (this.job === null) return null;
+    const { transaction, kind, startedAt } = this.job;
+    return { transaction, kind, startedAt };
+  }
+
+  /** Resolves when the running job (if any) has finished. */
+  idle(): Promise<void> {
+    return this.job?.done ?? Promise.resolve();
+  }
+
+  upgrade(opts: Omit<UpgradeOptions, 'transaction' | 'onProgress' | 'signal'>): string {
+    return this.start('upgrade', (tx, signal, onProgress) => upgrade(this.deps, { ...opts, transaction: tx, signal, onProgress }));
+  }
+
+  check(opts: { image?: string; recovery?: boolean }): string {
+    return this.start('check', () => checkForUpdate(this.deps, opts));
+  }
+
+  rollback(opts: RollbackOptions): string {
+    return this.start('rollback', () => rollback(this.deps, opts));
+  }
+
+  mark(good: boolean): string {
+    return this.start(good ? 'mark-good' : 'mark-bad', async () => {
+      await markBooted(this.deps, good);
+      return null;
+    });
+  }
+
+  /**
+   * Cancel the running upgrade if it has not reached the slot switch. Returns false when there is nothing to
+   * cancel or it is too late (the switch has begun and will complete). Idempotent.
+   */
+  cancel(): boolean {
+    const job = this.job;
+    if (job === null || job.kind !== 'upgrade' || job.committed) return false;
+    job.abort.abort(new AgentError('STAGE_FAILED', 'cancelled'));
+    return true;
+  }
+
+  private start(kind: JobKind, run: (tx: string, signal: AbortSignal, onProgress: (p: Progress) => void) => Promise<JobOutcome>): string {
+    if (this.job !== null) {
+      throw new AgentError('BUSY', `busy: ${this.job.kind} transaction ${this.job.transaction} is running`);
+    }
+    const transaction = randomUUID();
+    const abort = new AbortController();
+    const job = { transaction, kind, startedAt: this.deps.now().toISOString(), abort, committed: false, done: Promise.resolve() };
+    this.job = job;
+    let lastOp: Operation | null = null;
+    const onProgress = (p: Progress): void => {
+      // The switch is the point of no return: from here on a cancel is refused.
+      if (p.operation === 'finalizing' && /switching/.test(p.message)) job.committed = true;
+      if (p.operation !== lastOp) {
+        lastOp = p.operation;
+        this.listener.operation(p.operation, transaction);
+      }
+      this.listener.progress(p, transaction);
+    };
+    this.listener.operation(kind === 'upgrade' ? 'checking' : kind === 'check' ? 'checking' : 'finalizing', transaction);
+    job.done = (async () => {
+      let result = RESULT_OK;
+      let error: AgentError | null = null;
+      let outcome: JobOutcome = null;
+      try {
+        outcome = await run(transaction, abort.signal, onProgress);
+      } catch (e) {
+        error = e instanceof AgentError ? e : new AgentError('STAGE_FAILED', e instanceof Error ? e.message : String(e), { cause: e });
+        result = abort.signal.aborted ? RESULT_CANCELLED : RESULT_FAILED;
+      } finally {
+        this.job = null;
+        this.listener.operation('idle', null);
+      }
+      this.listener.completed(transaction, kind, result, error, outcome);
+    })();
+    return transaction;
+  }
+}
+

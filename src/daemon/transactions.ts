@@ -1,0 +1,142 @@
+/**
+ * The outcome of the daemon's last job (any kind), kept where it survives a daemon restart (/run/cos-agent, this
+ * boot) and a reboot (/usr/local/.cos-agent when COS_PERSISTENT is mounted there), written atomically. An upgrade run
+ * without the daemon only leaves result.ts's record: readLastTransaction takes the newer of the two, so the daemon
+ * republishes whichever happened last.
+ */
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { UpgradeResult } from '../model/host.ts';
+import type { SysRoot } from '../sys/root.ts';
+import { writeFileAtomic } from '../sys/files.ts';
+import { readLastResult } from '../host/records.ts';
+import type { JobKind } from './job.ts';
+
+const FILES = ['/run/cos-agent/last-transaction.json', '/usr/local/.cos-agent/last-transaction.json'] as const;
+
+/** Completion result codes (the Completed signal's `result`). */
+export const RESULT = { ok: 0, failed: 1, cancelled: 2 } as const;
+
+/** What a finished job produced, by kind (absent fields: not applicable or not known). */
+export interface TransactionDetails {
+  /** upgrade, check: the image reference. */
+  image?: string;
+  /** upgrade, check: the manifest digest it resolved to. */
+  digest?: string;
+  /** upgrade: system or recovery. */
+  target?: 'system' | 'recovery';
+  /** upgrade: VERSION of the staged image. */
+  version?: string;
+  /** upgrade: verified or skipped. */
+  verification?: string;
+  /** upgrade: the old active moved to passive. */
+  rotated?: boolean;
+  /** upgrade: why passive was kept, when it was. */
+  keepPassiveReason?: string;
+  /** upgrade: the caller asked for a reboot after success. */
+  reboot?: boolean;
+  /** upgrade: the caller asked to stage even an unchanged digest. */
+  force?: boolean;
+  /** upgrade: nothing was staged, the slot already held the digest (why, in words). */
+  unchanged?: string;
+  /**
+   * upgrade: the upgrade succeeded in an earlier boot, and boot assessment then rolled it back (this boot is the
+   * fallback, with upgrade_failure). Derived at each start, not stored.
+   */
+  rolledBack?: boolean;
+  /** check: the digest the slot holds (absent when unknown). */
+  currentDigest?: string;
+  /** check: whether the image differs from the slot. */
+  updateAvailable?: boolean;
+  /** rollback: swapped for good rather than once. */
+  permanent?: boolean;
+  /** rollback: the GRUB entry of the next boot. */
+  nextEntry?: string;
+}
+
+export interface TransactionRecord {
+  transaction: string;
+  kind: JobKind;
+  /** RESULT.ok / failed / cancelled. */
+  result: number;
+  /** Agent error code on failure, else null. */
+  code: string | null;
+  error: string | null;
+  startedAt: string;
+  finishedAt: string;
+  details: TransactionDetails;
+}
+
+const KINDS: ReadonlySet<string> = new Set(['upgrade', 'check', 'rollback', 'mark-good', 'mark-bad']);
+
+function isRecord(v: unknown): v is TransactionRecord {
+  if (typeof v !== 'object' || v === null) return false;
+  const r = v as Record<string, unknown>;
+  return typeof r.transaction === 'string' && typeof r.kind === 'string' && KINDS.has(r.kind) && typeof r.result === 'number' &&
+    typeof r.startedAt === 'string' && typeof r.finishedAt === 'string' && typeof r.details === 'object' && r.details !== null;
+}
+
+/**
+ * Whether `transaction` finished during this boot: its record (the daemon's, or cosctl's upgrade result) is in /run,
+ * which every boot starts empty. A record found only on COS_PERSISTENT is from an earlier boot.
+ */
+export async function recordedThisBoot(root: SysRoot, transaction: string): Promise<boolean> {
+  for (const f of [FILES[0], '/run/cos-agent/last-upgrade.json']) {
+    const parsed = await readFile(root.path(f), 'utf8').then((t) => JSON.parse(t) as { transaction?: unknown }).catch(() => null);
+    if (parsed?.transaction === transaction) return true;
+  }
+  return false;
+}
+
+/** Persist `rec` atomically in /run (always) and on COS_PERSISTENT (when /usr/local is there). */
+export async function recordTransaction(root: SysRoot, rec: TransactionRecord): Promise<void> {
+  const text = `${JSON.stringify(rec, null, 2)}\n`;
+  const [volatile, persistent] = FILES.map((f) => root.path(f)) as [string, string];
+  await mkdir(path.dirname(volatile), { recursive: true });
+  await writeFileAtomic(volatile, text);
+  if (await stat(root.path('/usr/local')).then((s) => s.isDirectory(), () => false)) {
+    await mkdir(path.dirname(persistent), { recursive: true }).then(() => writeFileAtomic(persistent, text)).catch(() => undefined);
+  }
+}
+
+/** The upgrade result record of result.ts, as a transaction record. */
+export function fromUpgradeResult(r: UpgradeResult): TransactionRecord {
+  return {
+    transaction: r.transaction,
+    kind: 'upgrade',
+    result: r.result === 'success' ? RESULT.ok : r.code === 'STAGE_FAILED' && /cancel/i.test(r.error ?? '') ? RESULT.cancelled : RESULT.failed,
+    code: r.code,
+    error: r.error,
+    startedAt: r.startedAt,
+    finishedAt: r.finishedAt,
+    details: {
+      target: r.target,
+      rotated: r.rotated,
+      ...(r.image !== null ? { image: r.image } : {}),
+      ...(r.imageDigest !== null ? { digest: r.imageDigest } : {}),
+    },
+  };
+}
+
+/**
+ * The newest finished job: the daemon's own record or the last upgrade result (an upgrade run in-process by cosctl),
+ * whichever finished last. Unreadable or malformed files are skipped. Null when nothing is recorded.
+ */
+export async function readLastTransaction(root: SysRoot): Promise<TransactionRecord | null> {
+  let best: TransactionRecord | null = null;
+  const consider = (r: TransactionRecord | null): void => {
+    if (r !== null && (best === null || r.finishedAt > best.finishedAt)) best = r;
+  };
+  for (const f of FILES) {
+    const parsed = await readFile(root.path(f), 'utf8').then((t) => JSON.parse(t) as unknown).catch(() => null);
+    consider(isRecord(parsed) ? parsed : null);
+  }
+  const upgrade = await readLastResult(root).catch(() => null);
+  if (upgrade !== null) {
+    const rec = fromUpgradeResult(upgrade.result);
+    // The daemon's own record of the same upgrade carries more (version, verification): keep it.
+    const own = best as TransactionRecord | null;
+    if (own === null || own.transaction !== rec.transaction) consider(rec);
+  }
+  return best;
+}

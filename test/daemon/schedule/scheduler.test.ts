@@ -1,0 +1,527 @@
+import test from 'ava';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseAgentSettings } from '../../../src/config/agent-settings.ts';
+import { inWindow, ManualClock, nextWindowStart, Scheduler, systemClock, zonedInstant, type SchedulerEvent } from '../../../src/daemon/schedule/scheduler.ts';
+import { overridesLayer, resolveConfig } from '../../../src/config/resolve.ts';
+import type { AgentConfig } from '../../../src/model/config.ts';
+import type { AgentSettings, AutomaticRequest, CheckReport, MaintenanceWindow } from '../../../src/model/schedule.ts';
+import { SysRoot } from '../../../src/sys/root.ts';
+
+const at = (iso: string): Date => new Date(iso);
+const win = (yaml: string): MaintenanceWindow => {
+  const w = parseAgentSettings(`window:\n${yaml}`, 'agent.yaml').window;
+  if (w === undefined) throw new Error('no window');
+  return w;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// window arithmetic
+
+test('a window is open from its start (inclusive) for its length (exclusive) on the listed days', (t) => {
+  const w = win('  days: [wed]\n  start: "02:00"\n  length: 2h\n');
+  t.false(inWindow(at('2026-06-03T01:59:59Z'), w)); // Wednesday
+  t.true(inWindow(at('2026-06-03T02:00:00Z'), w));
+  t.true(inWindow(at('2026-06-03T03:59:59Z'), w));
+  t.false(inWindow(at('2026-06-03T04:00:00Z'), w));
+  t.false(inWindow(at('2026-06-04T02:30:00Z'), w), 'Thursday is not listed');
+  t.true(inWindow(at('2026-06-10T02:30:00Z'), w), 'the next Wednesday');
+  t.true(inWindow(at('2026-06-04T02:30:00Z'), undefined), 'no window = always');
+});
+
+test('a window that starts before midnight stays open after it, and counts as the day it opened', (t) => {
+  const w = win('  days: [sat]\n  start: "23:00"\n  length: 2h\n');
+  t.false(inWindow(at('2026-06-06T22:59:00Z'), w)); // Saturday
+  t.true(inWindow(at('2026-06-06T23:00:00Z'), w));
+  t.true(inWindow(at('2026-06-07T00:30:00Z'), w), 'Sunday 00:30 belongs to Saturday\'s window');
+  t.false(inWindow(at('2026-06-07T01:00:00Z'), w));
+  t.false(inWindow(at('2026-06-07T23:30:00Z'), w), 'Sunday\'s own 23:00 does not open');
+  t.false(inWindow(at('2026-06-06T00:30:00Z'), w), 'Saturday 00:30 would be Friday\'s window');
+});
+
+test('a window longer than a day covers the following days too', (t) => {
+  const w = win('  days: [fri]\n  start: "20:00"\n  length: 2d\n');
+  t.true(inWindow(at('2026-06-07T19:59:00Z'), w)); // Sunday, 47:59 after Friday 20:00
+  t.false(inWindow(at('2026-06-07T20:00:00Z'), w));
+  t.false(inWindow(at('2026-06-05T19:59:00Z'), w));
+});
+
+test('days and start are evaluated in the window\'s time zone, not in UTC', (t) => {
+  const w = win('  days: [sat]\n  start: "00:30"\n  length: 1h\n  timeZone: Europe/Berlin\n');
+  // Saturday 00:30 in Berlin (CET, +1) is Friday 23:30 UTC
+  t.true(inWindow(at('2026-01-09T23:45:00Z'), w));
+  t.false(inWindow(at('2026-01-10T00:45:00Z'), w), 'Saturday 00:45 UTC is 01:45 in Berlin');
+  const tokyo = win('  start: "09:00"\n  length: 1h\n  timeZone: Asia/Tokyo\n');
+  t.true(inWindow(at('2026-01-10T00:00:00Z'), tokyo));
+  t.false(inWindow(at('2026-01-10T09:00:00Z'), tokyo));
+});
+
+test('on the spring-forward day in Europe/Berlin a start inside the skipped hour opens right after the jump', (t) => {
+  // 2026-03-29: 02:00 CET jumps to 03:00 CEST (01:00 UTC)
+  t.is(zonedInstant(2026, 3, 29, 150, 'Europe/Berlin'), Date.parse('2026-03-29T01:30:00Z'), '02:30 read with the old offset = 03:30 CEST');
+  const w = win('  days: [sun]\n  start: "02:00"\n  length: 2h\n  timeZone: Europe/Berlin\n');
+  t.false(inWindow(at('2026-03-29T00:59:59Z'), w), '01:59:59 CET');
+  t.true(inWindow(at('2026-03-29T01:00:00Z'), w), '03:00 CEST');
+  t.true(inWindow(at('2026-03-29T02:59:59Z'), w), '04:59:59 CEST: the length is elapsed time');
+  t.false(inWindow(at('2026-03-29T03:00:00Z'), w));
+  const early = win('  days: [sun]\n  start: "01:00"\n  length: 3h\n  timeZone: Europe/Berlin\n');
+  t.true(inWindow(at('2026-03-29T02:30:00Z'), early), '04:30 CEST is 2.5 h after 01:00 CET');
+  t.false(inWindow(at('2026-03-29T03:00:00Z'), early), '05:00 CEST is 3 h after 01:00 CET');
+  // the Sunday before and after are ordinary: 02:00 CET = 01:00 UTC, 02:00 CEST = 00:00 UTC
+  t.true(inWindow(at('2026-03-22T01:00:00Z'), w));
+  t.true(inWindow(at('2026-04-05T00:00:00Z'), w));
+  t.false(inWindow(at('2026-04-05T02:00:00Z'), w));
+});
+
+test('on the fall-back day in Europe/Berlin a start in the repeated hour opens at its first occurrence', (t) => {
+  // 2026-10-25: 03:00 CEST falls back to 02:00 CET (01:00 UTC); 02:30 happens at 00:30 and 01:30 UTC
+  t.is(zonedInstant(2026, 10, 25, 150, 'Europe/Berlin'), Date.parse('2026-10-25T00:30:00Z'));
+  const w = win('  days: [sun]\n  start: "02:30"\n  length: 1h\n  timeZone: Europe/Berlin\n');
+  t.false(inWindow(at('2026-10-25T00:29:59Z'), w));
+  t.true(inWindow(at('2026-10-25T00:30:00Z'), w), 'first 02:30 (CEST)');
+  t.true(inWindow(at('2026-10-25T01:15:00Z'), w), '02:15 CET, 45 min later');
+  t.false(inWindow(at('2026-10-25T01:30:00Z'), w), 'the second 02:30 (CET) does not reopen it');
+});
+
+test('the next window opening is the first start strictly after the given time, on a listed day, across DST', (t) => {
+  const w = win('  days: [sat, sun]\n  start: "02:00"\n  length: 2h\n  timeZone: Europe/Berlin\n');
+  t.is(nextWindowStart(at('2026-03-25T12:00:00Z'), w).toISOString(), '2026-03-28T01:00:00.000Z', 'Saturday 02:00 CET');
+  t.is(nextWindowStart(at('2026-03-28T01:00:00Z'), w).toISOString(), '2026-03-29T01:00:00.000Z', 'Sunday: 02:00 does not exist, 03:00 CEST');
+  t.is(nextWindowStart(at('2026-03-29T02:00:00Z'), w).toISOString(), '2026-04-04T00:00:00.000Z', 'next Saturday 02:00 CEST');
+  const daily = win('  start: "23:30"\n  length: 1h\n');
+  t.is(nextWindowStart(at('2026-12-31T23:45:00Z'), daily).toISOString(), '2027-01-01T23:30:00.000Z', 'across the year end');
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// scheduler under a test clock
+
+function settings(yaml: string): AgentSettings {
+  return parseAgentSettings(yaml, 'agent.yaml');
+}
+
+function agentConfig(image?: string): AgentConfig {
+  return resolveConfig(image === undefined ? [] : [overridesLayer({ image })]);
+}
+
+interface Rig {
+  root: SysRoot;
+  clock: ManualClock;
+  scheduler: Scheduler;
+  calls: string[];
+  events: SchedulerEvent[];
+  /** What the next checks answer. */
+  report: CheckReport;
+  /** Make the next request of this action fail. */
+  failNext?: AutomaticRequest['action'];
+  /** Runs inside the next upgrade. */
+  duringUpgrade?: () => Promise<void>;
+  /** Runs before every request; may throw (e.g. an error with code BUSY). */
+  busyCheck?: () => void;
+}
+
+async function rig(
+  t: { teardown(fn: () => Promise<void> | void): void },
+  yaml: string,
+  opts: { start?: string; random?: () => number } = {},
+): Promise<Rig> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cos-agent-sched-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const root = new SysRoot(dir);
+  const clock = new ManualClock(at(opts.start ?? '2026-06-01T00:00:00Z')); // a Monday
+  const r = { root, clock, calls: [] as string[], events: [] as SchedulerEvent[], report: { updateAvailable: false } as CheckReport } as Rig;
+  r.scheduler = new Scheduler({
+    root,
+    settings: settings(yaml),
+    clock,
+    random: opts.random ?? ((): number => 0),
+    onEvent: (e) => r.events.push(e),
+    runAutomatic: async (req) => {
+      r.calls.push(`${clock.now().toISOString().slice(0, 16)} ${req.action} ${req.trigger}${req.digest ? ` ${req.digest}` : ''}`);
+      if (r.failNext === req.action) {
+        r.failNext = undefined;
+        throw new Error(`${req.action} failed`);
+      }
+      r.busyCheck?.();
+      if (req.action === 'upgrade' && r.duringUpgrade) await r.duringUpgrade();
+      return req.action === 'check' ? r.report : undefined;
+    },
+  });
+  t.teardown(() => r.scheduler.stop());
+  return r;
+}
+
+async function advanceTo(r: Rig, iso: string): Promise<void> {
+  await r.clock.advanceTo(at(iso));
+  await r.scheduler.settled();
+}
+
+test('a scheduled check fires on its cron tick under a test clock, and not before', async (t) => {
+  const r = await rig(t, 'schedule: "0 3 * * *"\nrandomDelay: 0\npolicy: check\n');
+  r.scheduler.start();
+  t.is(r.scheduler.nextRun?.toISOString(), '2026-06-01T03:00:00.000Z');
+  await advanceTo(r, '2026-06-01T02:59:59Z');
+  t.deepEqual(r.calls, []);
+  await advanceTo(r, '2026-06-01T03:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule']);
+  await advanceTo(r, '2026-06-03T12:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule', '2026-06-02T03:00 check schedule', '2026-06-03T03:00 check schedule']);
+});
+
+test('a scheduled run refused with BUSY (a user\'s job was running) runs once that job has finished, not tomorrow', async (t) => {
+  const r = await rig(t, 'schedule: "0 3 * * *"\nrandomDelay: 0\npolicy: check\n');
+  let busy = true;
+  // The daemon answers BUSY while the user's job runs.
+  r.scheduler.start();
+  r.busyCheck = (): void => {
+    if (busy) throw Object.assign(new Error('busy: upgrade transaction 1 is running'), { code: 'BUSY' });
+  };
+  await advanceTo(r, '2026-06-01T03:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule']);
+  t.like(r.events.find((e) => e.type === 'failed'), { request: { action: 'check', trigger: 'schedule' } });
+  busy = false;
+  r.scheduler.onJobFinished();
+  await r.scheduler.settled();
+  t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule', '2026-06-01T03:00 check schedule'], 'run again when the user\'s job ended');
+  r.scheduler.onJobFinished();
+  await r.scheduler.settled();
+  t.is(r.calls.length, 2, 'only once');
+});
+
+test('the schedule is evaluated in the configured time zone', async (t) => {
+  const r = await rig(t, 'schedule: "0 3 * * *"\ntimeZone: Europe/Berlin\nrandomDelay: 0\n');
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-02T00:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T01:00 check schedule'], '03:00 CEST');
+});
+
+test('under policy check an available update is only reported, never upgraded', async (t) => {
+  const r = await rig(t, 'randomDelay: 0\npolicy: check\n');
+  r.report = { updateAvailable: true, image: 'reg/os:1', digest: 'sha256:aa' };
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T03:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule']);
+  t.like(r.events.find((e) => e.type === 'update-available'), { trigger: 'schedule', image: 'reg/os:1', digest: 'sha256:aa' });
+});
+
+test('the random delay comes from the injected random function and runs on the injected timer', async (t) => {
+  const r = await rig(t, 'schedule: "0 3 * * *"\nrandomDelay: 2h\n', { random: () => 0.25 });
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T03:00:00Z');
+  t.deepEqual(r.calls, [], 'nothing at the tick itself');
+  t.deepEqual(r.clock.pending().timers.map((d) => d.toISOString()), ['2026-06-01T03:30:00.000Z'], 'one delay timer: 0.25 x 2h');
+  t.true(r.scheduler.state.delayPending);
+  t.like(r.events.find((e) => e.type === 'tick'), { delayMs: 30 * 60_000 });
+  await advanceTo(r, '2026-06-01T03:29:59Z');
+  t.deepEqual(r.calls, []);
+  await advanceTo(r, '2026-06-01T03:30:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T03:30 check schedule']);
+  t.deepEqual(r.clock.pending().timers, [], 'the delay timer is gone after its run');
+});
+
+test('the idle scheduler holds exactly its cron task and no timer; policy none holds nothing; stop clears everything', async (t) => {
+  const r = await rig(t, 'schedule: "15 4 * * *"\nrandomDelay: 1h\npolicy: apply\nwindow:\n  start: "05:00"\n  length: 1h\n', { random: () => 0.5 });
+  t.deepEqual(r.clock.pending(), { crons: [], timers: [] }, 'nothing before start');
+  r.scheduler.start();
+  r.scheduler.start();
+  t.deepEqual(r.clock.pending(), { crons: [{ expression: '15 4 * * *', timeZone: 'UTC' }], timers: [] });
+  await advanceTo(r, '2026-06-01T04:15:00Z');
+  t.is(r.clock.pending().timers.length, 1, 'between the tick and its run: the delay timer');
+  await advanceTo(r, '2026-06-01T04:45:00Z');
+  t.deepEqual(r.clock.pending(), { crons: [{ expression: '15 4 * * *', timeZone: 'UTC' }], timers: [] }, 'idle again after the run');
+  t.deepEqual(r.scheduler.state, { cron: true, delayPending: false, rebootWindow: null, running: false });
+
+  await advanceTo(r, '2026-06-02T04:15:00Z');
+  t.is(r.clock.pending().timers.length, 1);
+  r.scheduler.stop();
+  t.deepEqual(r.clock.pending(), { crons: [], timers: [] }, 'stop clears the cron task and the pending delay');
+  await advanceTo(r, '2026-06-04T00:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T04:45 check schedule'], 'nothing runs after stop');
+
+  const none = await rig(t, 'policy: none\n');
+  none.scheduler.start();
+  t.deepEqual(none.clock.pending(), { crons: [], timers: [] });
+  t.is(none.scheduler.nextRun, null);
+  t.like(none.events.at(-1), { type: 'disarmed', reason: 'policy-none' });
+});
+
+test('while an inhibitor file exists the tick is skipped and logged; without it the next tick runs', async (t) => {
+  const r = await rig(t, 'randomDelay: 0\n');
+  const inhibit = r.root.path('/run/cos-agent/inhibit');
+  await mkdir(path.dirname(inhibit), { recursive: true });
+  await writeFile(inhibit, '');
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T03:00:00Z');
+  t.deepEqual(r.calls, []);
+  t.like(r.events.find((e) => e.type === 'skipped'), { type: 'skipped', trigger: 'schedule', reason: 'inhibited', file: '/run/cos-agent/inhibit' });
+  await rm(inhibit);
+  await advanceTo(r, '2026-06-02T03:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-02T03:00 check schedule']);
+});
+
+test('the inhibitor list comes from the settings', async (t) => {
+  const r = await rig(t, 'randomDelay: 0\ninhibitors: [/var/lib/maintenance.lock]\n');
+  await mkdir(r.root.path('/run/cos-agent'), { recursive: true });
+  await writeFile(r.root.path('/run/cos-agent/inhibit'), '');
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T03:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule'], 'a default path no longer inhibits');
+  await mkdir(r.root.path('/var/lib'), { recursive: true });
+  await writeFile(r.root.path('/var/lib/maintenance.lock'), '');
+  await advanceTo(r, '2026-06-02T03:00:00Z');
+  t.is(r.calls.length, 1);
+});
+
+test('under policy stage an available update is upgraded to without reboot, once per digest', async (t) => {
+  const r = await rig(t, 'randomDelay: 0\npolicy: stage\nwindow:\n  start: "12:00"\n  length: 1h\n');
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T03:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule'], 'no update, no upgrade');
+  r.report = { updateAvailable: true, digest: 'sha256:bb' };
+  await advanceTo(r, '2026-06-02T03:00:00Z');
+  t.deepEqual(r.calls.slice(1), ['2026-06-02T03:00 check schedule', '2026-06-02T03:00 upgrade schedule sha256:bb'], 'outside the window too');
+  await advanceTo(r, '2026-06-03T03:00:00Z');
+  t.deepEqual(r.calls.slice(3), ['2026-06-03T03:00 check schedule'], 'the same digest is not staged twice');
+  t.deepEqual(r.clock.pending().timers, [], 'stage never waits for a window');
+});
+
+test('under policy apply the reboot happens right after the upgrade when inside the window', async (t) => {
+  const r = await rig(t, 'schedule: "30 2 * * *"\nrandomDelay: 0\npolicy: apply\nwindow:\n  start: "02:00"\n  length: 2h\n');
+  r.report = { updateAvailable: true, digest: 'sha256:cc' };
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T02:30:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T02:30 check schedule', '2026-06-01T02:30 upgrade schedule sha256:cc', '2026-06-01T02:30 reboot schedule']);
+  t.deepEqual(r.clock.pending().timers, []);
+});
+
+test('under policy apply outside the window the upgrade is staged and the reboot waits for the window opening (plus jitter), after a fresh check', async (t) => {
+  const r = await rig(t, 'schedule: "0 10 * * *"\nrandomDelay: 1h\npolicy: apply\nwindow:\n  days: [sat]\n  start: "02:00"\n  length: 2h\n', { random: () => 0.5 });
+  r.report = { updateAvailable: true, digest: 'sha256:dd' };
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T10:30:00Z'); // Monday
+  t.deepEqual(r.calls, ['2026-06-01T10:30 check schedule', '2026-06-01T10:30 upgrade schedule sha256:dd'], 'no reboot outside the window');
+  t.is(r.scheduler.state.rebootWindow?.toISOString(), '2026-06-06T02:30:00.000Z', 'Saturday 02:00 + 0.5 x min(1h, 2h)');
+  t.like(r.events.find((e) => e.type === 'reboot-deferred'), { until: at('2026-06-06T02:30:00Z') });
+
+  r.report = { updateAvailable: false, digest: 'sha256:dd' };
+  await advanceTo(r, '2026-06-06T02:29:00Z');
+  t.false(r.calls.some((c) => c.includes('reboot')), 'daily checks meanwhile do not reboot');
+  await advanceTo(r, '2026-06-06T02:30:00Z');
+  t.deepEqual(r.calls.slice(-2), ['2026-06-06T02:30 check window', '2026-06-06T02:30 reboot window']);
+  t.is(r.scheduler.state.rebootWindow, null);
+  t.deepEqual(r.clock.pending().timers, []);
+});
+
+test('under policy apply the reboot at the window opening happens even when that check fails', async (t) => {
+  const r = await rig(t, 'schedule: "0 12 * * *"\nrandomDelay: 0\npolicy: apply\nwindow:\n  start: "22:00"\n  length: 1h\n');
+  r.report = { updateAvailable: true, digest: 'sha256:12' };
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T12:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T12:00 check schedule', '2026-06-01T12:00 upgrade schedule sha256:12']);
+  r.failNext = 'check';
+  await advanceTo(r, '2026-06-01T22:00:00Z');
+  t.deepEqual(r.calls.slice(2), ['2026-06-01T22:00 check window', '2026-06-01T22:00 reboot window']);
+  t.like(r.events.find((e) => e.type === 'failed'), { request: { action: 'check', trigger: 'window' } });
+});
+
+test('under policy apply a reboot the check reports as pending (after a daemon restart) waits for the window too', async (t) => {
+  const r = await rig(t, 'schedule: "0 12 * * *"\nrandomDelay: 0\npolicy: apply\nwindow:\n  start: "23:00"\n  length: 2h\n');
+  r.report = { updateAvailable: false, rebootPending: true };
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T12:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T12:00 check schedule']);
+  t.is(r.scheduler.state.rebootWindow?.toISOString(), '2026-06-01T23:00:00.000Z');
+  await advanceTo(r, '2026-06-01T23:00:00Z');
+  t.deepEqual(r.calls.slice(1), ['2026-06-01T23:00 check window', '2026-06-01T23:00 reboot window']);
+});
+
+test('under policy apply an inhibitor that appears during the upgrade blocks the reboot, which waits for the next window', async (t) => {
+  const r = await rig(t, 'schedule: "30 2 * * *"\nrandomDelay: 0\npolicy: apply\nwindow:\n  start: "02:00"\n  length: 2h\n');
+  r.report = { updateAvailable: true, digest: 'sha256:ee' };
+  r.duringUpgrade = async (): Promise<void> => {
+    await mkdir(r.root.path('/etc/cos-agent'), { recursive: true });
+    await writeFile(r.root.path('/etc/cos-agent/inhibit'), '');
+  };
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T02:30:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T02:30 check schedule', '2026-06-01T02:30 upgrade schedule sha256:ee']);
+  t.like(r.events.find((e) => e.type === 'skipped'), { reason: 'inhibited', file: '/etc/cos-agent/inhibit' });
+  t.is(r.scheduler.state.rebootWindow?.toISOString(), '2026-06-02T02:00:00.000Z');
+});
+
+test('a failed request is reported and the scheduler goes on; a tick during a run is skipped as busy', async (t) => {
+  const r = await rig(t, 'schedule: "* * * * *"\nrandomDelay: 0\npolicy: stage\n');
+  r.failNext = 'check';
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T00:01:00Z');
+  t.like(r.events.find((e) => e.type === 'failed'), { request: { action: 'check', trigger: 'schedule' } });
+  r.report = { updateAvailable: true, digest: 'sha256:ff' };
+  r.duringUpgrade = async (): Promise<void> => {
+    t.true(r.scheduler.state.running);
+    await r.clock.advance(60_000); // the 00:03 tick falls into the running upgrade
+  };
+  await advanceTo(r, '2026-06-01T00:02:00Z');
+  t.like(r.events.find((e) => e.type === 'skipped'), { type: 'skipped', trigger: 'schedule', reason: 'busy' });
+  t.deepEqual(r.calls, ['2026-06-01T00:01 check schedule', '2026-06-01T00:02 check schedule', '2026-06-01T00:02 upgrade schedule sha256:ff']);
+  t.is(r.clock.now().toISOString(), '2026-06-01T00:03:00.000Z');
+  r.duringUpgrade = undefined;
+  r.report = { updateAvailable: false };
+  await advanceTo(r, '2026-06-01T00:04:00Z');
+  t.deepEqual(r.calls.slice(3), ['2026-06-01T00:04 check schedule'], 'the next tick after the run works again');
+});
+
+test('when a reload changes the configured image, the policy runs at once without the random delay', async (t) => {
+  const r = await rig(t, 'randomDelay: 2h\npolicy: stage\n', { random: () => 0.9 });
+  r.scheduler.start();
+  const agent = settings('randomDelay: 2h\npolicy: stage\n');
+  const v1 = { config: agentConfig('oci:reg/os:1'), agent };
+  r.scheduler.onConfigChanged(undefined, v1);
+  await r.scheduler.settled();
+  t.deepEqual(r.calls, [], 'the first load is no change');
+  r.scheduler.onConfigChanged(v1, { config: agentConfig('oci:reg/os:1'), agent });
+  await r.scheduler.settled();
+  t.deepEqual(r.calls, [], 'same image, nothing to do');
+  r.report = { updateAvailable: true, digest: 'sha256:11' };
+  r.scheduler.onConfigChanged(v1, { config: agentConfig('oci:reg/os:2'), agent });
+  await r.scheduler.settled();
+  t.deepEqual(r.calls, ['2026-06-01T00:00 check image-changed', '2026-06-01T00:00 upgrade image-changed sha256:11']);
+
+  const c = await rig(t, 'policy: check\n');
+  c.scheduler.start();
+  c.report = { updateAvailable: true, digest: 'sha256:22' };
+  c.scheduler.onConfigChanged({ config: agentConfig() }, { config: agentConfig('oci:reg/os:3'), agent: settings('policy: check\n') });
+  await c.scheduler.settled();
+  t.deepEqual(c.calls, ['2026-06-01T00:00 check image-changed'], 'check only reports');
+  t.like(c.events.find((e) => e.type === 'update-available'), { trigger: 'image-changed', digest: 'sha256:22' });
+});
+
+test('a reload with a new schedule or policy re-arms the cron task; policy none disarms it', async (t) => {
+  const r = await rig(t, 'schedule: "0 3 * * *"\nrandomDelay: 0\n');
+  r.scheduler.start();
+  const config = agentConfig('oci:reg/os:1');
+  const first = { config, agent: r.scheduler.settings };
+  const second = { config, agent: settings('schedule: "0 5 * * *"\ntimeZone: Asia/Tokyo\nrandomDelay: 0\n') };
+  r.scheduler.onConfigChanged(first, second);
+  t.deepEqual(r.clock.pending().crons, [{ expression: '0 5 * * *', timeZone: 'Asia/Tokyo' }]);
+  await advanceTo(r, '2026-06-02T00:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T20:00 check schedule'], '05:00 in Tokyo, not 03:00 UTC');
+  r.scheduler.onConfigChanged(second, { config, agent: settings('policy: none\n') });
+  t.deepEqual(r.clock.pending(), { crons: [], timers: [] });
+  await advanceTo(r, '2026-06-05T00:00:00Z');
+  t.is(r.calls.length, 1);
+});
+
+test('a check run by someone else that finds a newer digest starts an upgrade under stage, once, and nothing under check', async (t) => {
+  const r = await rig(t, 'policy: stage\n');
+  r.scheduler.start();
+  r.scheduler.onCheckResult({ updateAvailable: false, digest: 'sha256:00' });
+  r.scheduler.onCheckResult({ updateAvailable: true, digest: 'sha256:33', image: 'reg/os:3' });
+  await r.scheduler.settled();
+  r.scheduler.onCheckResult({ updateAvailable: true, digest: 'sha256:33', image: 'reg/os:3' });
+  await r.scheduler.settled();
+  t.deepEqual(r.calls, ['2026-06-01T00:00 upgrade update-available sha256:33']);
+
+  const c = await rig(t, 'policy: check\n');
+  c.scheduler.start();
+  c.scheduler.onCheckResult({ updateAvailable: true, digest: 'sha256:44' });
+  await c.scheduler.settled();
+  t.deepEqual(c.calls, []);
+  t.like(c.events.find((e) => e.type === 'update-available'), { digest: 'sha256:44' });
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// the real clock
+
+test.serial('on the real clock the idle scheduler adds exactly one timer (the cron task) and stop removes it', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cos-agent-sched-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const count = (): number => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+  const before = count();
+  const events: SchedulerEvent[] = [];
+  const s = new Scheduler({ root: new SysRoot(dir), settings: settings('schedule: "0 3 * * *"\n'), runAutomatic: () => undefined, onEvent: (e) => events.push(e) });
+  t.teardown(() => s.stop());
+  s.start();
+  // node-cron computes the next run in the cron helper process; armed is reported once it answered
+  await until(() => events.some((e) => e.type === 'armed'));
+  t.is(count() - before, 1);
+  const next = s.nextRun;
+  t.truthy(next);
+  t.is(next?.getUTCHours(), 3);
+  t.is(next?.getUTCMinutes(), 0);
+  t.true((next?.getTime() ?? 0) > Date.now());
+  t.true((next?.getTime() ?? 0) - Date.now() <= 86_400_000);
+  t.like(events.find((e) => e.type === 'armed'), { schedule: '0 3 * * *', timeZone: 'UTC', policy: 'check', nextRun: next });
+  s.stop();
+  t.is(count() - before, 0);
+  t.is(s.nextRun, null);
+});
+
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 600 && !cond(); i++) await new Promise((r) => setTimeout(r, 25));
+  if (!cond()) throw new Error('condition not met within 15 s');
+}
+
+test('systemClock: a task fires at the time node-cron gave, then asks for the next one', async (t) => {
+  const asked: Date[] = [];
+  let calls = 0;
+  const clock = systemClock({
+    nextRun: async () => {
+      calls++;
+      const d = new Date(Date.now() + (calls === 1 ? 30 : 3_600_000));
+      asked.push(d);
+      return d;
+    },
+  });
+  let fired = 0;
+  const h = clock.cron('* * * * *', 'UTC', () => fired++);
+  t.teardown(() => h.stop());
+  t.is(h.nextRun(), null, 'not known before the helper answered');
+  t.is((await h.ready)?.getTime(), asked[0]?.getTime());
+  await until(() => calls === 2);
+  t.is(fired, 1);
+  t.true(Date.now() >= (asked[0]?.getTime() ?? Infinity), 'never fired before its time');
+  t.is(h.nextRun()?.getTime(), asked[1]?.getTime());
+});
+
+test('systemClock: a run more than 5 minutes late (a suspended host) is reported late and still runs, once', async (t) => {
+  const missed: Date[] = [];
+  let calls = 0;
+  const late = new Date(Date.now() - 6 * 60_000);
+  const clock = systemClock({ nextRun: async () => (++calls === 1 ? late : new Date(Date.now() + 3_600_000)), onMissed: (d) => missed.push(d) });
+  let fired = 0;
+  const h = clock.cron('* * * * *', 'UTC', () => fired++);
+  t.teardown(() => h.stop());
+  await until(() => calls === 2);
+  t.is(fired, 1);
+  t.deepEqual(missed, [late]);
+  t.true((h.nextRun()?.getTime() ?? 0) > Date.now(), 'the next run is computed from now');
+});
+
+test('systemClock: a failed computation is logged and retried; stop cancels everything', async (t) => {
+  const logs: string[] = [];
+  let calls = 0;
+  const clock = systemClock({
+    retryMs: 20,
+    onCronLog: (level, m) => logs.push(`${level}: ${m}`),
+    nextRun: async () => {
+      if (++calls === 1) throw new Error('helper died');
+      return new Date(Date.now() + 3_600_000);
+    },
+  });
+  const h = clock.cron('0 3 * * *', 'UTC', () => undefined);
+  t.is(await h.ready, null);
+  t.regex(logs[0] ?? '', /^error: helper died; trying again in 0.02 s$/);
+  await until(() => h.nextRun() !== null);
+  t.is(calls, 2);
+  h.stop();
+  t.is(h.nextRun(), null);
+});
+
+test('systemClock: the real cron helper rejects an unknown time zone, naming it', async (t) => {
+  const logs: string[] = [];
+  const clock = systemClock({ retryMs: 3_600_000, onCronLog: (_l, m) => logs.push(m) });
+  const h = clock.cron('0 3 * * *', 'Mars/Olympus_Mons', () => undefined);
+  t.teardown(() => h.stop());
+  t.is(await h.ready, null);
+  t.regex(logs[0] ?? '', /Mars\/Olympus_Mons/);
+});

@@ -1,0 +1,82 @@
+import test from 'ava';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { SysRoot } from '../../src/sys/root.ts';
+import { recordResult } from '../../src/host/records.ts';
+import { fromUpgradeResult, readLastTransaction, recordTransaction, type TransactionRecord } from '../../src/daemon/transactions.ts';
+import type { UpgradeResult } from '../../src/model/host.ts';
+
+async function tempRoot(t: import('ava').ExecutionContext, persistent = true): Promise<SysRoot> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'tx-root-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  if (persistent) await mkdir(path.join(dir, 'usr/local'), { recursive: true });
+  return new SysRoot(dir);
+}
+
+const rec = (over: Partial<TransactionRecord> = {}): TransactionRecord => ({
+  transaction: 'tx-1', kind: 'rollback', result: 0, code: null, error: null,
+  startedAt: '2026-11-21T10:00:00.000Z', finishedAt: '2026-11-21T10:00:01.000Z', details: { permanent: true }, ...over,
+});
+
+const upgradeResult = (over: Partial<UpgradeResult> = {}): UpgradeResult => ({
+  transaction: 'up-1', result: 'failure', target: 'system', image: 'reg/os:v2', imageDigest: 'sha256:ab', code: 'REGISTRY_NOT_FOUND',
+  error: 'not found', rotated: false, startedAt: '2026-11-21T09:00:00.000Z', finishedAt: '2026-11-21T09:00:01.000Z', ...over,
+});
+
+test('a record is written to /run/cos-agent and to COS_PERSISTENT, and read back', async (t) => {
+  const root = await tempRoot(t);
+  await recordTransaction(root, rec());
+  t.deepEqual(JSON.parse(await readFile(root.path('/run/cos-agent/last-transaction.json'), 'utf8')), rec());
+  t.deepEqual(JSON.parse(await readFile(root.path('/usr/local/.cos-agent/last-transaction.json'), 'utf8')), rec());
+  t.deepEqual(await readLastTransaction(root), rec());
+  // Atomic replacement leaves no temp files behind.
+  t.deepEqual(await readdir(root.path('/run/cos-agent')), ['last-transaction.json']);
+});
+
+test('without COS_PERSISTENT at /usr/local the record lives in /run only', async (t) => {
+  const root = await tempRoot(t, false);
+  await recordTransaction(root, rec());
+  t.deepEqual(await readLastTransaction(root), rec());
+  t.false(await readFile(root.path('/usr/local/.cos-agent/last-transaction.json')).then(() => true, () => false));
+});
+
+test('after a reboot (/run empty) the persistent copy is republished', async (t) => {
+  const root = await tempRoot(t);
+  await recordTransaction(root, rec());
+  await rm(root.path('/run'), { recursive: true });
+  t.deepEqual(await readLastTransaction(root), rec());
+});
+
+test('nothing recorded, or only malformed files: null', async (t) => {
+  const root = await tempRoot(t);
+  t.is(await readLastTransaction(root), null);
+  await mkdir(root.path('/run/cos-agent'), { recursive: true });
+  await writeFile(root.path('/run/cos-agent/last-transaction.json'), '{"transaction": 3');
+  await mkdir(root.path('/usr/local/.cos-agent'), { recursive: true });
+  await writeFile(root.path('/usr/local/.cos-agent/last-transaction.json'), '{"transaction":"x","kind":"dance","result":0}');
+  t.is(await readLastTransaction(root), null);
+});
+
+test('an upgrade run without the daemon, newer than the daemon record, is what gets republished', async (t) => {
+  const root = await tempRoot(t);
+  await recordTransaction(root, rec());
+  await recordResult(root, upgradeResult({ finishedAt: '2026-11-21T11:00:00.000Z' }));
+  const last = await readLastTransaction(root);
+  t.deepEqual(last, fromUpgradeResult(upgradeResult({ finishedAt: '2026-11-21T11:00:00.000Z' })));
+  t.like(last, { transaction: 'up-1', kind: 'upgrade', result: 1, code: 'REGISTRY_NOT_FOUND', details: { image: 'reg/os:v2', digest: 'sha256:ab', target: 'system' } });
+});
+
+test('the daemon record of the same upgrade wins over the bare upgrade result (it carries more)', async (t) => {
+  const root = await tempRoot(t);
+  const result = upgradeResult({ result: 'success', code: null, error: null, rotated: true });
+  await recordResult(root, result);
+  const own = rec({ transaction: 'up-1', kind: 'upgrade', startedAt: result.startedAt, finishedAt: '2026-11-21T09:00:01.500Z', details: { version: '2.0.0', verification: 'verified' } });
+  await recordTransaction(root, own);
+  t.deepEqual(await readLastTransaction(root), own);
+});
+
+test('a cancelled upgrade result reads as cancelled (2)', (t) => {
+  t.is(fromUpgradeResult(upgradeResult({ code: 'STAGE_FAILED', error: 'upgrade: upgrade cancelled' })).result, 2);
+  t.is(fromUpgradeResult(upgradeResult({ result: 'success', code: null, error: null })).result, 0);
+});
