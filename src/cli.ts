@@ -139,6 +139,10 @@ async function dispatch(command: string, operand: string | undefined, values: Va
   const out = (s: string): void => {
     io.stdout.write(s);
   };
+  // What went wrong after a change took effect: the change stands (exit 0), these say what is not as it should be.
+  const warn = (warnings: readonly string[]): void => {
+    for (const w of warnings) io.stderr.write(`cosctl: warning: ${w}\n`);
+  };
   const image = typeof values.image === 'string' ? values.image : undefined;
   switch (command) {
     case 'upgrade': {
@@ -170,9 +174,13 @@ async function dispatch(command: string, operand: string | undefined, values: Va
         out(`Already up to date: ${res.unchanged} (${res.image}); nothing staged. Use --force to stage it again.\n`);
         return EXIT_OK;
       }
+      // "Reboot to run it" only when GRUB really boots the new active next (read back from the disk by the upgrade).
+      const runsNext = res.target === 'recovery' || res.nextBoot === null || res.nextBoot === 'active';
       out(`Upgraded ${res.target === 'recovery' ? 'recovery' : 'active'} slot to ${res.image}@${res.digest}` +
         `${res.version ? ` version ${res.version}` : ''}${res.verification === 'skipped' ? ' [signature NOT verified]' : ''}.\n` +
-        `${res.keepPassiveReason ? `Passive kept: ${res.keepPassiveReason}.\n` : ''}${values.reboot ? 'Rebooting into it.\n' : 'Reboot to run it.\n'}`);
+        `${res.keepPassiveReason ? `Passive kept: ${res.keepPassiveReason}.\n` : ''}` +
+        `${!runsNext ? `The next boot does NOT run it: GRUB boots ${res.nextBoot === '' ? 'nothing' : res.nextBoot} next (see cosctl status).\n` : values.reboot ? 'Rebooting into it.\n' : 'Reboot to run it.\n'}`);
+      warn(res.warnings);
       return EXIT_OK;
     }
     case 'check': {
@@ -185,6 +193,7 @@ async function dispatch(command: string, operand: string | undefined, values: Va
     case 'rollback': {
       const res = await backend.rollback({ permanent: values.permanent === true });
       out(res.permanent ? 'Swapped active and passive: the next boots run the former passive image.\n' : `Next boot (once): ${res.nextEntry}.\n`);
+      warn(res.warnings);
       return EXIT_OK;
     }
     case 'verify': {
@@ -203,8 +212,13 @@ async function dispatch(command: string, operand: string | undefined, values: Va
     }
     case 'mark-good':
     case 'mark-bad': {
-      await backend.mark(command === 'mark-good');
-      out(command === 'mark-good' ? 'Marked good: boot assessment disarmed.\n' : 'Marked bad: the next boot falls back to passive.\n');
+      const res = await backend.mark(command === 'mark-good');
+      out(command === 'mark-bad'
+        ? 'Marked bad: the next boot falls back to passive.\n'
+        : res.assessmentChanged === false
+          ? 'Marked good: the running image. Boot assessment stays armed for the upgrade staged in active.\n'
+          : 'Marked good: boot assessment disarmed.\n');
+      warn(res.warnings);
       return EXIT_OK;
     }
     default: {

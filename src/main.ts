@@ -101,8 +101,13 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
   const automation: Automation = new Automation({ root, daemon, log, env, ...(testClock !== undefined ? { clock: testClock } : {}) });
   // Changes to the status sources made outside cosd re-read the status copy (after the job, if one runs).
   const statusWatcher = new StatusWatcher(root, (at) => {
-    log.debug({}, 'status sources changed');
+    // During a job these are (mostly) its own writes: the line carries the job's transaction, the re-read waits for it.
+    const tx = daemon.state.transaction;
+    log.debug(tx !== '' ? { transaction: tx } : {}, 'status sources changed');
     void daemon.refreshAfterChange(at);
+  }, {
+    onWatchError: (dir, err) =>
+      log.warn({ dir, code: err.code ?? null, err: err.message }, 'cannot watch a status source: changes made there outside cosd show after the next job'),
   });
 
   log.info({ root: root.prefix, pid: process.pid, ...(testClock !== undefined ? { testClock: testClock.now().toISOString() } : {}) }, 'starting');

@@ -2,7 +2,7 @@
  * Check: resolve the configured (or given) image to a digest and compare it with what the slot holds. No writes.
  */
 import type { AgentDeps } from '../host/deps.ts';
-import { loadConfig } from '../config/load.ts';
+import { loadActionConfig } from '../host/config.ts';
 import { resolveSource } from './upgrade/upgrade.ts';
 import { readSlotImage } from '../host/slot-image.ts';
 import { RegistryClient } from '../oci/registry.ts';
@@ -19,7 +19,7 @@ export interface CheckOutcome {
 }
 
 export async function checkForUpdate(deps: AgentDeps, opts: { image?: string; recovery?: boolean } = {}): Promise<CheckOutcome> {
-  const { config } = await loadConfig(deps.root, { env: deps.env });
+  const { config } = await loadActionConfig(deps);
   const source = resolveSource(config, opts);
   const ref = parseReference(source.ref);
   const registry = new RegistryClient({ root: deps.root, env: deps.env, ...deps.registry });

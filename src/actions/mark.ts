@@ -1,48 +1,72 @@
 /**
- * Mark the booted system good or bad through cOS boot assessment (cos-layout.md 4.5), so GRUB acts on it:
- * good = disarm (clear enable_boot_assessment and boot_assessment_tentative), as the boot.before stage does after a
- * healthy boot; bad = arm with tentative set, so the next boot GRUB picks the fallback and adds upgrade_failure.
+ * Mark the running system good or bad through cOS boot assessment (cos-layout.md 4.5), decided by the host model
+ * and written through the bootchooser:
+ * - good: the running image's record becomes `good`; boot assessment is disarmed only when the running image is the
+ *   one under assessment (active). With an upgrade staged in active and the running image in passive, the staged
+ *   upgrade stays armed: marking the running system good must not let an untried image boot unassessed.
+ * - bad: only when active runs and passive booted before: armed with tentative set, so on the next boot GRUB picks
+ *   the fallback and adds upgrade_failure.
  */
 import path from 'node:path';
 import { AgentError } from '../model/errors.ts';
-import { updateGrubEnvFile } from '../grub/index.ts';
 import { CleanupStack } from '../sys/cleanup.ts';
-import { loadConfig } from '../config/load.ts';
-import { findPartition, mountRw } from '../host/access.ts';
-import { parseCmdline } from '../host/cmdline.ts';
+import { loadActionConfig } from '../host/config.ts';
 import { acquireLock } from '../host/lock.ts';
-import { readStateFile, writeStateFile } from '../host/state-file.ts';
+import { markOnBoot, readStateFile, writeStateFile } from '../host/state-file.ts';
+import { applyGrubWrites, readHost } from '../host/bootchooser.ts';
+import { decideMarkBad, decideMarkGood, grubVerbs } from '../host/boot-model.ts';
 import type { AgentDeps } from '../host/deps.ts';
-import { readFile } from 'node:fs/promises';
 import { syncFs } from '../partitions/index.ts';
 
-export async function markBooted(deps: AgentDeps, good: boolean): Promise<void> {
-  const { config } = await loadConfig(deps.root, { env: deps.env });
-  const boot = parseCmdline(await readFile(deps.root.path('/proc/cmdline'), 'utf8').catch(() => ''), config.labels);
-  if (!good && boot.bootedFrom !== 'active') {
-    throw new AgentError('NOT_SUPPORTED', `mark-bad only applies when booted from active (booted from ${boot.bootedFrom}): GRUB falls back from active to passive`);
-  }
+export interface MarkOutcome {
+  /** Whether boot assessment was disarmed (good) or armed to fall back (bad). */
+  assessmentChanged: boolean;
+  /** The slot whose record was updated (null: the running image is in no A/B slot, e.g. recovery). */
+  slot: 'active' | 'passive' | null;
+  warnings: string[];
+}
+
+export async function markBooted(deps: AgentDeps, good: boolean): Promise<MarkOutcome> {
+  const { config } = await loadActionConfig(deps);
   const cleanup = new CleanupStack();
   let failed = true;
+  const warnings: string[] = [];
   try {
     const lock = await acquireLock(deps.root.path('/run/cos-agent/upgrade.lock'), good ? 'mark-good' : 'mark-bad');
     cleanup.push('release the lock', () => lock.release());
-    const part = await findPartition(deps, config.labels.state);
-    const dir = await mountRw(deps, part.device, '/run/cos/state', cleanup);
-    await updateGrubEnvFile(path.join(dir, 'boot_assessment'), good
-      ? { enable_boot_assessment: '', boot_assessment_tentative: '' }
-      : { enable_boot_assessment: 'yes', boot_assessment_tentative: 'yes' }, { create: true });
-    const stateFile = path.join(dir, 'state.yaml');
-    const { state } = await readStateFile(stateFile);
-    const slot = boot.bootedFrom === 'passive' ? 'passive' : 'active';
-    const entry = state.partitions['state']?.images[slot];
-    if (entry && boot.bootedFrom !== 'recovery') {
-      entry.upgradeResult = good ? 'good' : 'failed';
-      await writeStateFile(stateFile, state);
+    const host = await readHost(deps, config, cleanup, { writable: true });
+    if (host.dirs.state === undefined) throw new AgentError('DEVICE_NOT_FOUND', `no partition labelled ${config.labels.state}: boot assessment lives there`);
+    let slot: 'active' | 'passive' | null;
+    let changed: boolean;
+    if (good) {
+      const d = decideMarkGood(host.state);
+      slot = d.slot;
+      changed = d.disarm;
+      if (d.disarm) await applyGrubWrites(host, grubVerbs.markGood());
+      else deps.log.info({ running: host.state.running, staged: host.state.staged }, 'mark-good: boot assessment left as it is (the image under assessment is not the running one)');
+    } else {
+      const d = decideMarkBad(host.state);
+      if ('refused' in d) throw new AgentError('NOT_SUPPORTED', d.refused);
+      slot = 'active';
+      changed = true;
+      await applyGrubWrites(host, grubVerbs.markBad());
     }
-    await syncFs(dir);
+    const dir = host.dirs.state;
+    if (slot !== null && dir !== undefined) {
+      const stateFile = path.join(dir, 'state.yaml');
+      const { state } = await readStateFile(stateFile);
+      const id = host.facts.slots[slot].id;
+      if (state.partitions['state'] !== undefined || id !== null) {
+        await writeStateFile(stateFile, markOnBoot(state, slot, good ? 'good' : 'failed', id));
+      }
+      await syncFs(dir);
+    }
     failed = false;
+    return { assessmentChanged: changed, slot, warnings };
   } finally {
-    await cleanup.run(failed);
+    for (const e of await cleanup.run(failed)) {
+      deps.log.error({ err: e.message }, 'cleanup step failed');
+      warnings.push(e.message);
+    }
   }
 }

@@ -1,22 +1,24 @@
 /**
- * Rollback: boot the other A/B slot next, once (`next_entry` in /oem/grubenv, which GRUB clears after use), or for
- * good (`--permanent`: swap active.img and passive.img with the crash-safe steps of plan.swapSteps).
+ * Rollback, decided by the host model (host/boot-model.ts) and written through the bootchooser:
+ * - one-shot: the next boot runs the rollback slot once (`next_entry` in /oem/grubenv, which GRUB clears when it
+ *   takes it). The rollback slot is the other image that booted before, or, when an upgrade is staged in active, the
+ *   running image: like `bootc rollback`, a rollback discards the staged upgrade (for the next boot).
+ * - permanent: swap active.img and passive.img with the crash-safe steps of plan.swapSteps, when both booted
+ *   before; any pending one-shot choice is replaced and boot assessment starts a fresh cycle.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError } from '../model/errors.ts';
-import { updateGrubEnvFile } from '../grub/index.ts';
 import { CleanupStack } from '../sys/cleanup.ts';
 import { acquireLock } from '../host/lock.ts';
-import { loadConfig } from '../config/load.ts';
-import { parseCmdline } from '../host/cmdline.ts';
-import { rollbackEntry, swapSteps, STALE_FILES } from './upgrade/plan.ts';
-import { readStateFile, writeStateFile } from '../host/state-file.ts';
+import { loadActionConfig } from '../host/config.ts';
+import { swapSteps, STALE_FILES } from './upgrade/plan.ts';
+import { readStateFile, swapOnRollback, writeStateFile } from '../host/state-file.ts';
 import { applySwitchSteps } from './upgrade/switch.ts';
-import { findPartition, hostMountOf, mountRw } from '../host/access.ts';
 import { syncFs } from '../partitions/index.ts';
+import { applyGrubWrites, readHost } from '../host/bootchooser.ts';
+import { decidePermanentRollback, decideRollback, grubVerbs, permanentRollbackWrites } from '../host/boot-model.ts';
 import type { AgentDeps } from '../host/deps.ts';
-import { rm } from 'node:fs/promises';
 
 export interface RollbackOptions {
   permanent?: boolean;
@@ -26,32 +28,35 @@ export interface RollbackOutcome {
   permanent: boolean;
   /** The GRUB entry the next boot uses (one-shot). */
   nextEntry: string | null;
+  /** What went wrong after the rollback took effect (e.g. COS_STATE could not be remounted read-only). */
+  warnings: string[];
 }
 
 export async function rollback(deps: AgentDeps, opts: RollbackOptions = {}): Promise<RollbackOutcome> {
   const { root } = deps;
-  const { config } = await loadConfig(root, { env: deps.env });
-  const boot = parseCmdline(await readFile(root.path('/proc/cmdline'), 'utf8').catch(() => ''), config.labels);
+  const { config } = await loadActionConfig(deps);
   const cleanup = new CleanupStack();
   let failed = true;
+  // Filled by the cleanup in finally, before the caller sees the outcome object.
+  const warnings: string[] = [];
   try {
     const lock = await acquireLock(root.path('/run/cos-agent/upgrade.lock'), `rollback${opts.permanent ? ' --permanent' : ''}`);
     cleanup.push('release the lock', () => lock.release());
 
+    const host = await readHost(deps, config, cleanup, { writable: true });
     if (!opts.permanent) {
-      // /oem is COS_OEM, mounted rw on a booted host; mount it ourselves when it is not.
-      const oem = await findPartition(deps, config.labels.oem);
-      const oemDir = (await hostMountOf(deps, oem.device))?.dir ?? (await mountRw(deps, oem.device, '/run/cos/oem', cleanup));
-      const entry = rollbackEntry(boot.bootedFrom);
-      await updateGrubEnvFile(path.join(oemDir, 'grubenv'), { next_entry: entry }, { create: true });
-      await syncFs(oemDir);
-      deps.log.info({ nextEntry: entry, bootedFrom: boot.bootedFrom }, 'one-shot rollback set');
+      const d = decideRollback(host.state);
+      if ('refused' in d) throw new AgentError('NOT_SUPPORTED', `cannot roll back: ${d.refused}`);
+      await applyGrubWrites(host, grubVerbs.setOneShot(d.entry));
+      deps.log.info({ nextEntry: d.entry, running: host.state.running, staged: host.state.staged }, 'one-shot rollback set');
       failed = false;
-      return { permanent: false, nextEntry: entry };
+      return { permanent: false, nextEntry: d.entry, warnings };
     }
 
-    const part = await findPartition(deps, config.labels.state);
-    const dir = await mountRw(deps, part.device, '/run/cos/state', cleanup);
+    const d = decidePermanentRollback(host.state);
+    if ('refused' in d) throw new AgentError('NOT_SUPPORTED', `cannot swap active and passive: ${d.refused}`);
+    const dir = host.dirs.state;
+    if (dir === undefined) throw new AgentError('DEVICE_NOT_FOUND', `no ${config.labels.state} partition`);
     for (const f of ['cOS/active.img', 'cOS/passive.img']) {
       if (!(await stat(path.join(dir, f)).then((s) => s.isFile(), () => false))) {
         throw new AgentError('STATE_INVALID', `cannot swap slots: ${f} is missing on ${config.labels.state}`);
@@ -63,25 +68,20 @@ export async function rollback(deps: AgentDeps, opts: RollbackOptions = {}): Pro
     });
     await applySwitchSteps(deps, dir, swapSteps(config.labels));
 
-    // The swapped pair: a fresh boot assessment cycle and swapped state entries.
-    await updateGrubEnvFile(path.join(dir, 'boot_assessment'), { boot_assessment_tentative: '' }, { create: true });
+    // The swapped pair: no pending one-shot choice, a fresh boot assessment cycle, swapped records.
+    await applyGrubWrites(host, permanentRollbackWrites(host.facts));
     const stateFile = path.join(dir, 'state.yaml');
     const { state } = await readStateFile(stateFile);
-    const images = state.partitions['state']?.images;
-    if (images) {
-      const { active, passive } = images;
-      if (passive) images['active'] = { ...passive, label: config.labels.active };
-      else delete images['active'];
-      if (active) images['passive'] = { ...active, label: config.labels.passive };
-      else delete images['passive'];
-      await writeStateFile(stateFile, state);
-    }
+    if (state.partitions['state'] !== undefined) await writeStateFile(stateFile, swapOnRollback(state, config.labels));
     await syncFs(dir);
     deps.log.info({}, 'active and passive swapped');
     failed = false;
-    return { permanent: true, nextEntry: null };
+    return { permanent: true, nextEntry: null, warnings };
   } finally {
     const errors = await cleanup.run(failed);
-    for (const e of errors) deps.log.error({ err: e.message }, 'cleanup step failed');
+    for (const e of errors) {
+      deps.log.error({ err: e.message }, 'cleanup step failed');
+      warnings.push(e.message);
+    }
   }
 }

@@ -11,7 +11,7 @@ import { findSignatures } from '../oci/signatures.ts';
 import { RegistryClient } from '../oci/registry.ts';
 import { formatReference, parseReference } from '../oci/reference.ts';
 import { withContext } from '../model/errors.ts';
-import { loadConfig } from '../config/load.ts';
+import { loadActionConfig } from '../host/config.ts';
 import type { AgentDeps } from '../host/deps.ts';
 import type { ImageReference, ResolvedImage } from '../oci/types.ts';
 import { checkPolicy, requireVerified, verifySignatures } from '../verify/index.ts';
@@ -40,8 +40,10 @@ export async function verifyImage(
   registry: RegistryClient,
   ref: ImageReference,
   image: ResolvedImage,
+  /** policy.yaml from the daemon's last valid snapshot (null: none); undefined: read from disk. */
+  policyText?: string | null,
 ): Promise<ImageVerification> {
-  const { policy, signatureRepository } = await loadImagePolicy(root, config, ref);
+  const { policy, signatureRepository } = await loadImagePolicy(root, config, ref, policyText);
   checkPolicy(policy);
   const name = formatReference({ registry: ref.registry, repository: ref.repository });
   const digests = image.indexDigest !== undefined ? [image.indexDigest, image.digest] : [image.digest];
@@ -69,10 +71,10 @@ export interface VerifyOutcome extends ImageVerification {
 
 /** `cosctl verify IMAGE`: resolve the tag to a digest and verify it under the host's policy, writing nothing. */
 export async function verifyReference(deps: AgentDeps, image: string): Promise<VerifyOutcome> {
-  const { config } = await loadConfig(deps.root, { env: deps.env });
+  const { config } = await loadActionConfig(deps);
   const ref = parseReference(image.replace(/^(docker|oci):(\/\/)?/, ''));
   const registry = new RegistryClient({ root: deps.root, env: deps.env, ...deps.registry });
   const resolved = await registry.resolve(ref).catch((e: unknown) => { throw withContext(`resolving ${formatReference(ref)}`, e); });
-  const v = await verifyImage(deps.root, config, registry, { ...ref, digest: resolved.digest }, resolved);
+  const v = await verifyImage(deps.root, config, registry, { ...ref, digest: resolved.digest }, resolved, deps.config?.()?.policyText);
   return { ...v, image: formatReference(ref), digest: resolved.digest, indexDigest: resolved.indexDigest ?? null };
 }

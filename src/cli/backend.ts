@@ -27,6 +27,10 @@ export interface UpgradeSummary {
   keepPassiveReason: string | null;
   /** Nothing was staged: the slot already held the digest (why); null when staged. */
   unchanged: string | null;
+  /** What went wrong after the slot switch (it took effect): printed as warnings. */
+  warnings: string[];
+  /** System upgrades: the slot GRUB boots next ('' when none can boot); null when not known (recovery, older cosd). */
+  nextBoot: string | null;
 }
 
 export interface Backend {
@@ -37,7 +41,8 @@ export interface Backend {
   rollback(req: { permanent: boolean }): Promise<RollbackOutcome>;
   /** Cancel the running upgrade (daemon only); false when there is none or it is past the switch. */
   cancel(): Promise<boolean>;
-  mark(good: boolean): Promise<void>;
+  /** Whether boot assessment changed (null: not known), and the warnings of a mark that took effect. */
+  mark(good: boolean): Promise<{ assessmentChanged: boolean | null; warnings: string[] }>;
   status(): Promise<HostStatusDocument>;
   verify(image: string): Promise<VerifyOutcome>;
   /** Calls `onStatus` with the document now and after every change, until the returned stop() (daemon only). */

@@ -30,6 +30,19 @@ function slotLine(s: SlotStatus, booted: boolean, staged: boolean): string {
   return parts.join('  ');
 }
 
+const REASONS: Record<HostStatusDocument['status']['nextBoot']['reason'], string> = {
+  'one-shot': 'one-shot',
+  default: 'default',
+  'saved-entry': 'saved_entry',
+  'boot-assessment': 'boot assessment falls back, upgrade_failure',
+  'grub-fallback': 'the chosen entry cannot boot: GRUB falls back',
+};
+
+function nextBootLine(n: HostStatusDocument['status']['nextBoot']): string {
+  const then = n.then !== undefined ? `; then ${n.then.slot ?? 'nothing bootable'} (${n.then.entry})` : '';
+  return `Next boot: ${n.slot ?? 'NOTHING BOOTABLE'} (entry ${n.entry}, ${REASONS[n.reason]}${then})`;
+}
+
 function renderHuman(doc: HostStatusDocument): string {
   const st = doc.status;
   const lines: string[] = [];
@@ -38,7 +51,7 @@ function renderHuman(doc: HostStatusDocument): string {
   for (const name of ['active', 'passive', 'recovery'] as const) {
     lines.push(slotLine(st.slots[name], st.booted?.slot === name, st.staged?.slot === name));
   }
-  lines.push(`Next boot: ${st.nextBoot.entry}${st.nextBoot.oneShot ? ' (one-shot)' : ''}`);
+  lines.push(nextBootLine(st.nextBoot));
   lines.push(`Boot assessment: ${st.bootAssessment.enabled ? (st.bootAssessment.tentative ? 'armed, tentative boot in progress' : 'armed') : 'off'}`);
   if (doc.spec.image) lines.push(`Upgrade source: ${doc.spec.image.image}${doc.spec.verify ? '' : ' (signature verification OFF)'}`);
   const last = st.lastUpgrade;

@@ -24,13 +24,17 @@ export function localBackend(deps: AgentDeps): Backend {
       });
       return {
         transaction: out.transaction, target: out.target, image: out.image, digest: out.digest, version: out.version,
-        verification: out.verification, keepPassiveReason: out.keepPassiveReason, unchanged: out.unchanged,
+        verification: out.verification, keepPassiveReason: out.keepPassiveReason, unchanged: out.unchanged, warnings: out.warnings,
+        nextBoot: out.nextBoot === null ? null : (out.nextBoot.slot ?? ''),
       };
     },
     check: (req) => checkForUpdate(deps, req),
     rollback: (req) => rollback(deps, { permanent: req.permanent }),
     cancel: () => Promise.reject(new AgentError('NOT_SUPPORTED', 'cancel needs the daemon (cosd): an in-process upgrade is cancelled with Ctrl-C in its terminal')),
-    mark: (good) => markBooted(deps, good),
+    mark: async (good) => {
+      const o = await markBooted(deps, good);
+      return { assessmentChanged: o.assessmentChanged, warnings: o.warnings };
+    },
     status: () => hostStatus(deps),
     verify: (image) => verifyReference(deps, image),
     watch: () => Promise.reject(new AgentError('NOT_SUPPORTED', 'status --watch needs the daemon (cosd)')),

@@ -36,6 +36,8 @@ export async function connectDaemon(env: NodeJS.ProcessEnv, deps: AgentDeps): Pr
         verification: d.verification === 'verified' ? 'verified' : d.verification === 'skipped' ? 'skipped' : 'unknown',
         keepPassiveReason: d.keepPassiveReason ?? null,
         unchanged: d.unchanged ?? null,
+        warnings: d.warnings ?? [],
+        nextBoot: d.nextBoot ?? null,
       };
     },
     async check(req) {
@@ -44,11 +46,12 @@ export async function connectDaemon(env: NodeJS.ProcessEnv, deps: AgentDeps): Pr
     },
     async rollback(req) {
       const d = (await client.rollbackAndWait({ permanent: req.permanent })).details;
-      return { permanent: d.permanent === true, nextEntry: d.nextEntry ?? null };
+      return { permanent: d.permanent === true, nextEntry: d.nextEntry ?? null, warnings: d.warnings ?? [] };
     },
     cancel: () => client.cancel(),
     async mark(good) {
-      await client.markAndWait(good);
+      const d = (await client.markAndWait(good)).details;
+      return { assessmentChanged: d.assessmentChanged ?? null, warnings: d.warnings ?? [] };
     },
     status: () => client.getStatus(),
     verify: (image) => local.verify(image),

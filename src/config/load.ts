@@ -15,7 +15,24 @@ export const ENV_FILES: readonly string[] = ['/etc/os-release', '/etc/cos/config
 /** elemental config dir (`<dir>/config.yaml`, then `<dir>/config.d/*.yaml` in lexical order). */
 export const ELEMENTAL_CONFIG_DIR = '/etc/elemental';
 
-export interface LoadedConfig {
+/**
+ * A loaded configuration that per-call overrides can still be applied to: the effective config of the sources, and
+ * the source layers it was resolved from. cosd keeps its last valid one (src/host/config.ts hands it to the jobs).
+ */
+export interface ConfigSnapshot {
+  /** The sources resolved, without per-call overrides (resolveWithOverrides(layers, undefined)). */
+  readonly config: AgentConfig;
+  /** The file and environment layers, lowest precedence first; never the overrides. */
+  readonly layers: readonly ConfigLayer[];
+  /**
+   * The text of /etc/cos-agent/policy.yaml as last validated (null: there is none). Absent: not part of this snapshot
+   * (read from disk when needed).
+   */
+  readonly policyText?: string | null;
+}
+
+export interface LoadedConfig extends ConfigSnapshot {
+  /** The sources resolved with the caller's overrides on top. */
   config: AgentConfig;
   /** Ignored keys and files, as sentences with file and line. Data for the caller to show; nothing is logged here. */
   warnings: string[];
@@ -66,6 +83,15 @@ async function configDFiles(dir: string, warnings: string[]): Promise<string[]> 
 }
 
 /**
+ * The effective configuration of `layers` (the sources) with the caller's overrides (CLI flags, D-Bus options) on
+ * top: the one place overrides are applied, for a fresh load and for a kept snapshot alike. Invalid overrides throw
+ * AgentError USAGE.
+ */
+export function resolveWithOverrides(layers: readonly ConfigLayer[], overrides?: ConfigOverrides): AgentConfig {
+  return resolveConfig(overrides === undefined ? layers : [...layers, overridesLayer(overrides)]);
+}
+
+/**
  * Load the effective configuration. `env` defaults to process.env (only `ELEMENTAL_*` is looked at); `overrides` are
  * the caller's explicit values (CLI flags), strongest of all.
  */
@@ -98,6 +124,5 @@ export async function loadConfig(
   }
 
   layers.push(envLayer(opts.env ?? process.env));
-  if (opts.overrides !== undefined) layers.push(overridesLayer(opts.overrides));
-  return { config: resolveConfig(layers), warnings, files };
+  return { config: resolveWithOverrides(layers, opts.overrides), layers, warnings, files };
 }

@@ -30,7 +30,6 @@
  */
 import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node, type Pair } from 'yaml';
 import {
-  DEFAULT_IMAGE_SIZE_MIB,
   DEFAULT_LABELS,
   type AgentConfig,
   type ConfigOverrides,
@@ -539,6 +538,12 @@ export function resolveConfig(layers: readonly ConfigLayer[]): AgentConfig {
     origins[originKey] = p?.origin ?? 'default';
     return p?.value ?? dflt;
   };
+  /** A setting whose absence means something of its own (null); its origin is then `default`. */
+  const getOrNull = <K extends SettingName>(k: K, originKey: string): SettingValues[K] | null => {
+    const p = pick(k);
+    origins[originKey] = p?.origin ?? 'default';
+    return p?.value ?? null;
+  };
   const getOpt = <K extends SettingName>(k: K, originKey: string): SettingValues[K] | undefined => {
     const p = pick(k);
     if (p !== undefined) origins[originKey] = p.origin;
@@ -597,7 +602,7 @@ export function resolveConfig(layers: readonly ConfigLayer[]): AgentConfig {
     ...(recovery ? { recoverySource: recovery.value } : {}),
     upgradeRecovery,
     channelUpgrades,
-    imageSizeMiB: get('imageSizeMiB', 'imageSizeMiB', DEFAULT_IMAGE_SIZE_MIB),
+    imageSizeMiB: getOrNull('imageSizeMiB', 'imageSizeMiB'),
     ...(recoveryImageSizeMiB !== undefined ? { recoveryImageSizeMiB } : {}),
     ...(systemFs !== undefined ? { systemFs } : {}),
     ...(recoveryFs !== undefined ? { recoveryFs } : {}),

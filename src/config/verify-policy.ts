@@ -160,10 +160,16 @@ function checkLocation(location: string, origin: string): void {
 }
 
 /** Build the trust policy for an image from the policy file and the config, reading key files and the trusted root. */
-export async function loadImagePolicy(root: SysRoot, config: AgentConfig, image: { registry: string; repository: string }): Promise<ImagePolicy> {
+export async function loadImagePolicy(
+  root: SysRoot,
+  config: AgentConfig,
+  image: { registry: string; repository: string },
+  /** policy.yaml as the daemon last validated it (null: none); undefined: read it from disk now. */
+  policyText?: string | null,
+): Promise<ImagePolicy> {
   const files: string[] = [];
   const policyPath = root.path(POLICY_FILE);
-  const text = await readFile(policyPath, 'utf8').catch((e: NodeJS.ErrnoException) => {
+  const text = policyText !== undefined ? (policyText ?? undefined) : await readFile(policyPath, 'utf8').catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return undefined;
     throw new ConfigError(policyPath, `cannot read: ${e.message}`, { cause: e });
   });

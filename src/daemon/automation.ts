@@ -1,8 +1,8 @@
 /**
  * Automation: the glue between the config watcher, the update scheduler and the daemon (no D-Bus in sight).
  *
- *   ConfigWatcher.onReload(next, prev) -> daemon.setConfig(next.config) (Config property, a rejected config's LastError
- *                                         cleared) + scheduler.onConfigChanged(prev, next) (new settings; a new
+ *   ConfigWatcher.onReload(next, prev) -> daemon.setConfig(next) (Config property and the jobs' config, a rejected
+ *                                         config's LastError cleared) + scheduler.onConfigChanged(prev, next) (new settings; a new
  *                                         UPGRADE_IMAGE runs the policy at once)
  *   ConfigWatcher.onError(err)         -> daemon.setConfigError(err): LastError names file and line, the previous
  *                                         configuration stays in effect (the watcher keeps its snapshot)
@@ -22,14 +22,14 @@
  * instant (see testClockFromEnv; main.ts advances it on SIGUSR2). Inert (unset) on real hosts.
  */
 import { AgentError, type ErrorCode } from '../model/errors.ts';
-import type { AutomaticRequest, CheckReport, WatchedConfig } from '../model/schedule.ts';
+import type { AutomaticRequest, CheckReport } from '../model/schedule.ts';
 import { DEFAULT_AGENT_SETTINGS } from '../model/schedule.ts';
 import type { Logger } from '../sys/log.ts';
 import type { SysRoot } from '../sys/root.ts';
 import type { AgentDaemon } from './daemon.ts';
 import { ManualClock, Scheduler, type SchedulerClock, type SchedulerEvent } from './schedule/scheduler.ts';
 import { RESULT, type TransactionRecord } from './transactions.ts';
-import { ConfigWatcher } from './watch.ts';
+import { ConfigWatcher, type WatchedSnapshot } from './watch.ts';
 
 /** What the automation needs from the daemon. */
 export type AutomationDaemon = Pick<AgentDaemon, 'check' | 'upgrade' | 'rebootStaged' | 'setConfig' | 'setConfigError' | 'subscribe' | 'stagedUpgrade'>;
@@ -100,6 +100,8 @@ export class Automation {
       ...(opts.debounceMs !== undefined ? { debounceMs: opts.debounceMs } : {}),
       onReload: (next, prev) => this.#onReload(next, prev),
       onError: (err) => opts.daemon.setConfigError(err),
+      onWatchError: (dir, err) =>
+        this.#log.warn({ dir, code: err.code ?? null, err: err.message }, 'cannot watch a config directory: changes there are seen at the next reload'),
     });
     this.scheduler = new Scheduler({
       root: opts.root,
@@ -137,9 +139,9 @@ export class Automation {
     this.#waiting.clear();
   }
 
-  #onReload(next: WatchedConfig, prev: WatchedConfig | undefined): void {
+  #onReload(next: WatchedSnapshot, prev: WatchedSnapshot | undefined): void {
     for (const w of next.warnings) this.#log.warn({ warning: w }, 'configuration');
-    this.#daemon.setConfig(next.config);
+    this.#daemon.setConfig(next);
     const a = next.agent;
     const settingsChanged = prev === undefined || JSON.stringify(prev.agent) !== JSON.stringify(a);
     const imageChanged = prev !== undefined && prev.config.upgradeSource?.uri !== next.config.upgradeSource?.uri;
@@ -234,7 +236,11 @@ export class Automation {
         log.warn({ at: e.at.toISOString() }, 'a scheduled run is late (suspended host or clock step): running it now');
         break;
       case 'skipped':
-        log.info({ trigger: e.trigger, reason: e.reason, ...(e.reason === 'inhibited' ? { file: e.file } : {}) }, 'automatic run skipped');
+        if (e.reason === 'inhibitor-unreadable') {
+          log.warn({ trigger: e.trigger, reason: e.reason, file: e.file, code: e.code, err: e.message }, 'automatic run skipped: an inhibitor cannot be checked');
+        } else {
+          log.info({ trigger: e.trigger, reason: e.reason, ...(e.reason === 'inhibited' ? { file: e.file } : {}) }, 'automatic run skipped');
+        }
         break;
       case 'request':
         log.debug({ action: e.request.action, trigger: e.request.trigger, policy: e.request.policy }, 'automatic request');
@@ -248,6 +254,11 @@ export class Automation {
       case 'failed': {
         const err = e.error instanceof AgentError ? e.error : null;
         log.warn({ action: e.request.action, trigger: e.request.trigger, code: err?.code ?? null, err: e.error instanceof Error ? e.error.message : String(e.error) }, 'automatic request failed');
+        break;
+      }
+      case 'run-failed': {
+        const code = e.error instanceof AgentError ? e.error.code : ((e.error as NodeJS.ErrnoException | null)?.code ?? null);
+        log.error({ trigger: e.trigger, code, err: e.error instanceof Error ? (e.error.stack ?? e.error.message) : String(e.error) }, 'automatic run failed');
         break;
       }
       case 'cron':

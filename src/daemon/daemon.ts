@@ -9,6 +9,7 @@
  */
 import { AgentError } from '../model/errors.ts';
 import type { AgentConfig } from '../model/config.ts';
+import type { ConfigSnapshot } from '../config/load.ts';
 import type { BootedFrom, HostStatusDocument, SlotName } from '../model/host.ts';
 import type { Logger } from '../sys/log.ts';
 import type { AgentDeps, Operation, Progress } from '../host/deps.ts';
@@ -16,6 +17,7 @@ import type { JobKind, JobManager, JobOutcome } from './job.ts';
 import type { UpgradeOutcome } from '../actions/upgrade/upgrade.ts';
 import type { CheckOutcome } from '../actions/check.ts';
 import type { RollbackOutcome } from '../actions/rollback.ts';
+import type { MarkOutcome } from '../actions/mark.ts';
 import { readLastResult } from '../host/records.ts';
 import { readLastTransaction, recordedThisBoot, recordTransaction, RESULT, type TransactionDetails, type TransactionRecord } from './transactions.ts';
 
@@ -74,6 +76,7 @@ export interface ConfigSummary {
   verify: boolean;
   verifyDisabledBy: string;
   channelUpgrades: boolean;
+  /** DEFAULT_IMAGE_SIZE / upgrade.system.size; 0 when unset (a slot image is sized like the one it replaces). */
   imageSizeMiB: number;
   strict: boolean;
   reboot: boolean;
@@ -186,7 +189,7 @@ export function summarizeConfig(c: AgentConfig, root = '/'): ConfigSummary {
     verify: c.verify,
     verifyDisabledBy: c.verifyDisabledBy ?? '',
     channelUpgrades: c.channelUpgrades,
-    imageSizeMiB: c.imageSizeMiB,
+    imageSizeMiB: c.imageSizeMiB ?? 0,
     strict: c.strict,
     reboot: c.reboot,
     poweroff: c.poweroff,
@@ -229,6 +232,8 @@ interface Pending {
 export class AgentDaemon implements AgentPort {
   private readonly deps: DaemonDeps;
   private readonly log: Logger;
+  /** deps.agent with the last valid configuration: what the jobs and the status reads run with. */
+  private readonly agentDeps: AgentDeps;
   private readonly jobDeps: AgentDeps;
   private readonly listeners = new Set<DaemonListener>();
   private current: DaemonState = {
@@ -261,13 +266,16 @@ export class AgentDaemon implements AgentPort {
   private startDone = false;
   /** The message of the configuration error shown in LastError, if one is. */
   private configError: string | null = null;
+  /** The last valid configuration (setConfig): jobs use it, so an invalid edit does not fail them. */
+  private configSnapshot: ConfigSnapshot | undefined;
   /** What the last progress notification carried: byte-only changes are not announced on their own. */
   private announced = { operation: '', message: '', percent: -1 };
 
   constructor(deps: DaemonDeps) {
     this.deps = deps;
     this.log = deps.agent.log;
-    this.jobDeps = { ...deps.agent, log: transactionLogger(deps.agent.log, () => this.current.transaction) };
+    this.agentDeps = { ...deps.agent, config: () => this.configSnapshot };
+    this.jobDeps = { ...this.agentDeps, log: transactionLogger(deps.agent.log, () => this.current.transaction) };
   }
 
   get state(): Readonly<DaemonState> {
@@ -315,16 +323,21 @@ export class AgentDaemon implements AgentPort {
     }
     const { loadConfig } = await import('../config/load.ts');
     try {
-      const { config, warnings } = await loadConfig(this.deps.agent.root, { env: this.deps.agent.env });
-      for (const w of warnings) this.log.warn({ warning: w }, 'configuration');
-      this.setConfig(config);
+      const loaded = await loadConfig(this.deps.agent.root, { env: this.deps.agent.env });
+      for (const w of loaded.warnings) this.log.warn({ warning: w }, 'configuration');
+      this.setConfig(loaded);
     } catch (e) {
       this.setConfigError(toAgentError(e));
     }
   }
 
-  /** A newly loaded configuration: the Config property changes, and the status document is re-read (its spec). */
-  setConfig(config: AgentConfig): void {
+  /**
+   * A newly loaded configuration: the Config property changes, the jobs use it from now on (until the next valid
+   * one), and the status document is re-read (its spec).
+   */
+  setConfig(snapshot: ConfigSnapshot): void {
+    const { config } = snapshot;
+    this.configSnapshot = snapshot;
     const before = JSON.stringify(this.current.config);
     // A good configuration clears the error a rejected one left in LastError (a job's error stays).
     const clear = this.configError !== null && this.current.lastError === this.configError;
@@ -354,7 +367,7 @@ export class AgentDaemon implements AgentPort {
       this.refreshStartedAt = performance.now();
       const { hostStatus } = await import('../actions/status.ts');
       try {
-        const doc = await hostStatus(this.deps.agent);
+        const doc = await hostStatus(this.agentDeps);
         this.statusDoc = doc;
         this.statusText = `${JSON.stringify(doc, null, 2)}\n`;
         this.statusError = null;
@@ -505,7 +518,10 @@ export class AgentDaemon implements AgentPort {
       finishedAt: this.deps.agent.now().toISOString(),
       details,
     };
-    await recordTransaction(this.deps.agent.root, rec).catch((e: unknown) => log.error({ err: String(e) }, 'could not persist the transaction outcome'));
+    await recordTransaction(this.deps.agent.root, rec).catch((e: unknown) => {
+      const err = toAgentError(e);
+      log.error({ code: err.code, err: err.message }, 'could not persist the transaction outcome');
+    });
     if (result === RESULT.ok) log.info({ kind, ...details }, 'job succeeded');
     else log.error({ kind, code: rec.code, err: rec.error, cancelled: result === RESULT.cancelled }, result === RESULT.cancelled ? 'job cancelled' : 'job failed');
     // UpdateAvailable is about the configured image: its checks set it, an upgrade to it clears it.
@@ -536,9 +552,12 @@ export class AgentDaemon implements AgentPort {
           ...(o.version !== null ? { version: o.version } : {}),
           ...(o.keepPassiveReason !== null ? { keepPassiveReason: o.keepPassiveReason } : {}),
           ...(o.unchanged !== null ? { unchanged: o.unchanged } : {}),
+          ...(o.warnings.length > 0 ? { warnings: o.warnings } : {}),
+          ...(o.nextBoot !== null ? { nextBoot: o.nextBoot.slot ?? '' } : {}),
         };
       }
-      // A failed upgrade leaves what it got to (image, digest) in its own result record.
+      // A failed upgrade leaves what it got to (image, digest) in its own result record. Best effort: these details
+      // only add to the record of a job that failed anyway (readLastResult skips unreadable records itself).
       const last = await readLastResult(this.deps.agent.root).catch(() => null);
       if (last?.result.transaction === tx) {
         const r = last.result;
@@ -552,7 +571,11 @@ export class AgentDaemon implements AgentPort {
     }
     if (kind === 'rollback' && outcome !== null) {
       const o = outcome as RollbackOutcome;
-      return { permanent: o.permanent, ...(o.nextEntry !== null ? { nextEntry: o.nextEntry } : {}) };
+      return { permanent: o.permanent, ...(o.nextEntry !== null ? { nextEntry: o.nextEntry } : {}), ...(o.warnings.length > 0 ? { warnings: o.warnings } : {}) };
+    }
+    if ((kind === 'mark-good' || kind === 'mark-bad') && outcome !== null) {
+      const o = outcome as MarkOutcome;
+      return { assessmentChanged: o.assessmentChanged, ...(o.warnings.length > 0 ? { warnings: o.warnings } : {}) };
     }
     return {};
   }
@@ -573,13 +596,25 @@ export class AgentDaemon implements AgentPort {
     return this.reboot(this.log, 'rebooting into the staged upgrade', 'the reboot into the staged upgrade failed');
   }
 
+  /** The reboot an upgrade asked for. A failure is logged with its code and shown in LastError; cosd carries on. */
   private async rebootAfter(tx: string): Promise<void> {
-    await this.reboot(this.log.child({ transaction: tx }), 'rebooting after the upgrade', 'the upgrade succeeded but the reboot failed').catch(() => undefined);
+    const log = this.log.child({ transaction: tx });
+    const failure = 'the upgrade succeeded but the reboot failed';
+    try {
+      await this.reboot(log, 'rebooting after the upgrade', failure);
+    } catch (e) {
+      const err = toAgentError(e);
+      log.error({ code: err.code, err: err.message }, failure);
+    }
   }
 
+  /**
+   * Reboot through deps.reboot. A failure puts `failure: <message>` in LastError and rejects with an AgentError; the
+   * caller logs it (rebootAfter here, the automation for rebootStaged).
+   */
   private async reboot(log: Logger, message: string, failure: string): Promise<'rebooting' | 'skipped'> {
-    this.set({ operation: 'rebooting' });
     try {
+      this.set({ operation: 'rebooting' });
       const done = await this.deps.reboot();
       if (done === 'skipped') {
         log.warn({}, 'reboot requested but not performed: this daemon manages a host under --root, not this machine');
@@ -590,7 +625,6 @@ export class AgentDaemon implements AgentPort {
       return done;
     } catch (e) {
       const err = toAgentError(e);
-      log.error({ code: err.code, err: err.message }, 'reboot failed');
       this.set({ operation: 'idle', lastError: `${failure}: ${err.message}` });
       throw err;
     }

@@ -9,7 +9,7 @@ import type { AgentDeps, Operation, Progress } from '../host/deps.ts';
 import { upgrade, type UpgradeOptions, type UpgradeOutcome } from '../actions/upgrade/upgrade.ts';
 import { rollback, type RollbackOptions, type RollbackOutcome } from '../actions/rollback.ts';
 import { checkForUpdate, type CheckOutcome } from '../actions/check.ts';
-import { markBooted } from '../actions/mark.ts';
+import { markBooted, type MarkOutcome } from '../actions/mark.ts';
 
 export type JobKind = 'upgrade' | 'check' | 'rollback' | 'mark-good' | 'mark-bad';
 
@@ -24,7 +24,7 @@ export interface RunningJob {
   startedAt: string;
 }
 
-export type JobOutcome = UpgradeOutcome | RollbackOutcome | CheckOutcome | null;
+export type JobOutcome = UpgradeOutcome | RollbackOutcome | CheckOutcome | MarkOutcome | null;
 
 export interface JobListener {
   operation(op: Operation, transaction: string | null): void;
@@ -54,7 +54,7 @@ export class JobManager {
   }
 
   upgrade(opts: Omit<UpgradeOptions, 'transaction' | 'onProgress' | 'signal'>): string {
-    return this.start('upgrade', (tx, signal, onProgress) => upgrade(this.deps, { ...opts, transaction: tx, signal, onProgress }));
+    return this.start('upgrade', (tx, signal, onProgress, onCommit) => upgrade(this.deps, { ...opts, transaction: tx, signal, onProgress, onCommit }));
   }
 
   check(opts: { image?: string; recovery?: boolean }): string {
@@ -66,10 +66,7 @@ export class JobManager {
   }
 
   mark(good: boolean): string {
-    return this.start(good ? 'mark-good' : 'mark-bad', async () => {
-      await markBooted(this.deps, good);
-      return null;
-    });
+    return this.start(good ? 'mark-good' : 'mark-bad', () => markBooted(this.deps, good));
   }
 
   /**
@@ -83,7 +80,7 @@ export class JobManager {
     return true;
   }
 
-  private start(kind: JobKind, run: (tx: string, signal: AbortSignal, onProgress: (p: Progress) => void) => Promise<JobOutcome>): string {
+  private start(kind: JobKind, run: (tx: string, signal: AbortSignal, onProgress: (p: Progress) => void, onCommit: () => void) => Promise<JobOutcome>): string {
     if (this.job !== null) {
       throw new AgentError('BUSY', `busy: ${this.job.kind} transaction ${this.job.transaction} is running`);
     }
@@ -92,9 +89,11 @@ export class JobManager {
     const job = { transaction, kind, startedAt: this.deps.now().toISOString(), abort, committed: false, done: Promise.resolve() };
     this.job = job;
     let lastOp: Operation | null = null;
+    // The slot switch is the point of no return: the action says when it reaches it, and from then a cancel is refused.
+    const onCommit = (): void => {
+      job.committed = true;
+    };
     const onProgress = (p: Progress): void => {
-      // The switch is the point of no return: from here on a cancel is refused.
-      if (p.operation === 'finalizing' && /switching/.test(p.message)) job.committed = true;
       if (p.operation !== lastOp) {
         lastOp = p.operation;
         this.listener.operation(p.operation, transaction);
@@ -107,7 +106,7 @@ export class JobManager {
       let error: AgentError | null = null;
       let outcome: JobOutcome = null;
       try {
-        outcome = await run(transaction, abort.signal, onProgress);
+        outcome = await run(transaction, abort.signal, onProgress, onCommit);
       } catch (e) {
         error = e instanceof AgentError ? e : new AgentError('STAGE_FAILED', e instanceof Error ? e.message : String(e), { cause: e });
         result = abort.signal.aborted ? RESULT_CANCELLED : RESULT_FAILED;

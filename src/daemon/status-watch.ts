@@ -29,14 +29,25 @@ export class StatusWatcher {
   readonly #root: SysRoot;
   readonly #onChange: (lastEventAt: number) => void;
   readonly #debounceMs: number;
+  readonly #onWatchError: ((dir: string, error: NodeJS.ErrnoException) => void) | undefined;
   #watchers: FSWatcher[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
   #lastEventAt = 0;
 
-  constructor(root: SysRoot, onChange: (lastEventAt: number) => void, opts: { debounceMs?: number } = {}) {
+  /**
+   * `onWatchError`: a source directory that is there (or may be) but cannot be watched (ELOOP, EACCES, the inotify
+   * limits ENOSPC / EMFILE): changes in it reach GetStatus only with the next job. A directory that does not exist
+   * (ENOENT, ENOTDIR) is no error: that host does not have it.
+   */
+  constructor(
+    root: SysRoot,
+    onChange: (lastEventAt: number) => void,
+    opts: { debounceMs?: number; onWatchError?: (dir: string, error: NodeJS.ErrnoException) => void } = {},
+  ) {
     this.#root = root;
     this.#onChange = onChange;
     this.#debounceMs = opts.debounceMs ?? 200;
+    this.#onWatchError = opts.onWatchError;
   }
 
   /** Host dirs being watched. */
@@ -57,8 +68,11 @@ export class StatusWatcher {
         w.on('error', () => undefined); // the directory went away (unmounted): its watch ends, the others stay
         this.#watchers.push(w);
         this.#watched.push(dir);
-      } catch {
-        // not there on this host (booted from recovery: COS_STATE is not mounted by the initrd)
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        // Not there on this host (booted from recovery: COS_STATE is not mounted by the initrd): nothing to watch.
+        if (err.code === 'ENOENT' || err.code === 'ENOTDIR') continue;
+        this.#onWatchError?.(dir, err);
       }
     }
   }

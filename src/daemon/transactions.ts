@@ -6,6 +6,7 @@
  */
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { AgentError } from '../model/errors.ts';
 import type { UpgradeResult } from '../model/host.ts';
 import type { SysRoot } from '../sys/root.ts';
 import { writeFileAtomic } from '../sys/files.ts';
@@ -52,6 +53,12 @@ export interface TransactionDetails {
   permanent?: boolean;
   /** rollback: the GRUB entry of the next boot. */
   nextEntry?: string;
+  /** upgrade, rollback, mark: what went wrong after the change took effect (it did take effect). */
+  warnings?: string[];
+  /** upgrade (system): the slot GRUB boots next, read back after the upgrade ('' when none can boot). */
+  nextBoot?: string;
+  /** mark-good / mark-bad: whether boot assessment was changed (mark-good leaves a staged upgrade's armed). */
+  assessmentChanged?: boolean;
 }
 
 export interface TransactionRecord {
@@ -88,14 +95,19 @@ export async function recordedThisBoot(root: SysRoot, transaction: string): Prom
   return false;
 }
 
-/** Persist `rec` atomically in /run (always) and on COS_PERSISTENT (when /usr/local is there). */
+/**
+ * Persist `rec` atomically in /run (always) and on COS_PERSISTENT (when /usr/local is there). A failed copy on
+ * COS_PERSISTENT rejects (the record is in /run already, but will not survive a reboot): the caller logs it.
+ */
 export async function recordTransaction(root: SysRoot, rec: TransactionRecord): Promise<void> {
   const text = `${JSON.stringify(rec, null, 2)}\n`;
   const [volatile, persistent] = FILES.map((f) => root.path(f)) as [string, string];
   await mkdir(path.dirname(volatile), { recursive: true });
   await writeFileAtomic(volatile, text);
   if (await stat(root.path('/usr/local')).then((s) => s.isDirectory(), () => false)) {
-    await mkdir(path.dirname(persistent), { recursive: true }).then(() => writeFileAtomic(persistent, text)).catch(() => undefined);
+    await mkdir(path.dirname(persistent), { recursive: true }).then(() => writeFileAtomic(persistent, text)).catch((e: unknown) => {
+      throw new AgentError('STATE_INVALID', `the outcome of ${rec.transaction} is kept in ${volatile} only (lost at the next reboot): writing ${persistent} failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    });
   }
 }
 
@@ -104,7 +116,7 @@ export function fromUpgradeResult(r: UpgradeResult): TransactionRecord {
   return {
     transaction: r.transaction,
     kind: 'upgrade',
-    result: r.result === 'success' ? RESULT.ok : r.code === 'STAGE_FAILED' && /cancel/i.test(r.error ?? '') ? RESULT.cancelled : RESULT.failed,
+    result: r.result === 'success' ? RESULT.ok : r.cancelled === true ? RESULT.cancelled : RESULT.failed,
     code: r.code,
     error: r.error,
     startedAt: r.startedAt,

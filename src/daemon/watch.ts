@@ -21,7 +21,7 @@ import { AgentError, ConfigError } from '../model/errors.ts';
 import type { WatchedConfig } from '../model/schedule.ts';
 import type { SysRoot } from '../sys/root.ts';
 import { AGENT_CONFIG_FILE, loadAgentSettings } from '../config/agent-settings.ts';
-import { ELEMENTAL_CONFIG_DIR, ENV_FILES, loadConfig } from '../config/load.ts';
+import { ELEMENTAL_CONFIG_DIR, ENV_FILES, loadConfig, type ConfigSnapshot } from '../config/load.ts';
 import { parsePolicyFile, POLICY_FILE } from '../config/verify-policy.ts';
 
 /** Host paths of the single files that are watched. */
@@ -30,15 +30,23 @@ export const WATCHED_FILES: readonly string[] = [...ENV_FILES, `${ELEMENTAL_CONF
 export const WATCHED_DIRS: readonly string[] = [`${ELEMENTAL_CONFIG_DIR}/config.d`];
 export const DEFAULT_DEBOUNCE_MS = 100;
 
+/** A watcher snapshot: every source (WatchedConfig) plus the config's source layers, for the jobs' overrides. */
+export interface WatchedSnapshot extends WatchedConfig, ConfigSnapshot {}
+
 export interface ConfigWatcherOptions {
   /** A reload succeeded. `prev` is undefined for the first load. */
-  onReload: (next: WatchedConfig, prev: WatchedConfig | undefined) => void;
+  onReload: (next: WatchedSnapshot, prev: WatchedSnapshot | undefined) => void;
   /** A reload failed; the previous snapshot stays current. A malformed file gives a ConfigError (file, line, key). */
   onError: (error: AgentError) => void;
   /** Environment for loadConfig (`ELEMENTAL_*`); default process.env. */
   env?: NodeJS.ProcessEnv;
   /** Quiet time after the last event before reloading; default 100 ms. */
   debounceMs?: number;
+  /**
+   * A directory that exists could not be watched (the inotify limits ENOSPC / EMFILE, EACCES): changes in it are
+   * seen at the next reload (a change elsewhere, SIGHUP), which tries again. Not retried in a loop.
+   */
+  onWatchError?: (dir: string, error: NodeJS.ErrnoException) => void;
 }
 
 /** A directory of interest: the file names in it that matter, or every YAML file. */
@@ -60,9 +68,9 @@ export class ConfigWatcher {
   readonly #debounceMs: number;
   readonly #targets: Target[];
   readonly #watches = new Map<string, Watch>();
-  #current: WatchedConfig | undefined;
+  #current: WatchedSnapshot | undefined;
   #timer: NodeJS.Timeout | undefined;
-  #reloading: Promise<WatchedConfig | undefined> | undefined;
+  #reloading: Promise<WatchedSnapshot | undefined> | undefined;
   #again = false;
   #closed = false;
 
@@ -84,7 +92,7 @@ export class ConfigWatcher {
   }
 
   /** The last good snapshot, or undefined before the first successful load. */
-  get current(): WatchedConfig | undefined {
+  get current(): WatchedSnapshot | undefined {
     return this.#current;
   }
 
@@ -98,7 +106,7 @@ export class ConfigWatcher {
    * passed to onReload), or undefined when the config is invalid at start (the error went to onError). The watches
    * stay armed either way, so a later fix is picked up. Call close() to stop.
    */
-  start(): Promise<WatchedConfig | undefined> {
+  start(): Promise<WatchedSnapshot | undefined> {
     if (this.#closed) return Promise.reject(new AgentError('STATE_INVALID', 'the config watcher is closed'));
     return this.#reload();
   }
@@ -107,7 +115,7 @@ export class ConfigWatcher {
    * Reload now (e.g. on SIGHUP or a D-Bus call), with the same callbacks as a change on disk. Resolves with the new
    * snapshot, or undefined when the reload failed (the error went to onError).
    */
-  reload(): Promise<WatchedConfig | undefined> {
+  reload(): Promise<WatchedSnapshot | undefined> {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     return this.#reload();
@@ -134,13 +142,13 @@ export class ConfigWatcher {
   }
 
   /** Serialised: a request during a reload runs one more reload after it. */
-  #reload(): Promise<WatchedConfig | undefined> {
+  #reload(): Promise<WatchedSnapshot | undefined> {
     if (this.#reloading !== undefined) {
       this.#again = true;
       return this.#reloading;
     }
-    const run = (async (): Promise<WatchedConfig | undefined> => {
-      let result: WatchedConfig | undefined;
+    const run = (async (): Promise<WatchedSnapshot | undefined> => {
+      let result: WatchedSnapshot | undefined;
       do {
         this.#again = false;
         if (this.#closed) return undefined;
@@ -167,7 +175,7 @@ export class ConfigWatcher {
   }
 
   /** Read every source; throws on the first problem, so nothing half-loaded is ever published. */
-  async #load(): Promise<WatchedConfig> {
+  async #load(): Promise<WatchedSnapshot> {
     const loaded = await loadConfig(this.#root, this.#opts.env !== undefined ? { env: this.#opts.env } : {});
     const agent = await loadAgentSettings(this.#root);
     const files = [...loaded.files];
@@ -184,7 +192,7 @@ export class ConfigWatcher {
       parsePolicyFile(policyText, policyPath);
       files.push(policyPath);
     }
-    return Object.freeze({ config: loaded.config, warnings: loaded.warnings, files, agent: agent.settings, loadedAt: new Date() });
+    return Object.freeze({ config: loaded.config, layers: loaded.layers, policyText: policyText ?? null, warnings: loaded.warnings, files, agent: agent.settings, loadedAt: new Date() });
   }
 
   /** Make the watch set match the file system: each target dir, or its nearest existing ancestor. */
@@ -206,8 +214,10 @@ export class ConfigWatcher {
       let watcher: FSWatcher;
       try {
         watcher = watch(dir, { persistent: true }, (_event, name) => this.#onEvent(dir, name));
-      } catch {
-        this.#schedule(); // vanished between stat and watch: look again after the debounce
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        if (err.code === 'ENOENT' || err.code === 'ENOTDIR') this.#schedule(); // vanished between stat and watch: look again after the debounce
+        else this.#opts.onWatchError?.(dir, err);
         continue;
       }
       watcher.on('error', () => {

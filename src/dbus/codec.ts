@@ -211,6 +211,7 @@ const DETAIL_KEYS: ReadonlyArray<[keyof TransactionDetails, string, string]> = [
   ['verification', 'verification', 's'], ['rotated', 'rotated', 'b'], ['keepPassiveReason', 'keep-passive-reason', 's'],
   ['reboot', 'reboot', 'b'], ['force', 'force', 'b'], ['unchanged', 'unchanged', 's'], ['rolledBack', 'rolled-back', 'b'], ['currentDigest', 'current-digest', 's'],
   ['updateAvailable', 'update-available', 'b'], ['permanent', 'permanent', 'b'], ['nextEntry', 'next-entry', 's'],
+  ['warnings', 'warnings', 'as'], ['assessmentChanged', 'assessment-changed', 'b'], ['nextBoot', 'next-boot', 's'],
 ];
 
 /** The D-Bus value of one property, from the daemon state. */

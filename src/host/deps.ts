@@ -4,6 +4,7 @@ import type { SysRoot } from '../sys/root.ts';
 import type { Logger } from '../sys/log.ts';
 import type { HookRunner } from './hooks.ts';
 import type { RegistryClientOptions } from '../oci/types.ts';
+import type { ConfigSnapshot } from '../config/load.ts';
 
 export interface AgentDeps {
   root: SysRoot;
@@ -20,6 +21,12 @@ export interface AgentDeps {
    * hosts carrying the same labels exist at once. Inert (undefined) on real hosts.
    */
   testDisk?: string;
+  /**
+   * cosd's last valid configuration (its config watcher's snapshot; undefined while none has loaded). Actions read
+   * the config through loadActionConfig (./config.ts): this snapshot when there is one, so a config file edited into
+   * an invalid state does not fail the next job; the files on disk when absent (cosctl --no-daemon).
+   */
+  config?: () => ConfigSnapshot | undefined;
 }
 
 export type Operation = 'idle' | 'checking' | 'downloading' | 'verifying' | 'staging' | 'hooks' | 'finalizing' | 'rebooting';

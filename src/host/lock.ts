@@ -2,7 +2,7 @@
  * One upgrade (or rollback) at a time per host: an exclusive lock file holding the owner's pid. A lock whose pid is
  * gone is stale and taken over; a live one is refused with BUSY naming the holder.
  */
-import { mkdir, open, readFile, rm } from 'node:fs/promises';
+import { link, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError } from '../model/errors.ts';
 
@@ -23,10 +23,13 @@ function alive(pid: number): boolean {
 export async function acquireLock(file: string, what: string): Promise<Lock> {
   await mkdir(path.dirname(file), { recursive: true });
   for (let attempt = 0; attempt < 2; attempt++) {
+    // The lock appears whole or not at all: written to a private name, then hard-linked into place (link fails with
+    // EEXIST when another holder has it). A lock file is never seen empty or half-written.
+    const tmp = `${file}.${process.pid}.${Date.now().toString(36)}`;
+    await writeFile(tmp, `${process.pid}\n${what}\n`, { mode: 0o644 });
     try {
-      const fh = await open(file, 'wx', 0o644);
-      await fh.writeFile(`${process.pid}\n${what}\n`);
-      await fh.close();
+      await link(tmp, file);
+      await rm(tmp, { force: true });
       let released = false;
       return {
         path: file,
@@ -37,11 +40,18 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
         },
       };
     } catch (e) {
+      await rm(tmp, { force: true });
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       const [pidText, holderWhat] = (await readFile(file, 'utf8').catch(() => '')).split('\n');
       const pid = Number.parseInt(pidText ?? '', 10);
       if (Number.isInteger(pid) && pid > 0 && alive(pid)) {
         throw new AgentError('BUSY', `another operation is running (${holderWhat || 'unknown'}, pid ${pid}); lock ${file}`);
+      }
+      // No pid in it: written by something else, or torn by a crash of an older version. Taken over only once it is
+      // clearly not being written (older than a few seconds); until then it counts as held.
+      if (!(Number.isInteger(pid) && pid > 0)) {
+        const age = Date.now() - ((await stat(file).catch(() => undefined))?.mtimeMs ?? 0);
+        if (age < 5000) throw new AgentError('BUSY', `another operation is taking the lock ${file}`);
       }
       await rm(file, { force: true });
     }

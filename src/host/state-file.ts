@@ -43,7 +43,7 @@ export function formatStateDate(d: Date): string {
 
 /**
  * elemental's state.yaml form of a source: `<type>://<ref>` (`docker://reg/img:tag`, `dir:///abs/path`,
- * `channel://system/cos`, `file:///abs/file`), as its `ImageSource.String()`. src/agent/config/resolve.ts
+ * `channel://system/cos`, `file:///abs/file`), as its `ImageSource.String()`. src/config/resolve.ts
  * `parseImageUri` reads this form back.
  */
 export function imageSourceToStateUri(src: ImageSource): string {
@@ -73,6 +73,7 @@ function parseImage(obj: Record<string, unknown>, where: string): ImageEntry {
       case 'label':
       case 'fs':
       case 'date':
+      case 'uuid':
       case 'version': {
         const s = optString(obj, k, where);
         if (s !== undefined) e[k] = s;
@@ -175,6 +176,7 @@ function imageToYaml(e: ImageEntry): Record<string, unknown> {
   if (e.label !== undefined) o['label'] = e.label;
   if (e.fs !== undefined) o['fs'] = e.fs;
   if (e.digest !== undefined) o['digest'] = e.digest;
+  if (e.uuid !== undefined) o['uuid'] = e.uuid;
   if (e.date !== undefined) o['date'] = e.date;
   if (e.version !== undefined) o['version'] = e.version;
   if (e.verification !== undefined) o['verification'] = e.verification;
@@ -223,6 +225,22 @@ export interface RotateOptions {
   date: Date | string;
   /** The host's labels; missing ones fall back to the existing entries, then to the defaults. */
   labels?: Partial<Labels>;
+  /**
+   * Identity (filesystem UUID) of the image active.img held before the switch, which moves to passive. When the
+   * recorded active entry names another identity (a stale record), the entry that does describe it is used, else a
+   * bare entry: a record is never trusted over the image.
+   */
+  rotatedId?: string | null;
+  /** The image moving to passive is the running system: it booted, so a `staged` record of it becomes `good`. */
+  rotatedBooted?: boolean;
+}
+
+/** PURE: the recorded entry that describes the image with this identity (any slot), if any. */
+export function entryForIdentity(state: InstallState, id: string): ImageEntry | undefined {
+  for (const part of Object.values(state.partitions)) {
+    for (const e of Object.values(part?.images ?? {})) if (e?.uuid === id) return e;
+  }
+  return undefined;
 }
 
 /**
@@ -242,11 +260,15 @@ export function rotateOnUpgrade(state: InstallState, o: RotateOptions): InstallS
     part.label ??= labels.state ?? DEFAULT_LABELS.state;
     const oldActive = part.images['active'];
     if (!o.keepPassive) {
-      if (oldActive !== undefined) {
-        part.images['passive'] = {
-          ...oldActive,
-          label: labels.passive ?? part.images['passive']?.label ?? DEFAULT_LABELS.passive,
-        };
+      let moving = oldActive;
+      const id = o.rotatedId ?? undefined;
+      if (id !== undefined && moving?.uuid !== undefined && moving.uuid !== id) moving = entryForIdentity(state, id) ?? { uuid: id };
+      if (id !== undefined && moving === undefined) moving = { uuid: id };
+      if (moving !== undefined) {
+        const entry: ImageEntry = { ...structuredClone(moving), label: labels.passive ?? part.images['passive']?.label ?? DEFAULT_LABELS.passive };
+        if (id !== undefined) entry.uuid = id;
+        if (o.rotatedBooted === true && (entry.upgradeResult === 'staged' || entry.upgradeResult === undefined)) entry.upgradeResult = 'good';
+        part.images['passive'] = entry;
       } else {
         delete part.images['passive'];
       }
@@ -261,6 +283,37 @@ export function rotateOnUpgrade(state: InstallState, o: RotateOptions): InstallS
     part.images['recovery'] = image;
     next.partitions['recovery'] = part;
   }
+  return next;
+}
+
+/** PURE: the records after a permanent rollback swapped active.img and passive.img (labels follow the names). */
+export function swapOnRollback(state: InstallState, labels: Partial<Labels> = {}): InstallState {
+  const next = structuredClone(state);
+  const images = next.partitions['state']?.images;
+  if (images === undefined) return next;
+  const { active, passive } = images;
+  if (passive) images['active'] = { ...passive, label: labels.active ?? DEFAULT_LABELS.active };
+  else delete images['active'];
+  if (active) images['passive'] = { ...active, label: labels.passive ?? DEFAULT_LABELS.passive };
+  else delete images['passive'];
+  return next;
+}
+
+/**
+ * PURE: the records after mark-good / mark-bad of the running A/B slot. `id`: the running image's identity; a
+ * record that names another image is replaced by a bare entry for it (never trusted over the image).
+ */
+export function markOnBoot(state: InstallState, slot: 'active' | 'passive', result: 'good' | 'failed', id: string | null): InstallState {
+  const next = structuredClone(state);
+  const part = next.partitions['state'] ?? { images: {} };
+  let entry = part.images[slot];
+  if (id !== null && entry?.uuid !== undefined && entry.uuid !== id) entry = { ...(entryForIdentity(state, id) ?? {}), uuid: id };
+  if (entry === undefined) {
+    if (id === null) return next;
+    entry = { uuid: id };
+  }
+  part.images[slot] = { ...entry, upgradeResult: result };
+  next.partitions['state'] = part;
   return next;
 }
 

@@ -60,8 +60,11 @@ export interface AgentConfig {
   upgradeRecovery: boolean;
   /** `CHANNEL_UPGRADES`: bare `UPGRADE_IMAGE`/`RECOVERY_IMAGE` values are luet packages (default false, as elemental). */
   channelUpgrades: boolean;
-  /** `DEFAULT_IMAGE_SIZE` / `upgrade.system.size`, MiB (default 3072, elemental `ImgSize`). */
-  imageSizeMiB: number;
+  /**
+   * `DEFAULT_IMAGE_SIZE` / `upgrade.system.size`, MiB; null when unset: a new slot image is then as big as the image
+   * file it replaces (3072 MiB, elemental's `ImgSize`, when there is none), grown to fit the rootfs either way.
+   */
+  imageSizeMiB: number | null;
   /** `upgrade.recovery-system.size`, MiB; absent = `imageSizeMiB`. */
   recoveryImageSizeMiB?: number;
   /** `upgrade.system.fs` (ext2|ext3|ext4); absent = ext2 as elemental. */
@@ -117,5 +120,5 @@ export const DEFAULT_LABELS: Readonly<Labels> = Object.freeze({
   grub: 'COS_GRUB',
 });
 
-/** elemental `ImgSize` (MiB). */
+/** elemental `ImgSize` (MiB): the size of a new slot image when nothing sets one and there is no image to replace. */
 export const DEFAULT_IMAGE_SIZE_MIB = 3072;

@@ -112,3 +112,11 @@ export function withContext(context: string, err: unknown): AgentError {
 export function errorCode(err: unknown): ErrorCode | undefined {
   return err instanceof AgentError ? err.code : undefined;
 }
+
+/** A job stopped at the user's request (Cancel, Ctrl-C) before its point of no return. */
+export class CancelledError extends AgentError {
+  override name = 'CancelledError';
+  constructor(message = 'upgrade cancelled', options?: { cause?: unknown }) {
+    super('STAGE_FAILED', message, options);
+  }
+}

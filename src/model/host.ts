@@ -24,6 +24,13 @@ export interface SlotStatus {
   fs: 'ext2' | 'squashfs' | null;
   /** Size of the image file in bytes. */
   size: number | null;
+  /** The image's identity: its filesystem UUID (ext2), or `squashfs:<mkfs time>:<bytes>`; null when unreadable. */
+  uuid: string | null;
+  /**
+   * How the state.yaml record relates to the image: `own` (the slot's record describes it), `moved` (another slot's
+   * record does), `unknown` (records name other images: image, digest and verification are not known), `none`.
+   */
+  record: 'own' | 'moved' | 'unknown' | 'none';
   /** Source URI as recorded in state.yaml ("docker://reg/img:tag"). */
   image: string | null;
   /** Digest of the image manifest it was staged from. */
@@ -48,6 +55,10 @@ export interface UpgradeResult {
   error: string | null;
   /** Whether the old active moved to passive (system upgrades). */
   rotated: boolean;
+  /** The failure was a cancel (the caller aborted the upgrade). Absent in records of older versions: not a cancel. */
+  cancelled?: boolean;
+  /** What went wrong after the point of no return (the slot is switched; these say what is not as it should be). */
+  warnings?: string[];
   startedAt: string;
   finishedAt: string;
 }
@@ -72,7 +83,19 @@ export interface HostStatusDocument {
     staged: SlotStatus | null;
     rollback: SlotStatus | null;
     slots: Record<SlotName, SlotStatus>;
-    nextBoot: { entry: string; oneShot: boolean };
+    /**
+     * What GRUB boots next, evaluated from its env blocks and the images as the cOS grub.cfg does: the entry, the slot
+     * it boots (null: none can boot), whether a one-shot choice takes it, why, whether boot assessment falls back
+     * (upgrade_failure), and after a one-shot, what boots the time after.
+     */
+    nextBoot: {
+      entry: string;
+      oneShot: boolean;
+      slot: SlotName | null;
+      reason: 'one-shot' | 'default' | 'saved-entry' | 'boot-assessment' | 'grub-fallback';
+      upgradeFailure: boolean;
+      then?: { entry: string; slot: SlotName | null };
+    };
     bootAssessment: { enabled: boolean; tentative: boolean };
     lastUpgrade: UpgradeResult | null;
   };

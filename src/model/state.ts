@@ -43,6 +43,8 @@ export interface ImageEntry {
   fs?: string;
   /** cos-agent: manifest digest of the deployed image (`sha256:…`). elemental's own `source-metadata.digest` is separate. */
   digest?: string;
+  /** cos-agent: filesystem UUID of the image (its identity across renames; elemental's copies share it). */
+  uuid?: string;
   /** cos-agent: RFC 3339 time the image was deployed. */
   date?: string;
   /** cos-agent: VERSION from the image's os-release. */

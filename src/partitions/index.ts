@@ -33,3 +33,4 @@ export { findMountOf, mount, mountImage, readMounts, remount, unmount, type Moun
 export { findMountAt, isReadOnly, parseMountInfo, unescapeMountField, type MountInfo } from './mountinfo.ts';
 export { onceCloser } from './once.ts';
 export { freeBytes, syncFs } from './space.ts';
+export { parseSuperblock, readImageIdentity, type ImageIdentity } from './superblock.ts';

@@ -3,7 +3,7 @@
  * then the directory fsynced. Readers see the old content or the new, never a partial file; on failure the temp
  * file is removed and the old file is untouched. Errors are the raw Node errors (callers add their context).
  */
-import { open, rename, stat, unlink } from 'node:fs/promises';
+import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 
 /** fsync a directory (its entries); filesystems that cannot (EINVAL, ENOTSUP) are tolerated. */
@@ -47,4 +47,18 @@ export async function writeFileAtomic(file: string, data: string | Buffer, mode 
 /** Whether anything exists at `p` (following symlinks). */
 export async function pathExists(p: string): Promise<boolean> {
   return stat(p).then(() => true, () => false);
+}
+
+/**
+ * A text file's content, or undefined when it does not exist (ENOENT, ENOTDIR): "a missing file means the default".
+ * Any other error (EACCES, EISDIR, EIO) is thrown: an unreadable file is never taken for an absent one.
+ */
+export async function readOptionalText(file: string): Promise<string | undefined> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw e;
+  }
 }

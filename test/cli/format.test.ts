@@ -4,7 +4,7 @@ import { renderStatus } from '../../src/cli/format.ts';
 import { HOST_API_VERSION, HOST_KIND, type HostStatusDocument, type SlotStatus } from '../../src/model/host.ts';
 
 const slot = (name: SlotStatus['slot'], over: Partial<SlotStatus> = {}): SlotStatus => ({
-  slot: name, file: `cOS/${name}.img`, present: true, label: `COS_${name.toUpperCase()}`, fs: 'ext2', size: 1024,
+  slot: name, file: `cOS/${name}.img`, present: true, label: `COS_${name.toUpperCase()}`, fs: 'ext2', size: 1024, uuid: null, record: 'none',
   image: null, imageDigest: null, version: '1.0', timestamp: null, verification: 'unknown', ...over,
 });
 
@@ -17,7 +17,7 @@ function doc(): HostStatusDocument {
     status: {
       bootedFrom: 'active', upgradeFailure: false, booted: passive, staged: active, rollback: passive,
       slots: { active, passive, recovery: slot('recovery', { label: 'COS_SYSTEM' }) },
-      nextBoot: { entry: 'cos', oneShot: false }, bootAssessment: { enabled: true, tentative: false }, lastUpgrade: null,
+      nextBoot: { entry: 'cos', oneShot: false, slot: 'active', reason: 'default', upgradeFailure: false }, bootAssessment: { enabled: true, tentative: false }, lastUpgrade: null,
     },
   };
 }

@@ -28,7 +28,7 @@ test('when the root has no config files at all, the defaults apply and no file i
   t.deepEqual(files, []);
   t.deepEqual(warnings, []);
   t.is(config.upgradeSource, undefined);
-  t.is(config.imageSizeMiB, 3072);
+  t.is(config.imageSizeMiB, null, 'unset: a new slot image is sized like the one it replaces');
   t.true(config.verify);
   t.is(config.labels.state, 'COS_STATE');
 });

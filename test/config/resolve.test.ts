@@ -25,7 +25,7 @@ test('when no source sets anything, the built-in defaults apply and every origin
   t.is(c.recoverySource, undefined);
   t.false(c.channelUpgrades);
   t.false(c.upgradeRecovery);
-  t.is(c.imageSizeMiB, 3072);
+  t.is(c.imageSizeMiB, null, 'unset: a new slot image is sized like the one it replaces');
   t.deepEqual(c.labels, {
     state: 'COS_STATE', active: 'COS_ACTIVE', passive: 'COS_PASSIVE', recovery: 'COS_RECOVERY',
     system: 'COS_SYSTEM', oem: 'COS_OEM', persistent: 'COS_PERSISTENT', grub: 'COS_GRUB',

@@ -74,3 +74,17 @@ test('keys come from the policy file and from COSIGN_PUBLIC_KEY_LOCATION; URLs a
   const err = await t.throwsAsync(loadImagePolicy(new SysRoot(dir), missing, { registry: 'reg.example', repository: 'os' }));
   t.regex(err?.message ?? '', /nope\.pub.*cannot read the public key/);
 });
+
+test('the daemon\'s last valid policy.yaml is used instead of a broken file on disk; null means none, undefined reads the disk', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'policy-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await mkdir(path.join(dir, 'etc/cos-agent/keys'), { recursive: true });
+  await writeFile(path.join(dir, 'etc/cos-agent/keys/release.pub'), '-----BEGIN PUBLIC KEY-----\nA\n-----END PUBLIC KEY-----\n');
+  await writeFile(path.join(dir, 'etc/cos-agent/policy.yaml'), 'default:\n  key: [oops\n');
+  const config = resolveConfig([]);
+  const image = { registry: 'reg.example', repository: 'os' };
+  const snap = await loadImagePolicy(new SysRoot(dir), config, image, 'default:\n  keys: [/etc/cos-agent/keys/release.pub]\n');
+  t.deepEqual(snap.policy.keys.map((k) => k.id), ['/etc/cos-agent/keys/release.pub']);
+  t.deepEqual((await loadImagePolicy(new SysRoot(dir), config, image, null)).policy.keys, [], 'the snapshot had no policy file');
+  await t.throwsAsync(loadImagePolicy(new SysRoot(dir), config, image), { instanceOf: ConfigError }, 'without a snapshot the broken file is read');
+});

@@ -4,7 +4,7 @@
  * counted), and for jobs a cOS host on loop devices with a real docker-registry on 127.0.0.1.
  */
 import test, { type ExecutionContext } from 'ava';
-import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -254,6 +254,17 @@ test('an invalid agent.yaml is rejected: LastError names file and line, the prev
   t.is(r.daemon.state.config?.upgradeImage, 'oci:registry.example/cos/os:v2');
   t.is(r.automation.scheduler.settings.policy, 'stage');
   t.deepEqual((r.clock as ManualClock).pending().crons, [{ expression: '0 4 * * *', timeZone: 'UTC' }]);
+});
+
+test('an inhibitor that cannot be checked (ELOOP) skips the scheduled run: logged as a warning naming the file and the error code', async (t) => {
+  const r = await rig(t, { files: { '/etc/cos-upgrade-image': 'UPGRADE_IMAGE=registry.example/cos/os:v1\n' } });
+  await mkdir(r.root.path('/run/cos-agent'), { recursive: true });
+  await symlink('inhibit', r.root.path('/run/cos-agent/inhibit'));
+  await (r.clock as ManualClock).advanceTo(AT_THREE);
+  t.deepEqual(r.finished, [], 'no job: the run failed closed');
+  t.like(r.logs.find((l) => l.msg === 'automatic run skipped: an inhibitor cannot be checked'), {
+    level: 40, trigger: 'schedule', reason: 'inhibitor-unreadable', file: '/run/cos-agent/inhibit', code: 'ELOOP',
+  });
 });
 
 test('AGENT_TEST_CLOCK is inert when unset and strict when set: manual:<ISO instant> or a USAGE error', (t) => {

@@ -5,7 +5,7 @@ import { DEFAULT_LABELS, type AgentConfig } from '../../src/model/config.ts';
 
 function slot(name: SlotName, over: Partial<SlotStatus> = {}): SlotStatus {
   return {
-    slot: name, file: `cOS/${name}.img`, present: true, label: null, fs: 'ext2', size: 1024, image: null, imageDigest: null,
+    slot: name, file: `cOS/${name}.img`, present: true, label: null, fs: 'ext2', size: 1024, uuid: null, record: 'none', image: null, imageDigest: null,
     version: null, timestamp: null, verification: 'unknown', ...over,
   };
 }
@@ -19,7 +19,7 @@ function doc(status: Partial<HostStatusDocument['status']> = {}): HostStatusDocu
     spec: { image: null, verify: true },
     status: {
       bootedFrom: 'active', upgradeFailure: false, booted: slots.active, staged: null, rollback: slots.passive, slots,
-      nextBoot: { entry: 'cos', oneShot: false }, bootAssessment: { enabled: false, tentative: false }, lastUpgrade: null, ...status,
+      nextBoot: { entry: 'cos', oneShot: false, slot: 'active', reason: 'default', upgradeFailure: false }, bootAssessment: { enabled: false, tentative: false }, lastUpgrade: null, ...status,
     },
   };
 }
@@ -98,4 +98,11 @@ test('GetStatus that failed at start (a broken config, no watcher to reload it) 
   const doc = JSON.parse(await daemon.statusJson()) as HostStatusDocument;
   t.is(doc.apiVersion, HOST_API_VERSION);
   t.is(doc.kind, HOST_KIND);
+});
+
+test('an unset DEFAULT_IMAGE_SIZE shows as imageSizeMiB 0 in the config summary (the slot is sized like the image it replaces)', async (t) => {
+  const { resolveConfig } = await import('../../src/config/resolve.ts');
+  const config = resolveConfig([]);
+  t.is(config.imageSizeMiB, null);
+  t.is(summarizeConfig(config).imageSizeMiB, 0);
 });

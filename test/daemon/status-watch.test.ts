@@ -1,5 +1,5 @@
 import test from 'ava';
-import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -64,4 +64,16 @@ test('directories a host does not have are skipped (booted from recovery: no COS
   t.teardown(() => w.stop());
   w.start();
   t.deepEqual(w.watchedDirs, ['/oem', '/run/cos-agent']);
+});
+
+test('a source directory that is there but cannot be watched (ELOOP) is reported, not taken for an absent one', async (t) => {
+  const dir = await rootWith(['run/cos-agent']);
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await symlink('oem', path.join(dir, 'oem')); // points at itself
+  const errors: Array<{ dir: string; code: string | undefined }> = [];
+  const w = new StatusWatcher(new SysRoot(dir), () => undefined, { onWatchError: (d, e) => errors.push({ dir: d, code: e.code }) });
+  t.teardown(() => w.stop());
+  w.start();
+  t.deepEqual(w.watchedDirs, ['/run/cos-agent']);
+  t.deepEqual(errors, [{ dir: '/oem', code: 'ELOOP' }], 'the missing COS_STATE and /run/cos dirs are no error');
 });

@@ -77,6 +77,25 @@ test('the daemon record of the same upgrade wins over the bare upgrade result (i
 });
 
 test('a cancelled upgrade result reads as cancelled (2)', (t) => {
-  t.is(fromUpgradeResult(upgradeResult({ code: 'STAGE_FAILED', error: 'upgrade: upgrade cancelled' })).result, 2);
+  t.is(fromUpgradeResult(upgradeResult({ code: 'STAGE_FAILED', error: 'upgrade: upgrade cancelled', cancelled: true })).result, 2);
   t.is(fromUpgradeResult(upgradeResult({ result: 'success', code: null, error: null })).result, 0);
+});
+
+test('a cancel is told by the record\'s cancelled flag, never by the words of the error message', (t) => {
+  // A failure whose message happens to mention a cancel (here the registry's own words) is a failure.
+  t.is(fromUpgradeResult(upgradeResult({ code: 'STAGE_FAILED', error: 'pulling reg/os:v2: the registry cancelled the upload' })).result, 1);
+  t.is(fromUpgradeResult(upgradeResult({ code: 'STAGE_FAILED', error: 'pulling reg/os:v2: cancel', cancelled: false })).result, 1);
+  // A cancel is a cancel whatever its message says (the code and the message are the caller's).
+  t.is(fromUpgradeResult(upgradeResult({ code: 'BLOB_TRUNCATED', error: 'layer sha256:aa ended early', cancelled: true })).result, 2);
+});
+
+test('when the copy on COS_PERSISTENT cannot be written, recordTransaction rejects naming it, after writing /run', async (t) => {
+  const root = await tempRoot(t);
+  // A regular file where the directory should be: mkdir fails with EEXIST/ENOTDIR, as on a broken persistent partition.
+  await writeFile(root.path('/usr/local/.cos-agent'), 'not a directory\n');
+  const err = await t.throwsAsync(recordTransaction(root, rec()));
+  t.is((err as { code?: string } | undefined)?.code, 'STATE_INVALID');
+  t.true(err?.message.includes(root.path('/usr/local/.cos-agent/last-transaction.json')), err?.message);
+  t.true(err?.message.includes('lost at the next reboot'), err?.message);
+  t.deepEqual(JSON.parse(await readFile(root.path('/run/cos-agent/last-transaction.json'), 'utf8')), rec(), 'the /run copy is there');
 });

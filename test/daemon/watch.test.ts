@@ -4,12 +4,11 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ConfigWatcher, DEFAULT_DEBOUNCE_MS } from '../../src/daemon/watch.ts';
+import { ConfigWatcher, DEFAULT_DEBOUNCE_MS, type WatchedSnapshot } from '../../src/daemon/watch.ts';
 import { AgentError, ConfigError } from '../../src/model/errors.ts';
-import type { WatchedConfig } from '../../src/model/schedule.ts';
 import { SysRoot } from '../../src/sys/root.ts';
 
-type Seen = { kind: 'reload'; config: WatchedConfig; prev: WatchedConfig | undefined; at: number } | { kind: 'error'; error: AgentError; at: number };
+type Seen = { kind: 'reload'; config: WatchedSnapshot; prev: WatchedSnapshot | undefined; at: number } | { kind: 'error'; error: AgentError; at: number };
 
 /** A watcher on a temp root, recording every callback; `next` waits for the next one with a deadline. */
 interface Rig {
@@ -71,8 +70,8 @@ async function rig(
   return { root, watcher, seen, next, write };
 }
 
-const image = (c: WatchedConfig | undefined): string | undefined => c?.config.upgradeSource?.ref;
-const reloadOf = (s: Seen): WatchedConfig => {
+const image = (c: WatchedSnapshot | undefined): string | undefined => c?.config.upgradeSource?.ref;
+const reloadOf = (s: Seen): WatchedSnapshot => {
   if (s.kind !== 'reload') throw new Error('not a reload');
   return s.config;
 };

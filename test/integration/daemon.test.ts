@@ -323,6 +323,19 @@ test.serial('reboot: a successful upgrade that asked for it goes to Operation "r
   t.is(await client.getProperty('Operation'), 'rebooting');
 });
 
+test.serial('a reboot that fails after a successful upgrade is logged with its code and shown in LastError; cosd carries on', async (t) => {
+  const { cosd, client } = await daemon(t, {}, { AGENT_TEST_REBOOT_ARGV: JSON.stringify(['false']) });
+  const rec = await client.upgradeAndWait({ image: `${reg.host}/cos/os:v2`, noVerify: true, reboot: true, force: true });
+  t.is(rec.result, 0);
+  const line = await cosd.waitForLog((l) => l.msg === 'the upgrade succeeded but the reboot failed');
+  t.like(line, { level: 50, transaction: rec.transaction, code: 'COMMAND_FAILED' });
+  const props = await client.getProperties();
+  t.regex(props.LastError, /^the upgrade succeeded but the reboot failed: /);
+  t.is(props.Operation, 'idle');
+  t.is(cosd.child.exitCode, null, 'cosd is still running');
+  t.is((await client.getStatus()).status.slots.active.version, '2.0.0');
+});
+
 test.serial('an Upgrade to the digest active already holds completes with nothing staged and no reboot; force stages it again', async (t) => {
   const dir = await (await import('node:fs/promises')).mkdtemp(path.join((await import('node:os')).tmpdir(), 'cosd-reboot-'));
   t.teardown(() => import('node:fs/promises').then((fs) => fs.rm(dir, { recursive: true, force: true })));
@@ -344,11 +357,14 @@ test.serial('an Upgrade to the digest active already holds completes with nothin
   t.like(await client.getProperty('LastTransaction'), { transaction: same.transaction, details: { unchanged: `the active slot already holds ${v2}` } });
 
   const activeIno = (await stat(host.statePath('cOS/active.img'))).ino;
+  const passiveIno = (await stat(host.statePath('cOS/passive.img'))).ino;
   const forced = await client.upgradeAndWait({ image, noVerify: true, force: true });
   t.is(forced.result, 0);
   t.is(forced.details.unchanged, undefined);
-  t.like(forced.details, { digest: v2, force: true, rotated: true });
-  t.is((await stat(host.statePath('cOS/passive.img'))).ino, activeIno, 'forced: the previous copy rotated to passive');
+  // The first upgrade moved the running image to passive: the forced copy replaces active only (issue 8 #1).
+  t.like(forced.details, { digest: v2, force: true, rotated: false, nextBoot: 'active' });
+  t.is((await stat(host.statePath('cOS/passive.img'))).ino, passiveIno, 'forced: passive, the running image, kept');
+  t.not((await stat(host.statePath('cOS/active.img'))).ino, activeIno, 'forced: a new copy in active');
 });
 
 test.serial('after a reboot into the fallback (run/ emptied, upgrade_failure), the upgrade of the earlier boot is republished from COS_PERSISTENT as rolled back', async (t) => {
@@ -430,7 +446,7 @@ test.serial('rollback and mark-good over D-Bus: the next boot entry and boot ass
   const rb = await client.rollbackAndWait({});
   t.like(rb.details, { permanent: false, nextEntry: 'fallback' });
   t.is((await grubList(`${host.root}/oem/grubenv`)).get('next_entry'), 'fallback');
-  t.deepEqual((await client.getStatus()).status.nextBoot, { entry: 'fallback', oneShot: true });
+  t.like((await client.getStatus()).status.nextBoot, { entry: 'fallback', oneShot: true });
 
   const mark = await client.markAndWait(true);
   t.like(mark, { kind: 'mark-good', result: 0 });
@@ -532,6 +548,32 @@ test.serial('an invalid config is rejected with the old one kept: LastError name
   await props.until('LastError cleared', (c) => (c.LastError === '' ? true : undefined));
   t.is((await client.getProperty('Config'))?.upgradeImage, `oci:${reg.host}/cos/os:v3`);
   t.is(await client.getProperty('LastError'), '');
+});
+
+test.serial('after an invalid edit of /etc/cos-upgrade-image the jobs run with the last valid config, not CONFIG_INVALID; LastError still names the file', async (t) => {
+  const { host, client } = await daemon(t, { files: { '/etc/cos-upgrade-image': `UPGRADE_IMAGE=${reg.host}/cos/os:v2\nNO_VERIFY=true\n` } });
+  const props = await watchProperties(t, client);
+  const file = path.join(host.root, 'etc/cos-upgrade-image');
+  await replaceFile(host, '/etc/cos-upgrade-image', `UPGRADE_IMAGE=${reg.host}/cos/os:v3\nthis line is not KEY=value\n`);
+  const err = await props.until('a LastError', (c) => (c.LastError ? c.LastError : undefined));
+  t.true(err.value.startsWith(`${file}:2`), err.value);
+
+  // Check of the configured image: the image of the last valid config (v2), resolved and compared.
+  const check = await client.checkAndWait({});
+  t.like(check, { kind: 'check', result: 0 });
+  t.like(check.details, { image: `${reg.host}/cos/os:v2`, digest: v2, updateAvailable: true });
+  t.is(await client.getProperty('LastError'), err.value, 'the job succeeded, the file is still broken');
+
+  // A rollback (its labels come from the config), and the status re-read after it, use the same snapshot.
+  const rb = await client.rollbackAndWait({});
+  t.like(rb.details, { permanent: false, nextEntry: 'fallback' });
+  t.like((await client.getStatus()).status.nextBoot, { entry: 'fallback', oneShot: true });
+
+  // An upgrade of the configured image, NO_VERIFY=true from the last valid file.
+  const up = await client.upgradeAndWait({});
+  t.like(up, { kind: 'upgrade', result: 0 });
+  t.like(up.details, { digest: v2, verification: 'skipped' });
+  t.is(await client.getProperty('LastError'), err.value);
 });
 
 test.serial('a scheduled check fires on the test clock (default policy check, daily at 03:00 UTC): a real Check job finds the update', async (t) => {

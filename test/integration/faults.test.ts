@@ -153,6 +153,19 @@ test('an image whose rootfs cannot fit even a grown slot on COS_STATE: IMAGE_TOO
   });
 });
 
+test('no size configured and no room for a third image of the current size: NO_SPACE says how many MiB the image needs and which setting to change', async (t) => {
+  // 96 MiB images (sparse, as elemental makes them) on a 96 MiB COS_STATE: no room for a third one of their size.
+  await refused(t, 'NO_SPACE',
+    /^cosctl: COS_STATE has \d+ MiB free; this image needs 104 MiB \(a 96 MiB slot image and 8 MiB of margin\), its size 96 MiB, the size of the cOS\/active\.img it replaces \(no size is configured\)\. Free space on COS_STATE, or set a smaller slot size in MiB with DEFAULT_IMAGE_SIZE in \/etc\/cos-upgrade-image or \/etc\/cos\/config, or upgrade\.system\.size in \/etc\/elemental\/config\.yaml \(this image needs at least \d+ MiB\)$/,
+    ['--image', `${reg.host}/cos/os:v2`], { imageMiB: 96, stateMiB: 96, files: { '/etc/cos/config': '# no DEFAULT_IMAGE_SIZE here\n' } });
+});
+
+test('a configured DEFAULT_IMAGE_SIZE that does not fit: NO_SPACE names the MiB needed and where the size was set', async (t) => {
+  const r = await refused(t, 'NO_SPACE', /this image needs 3080 MiB \(a 3072 MiB slot image and 8 MiB of margin\), its size 3072 MiB as set by \S+\/etc\/cos-upgrade-image:1 \(DEFAULT_IMAGE_SIZE\)\. Free space on COS_STATE, or set a smaller slot size/,
+    ['--image', `${reg.host}/cos/os:v2`], { files: { '/etc/cos-upgrade-image': 'DEFAULT_IMAGE_SIZE=3072\n' } });
+  t.regex(r.stderr, /DEFAULT_IMAGE_SIZE in \/etc\/cos-upgrade-image or \/etc\/cos\/config, or upgrade\.system\.size in \/etc\/elemental\/config\.yaml/);
+});
+
 test('a rootfs the estimate under-sizes (20,000 tiny files exhaust the inodes): IMAGE_TOO_LARGE, transition removed', async (t) => {
   await refused(t, 'IMAGE_TOO_LARGE', /does not fit in the \d+ MiB slot image/, ['--image', `${reg.host}/cos/tiny-files:v1`], {
     files: { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=16\n' },

@@ -170,7 +170,7 @@ test.serial('a one-shot rollback sets next_entry in /oem/grubenv (created when m
   t.is(r.code, 0, r.stderr);
   t.is((await grubList(`${host.root}/oem/grubenv`)).get('next_entry'), 'fallback');
   const doc = await status(host);
-  t.deepEqual(doc.status.nextBoot, { entry: 'fallback', oneShot: true });
+  t.deepEqual(doc.status.nextBoot, { entry: 'fallback', oneShot: true, slot: 'passive', reason: 'one-shot', upgradeFailure: false, then: { entry: 'cos', slot: 'active' } });
 
   const fromPassive = await withHost(t, { booted: 'passive' });
   t.is((await cosctl(fromPassive, ['rollback'])).code, 0);
@@ -202,6 +202,22 @@ test.serial('when the rootfs would not fit DEFAULT_IMAGE_SIZE, the slot image gr
   const size = (await stat(host.statePath('cOS/active.img'))).size;
   t.true(size > 16 * 1024 * 1024 && size <= 64 * 1024 * 1024, `active.img is ${size} bytes`);
   t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="2\.1\.0"/);
+});
+
+test.serial('with DEFAULT_IMAGE_SIZE unset a slot image is as big as the one it replaces: a COS_STATE far below 3072 MiB takes the upgrade, active and recovery', async (t) => {
+  const MiB = 1024 * 1024;
+  // 40 MiB images on a 160 MiB COS_STATE: a third 40 MiB image fits, elemental's 3072 MiB never would.
+  const host = await withHost(t, { imageMiB: 40, recoveryMiB: 128, files: { '/etc/cos/config': '# no DEFAULT_IMAGE_SIZE here\n' } });
+  const r = await cosctl(host, ['upgrade', '--image', `${reg.host}/cos/os:v2`, '--no-verify']);
+  t.is(r.code, 0, r.stderr);
+  t.is((await stat(host.statePath('cOS/active.img'))).size, 40 * MiB, 'sized like the active.img it replaced');
+  t.is((await stat(host.statePath('cOS/passive.img'))).size, 40 * MiB);
+  t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="2\.0\.0"/);
+
+  const rec = await cosctl(host, ['upgrade', '--recovery', '--image', `${reg.host}/cos/os:v2`, '--no-verify']);
+  t.is(rec.code, 0, rec.stderr);
+  const size = await host.peek('COS_RECOVERY', async (dir) => (await stat(`${dir}/cOS/recovery.img`)).size);
+  t.is(size, 40 * MiB, 'sized like the recovery.img it replaced');
 });
 
 test.serial('cosctl status renders human, JSON and YAML from one document', async (t) => {
@@ -237,6 +253,7 @@ test.serial('an upgrade to the digest the active slot already holds stages nothi
   const files = async (): Promise<string[]> => Promise.all(['cOS/active.img', 'cOS/passive.img', 'state.yaml', 'grub_oem_env', 'boot_assessment'].map((f) => sha256File(host.statePath(f))));
   const before = await files();
   const activeIno = (await stat(host.statePath('cOS/active.img'))).ino;
+  const passiveIno = (await stat(host.statePath('cOS/passive.img'))).ino;
   const lastUpgrade = (await status(host)).status.lastUpgrade;
   const baseline = await host.leaks();
 
@@ -251,8 +268,12 @@ test.serial('an upgrade to the digest the active slot already holds stages nothi
   const forced = await cosctl(host, ['upgrade', '--no-verify', '--force', '--image', image]);
   t.is(forced.code, 0, forced.stderr);
   t.regex(forced.stdout, new RegExp(`Upgraded active slot to .*@${digests.v1}`));
-  t.is((await stat(host.statePath('cOS/passive.img'))).ino, activeIno, 'forced: the previous active rotated to passive');
-  t.regex(await imageCat(host.statePath('cOS/passive.img'), '/etc/os-release'), /VERSION="1\.0\.0"/);
+  // The first upgrade moved the running image to passive; the forced one replaces the never-booted copy in active
+  // and keeps passive, which holds the running OS (issue 8 #1: it is never rotated away before a reboot).
+  t.is((await stat(host.statePath('cOS/passive.img'))).ino, passiveIno, 'forced: passive (the running image) kept');
+  t.not((await stat(host.statePath('cOS/active.img'))).ino, activeIno, 'forced: a new copy in active');
+  t.regex(await imageCat(host.statePath('cOS/passive.img'), '/etc/os-release'), /VERSION="0\.8\.10"/);
+  t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="1\.0\.0"/);
 });
 
 test.serial('the same digest is staged again when the slot is being repaired or its copy was not verified', async (t) => {

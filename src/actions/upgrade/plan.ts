@@ -4,6 +4,7 @@
  */
 import type { BootedFrom } from '../../model/host.ts';
 import type { Labels } from '../../model/config.ts';
+import { decideSystemUpgrade, ENTRY_OF, type BootState } from '../../host/boot-model.ts';
 
 export type UpgradeTarget = 'system' | 'recovery';
 export type RecoveryFlavour = 'squashfs' | 'img';
@@ -29,6 +30,8 @@ export interface UpgradePlan {
 
 export function planUpgrade(input: {
   target: UpgradeTarget;
+  /** The host model (host/boot-model.ts): which slot runs the system decides whether active rotates. */
+  bootState: Pick<BootState, 'running' | 'bootedBefore'>;
   bootedFrom: BootedFrom;
   upgradeFailure: boolean;
   recoveryFlavour: RecoveryFlavour;
@@ -49,11 +52,8 @@ export function planUpgrade(input: {
       updateGrub: false,
     };
   }
-  // Booted from passive, or after boot assessment fell back: passive is the last known good; keep it and replace
-  // only active (bash cos-upgrade semantics, cos-layout.md 2.9, kairos#1286).
-  let keepPassiveReason: string | null = null;
-  if (input.bootedFrom === 'passive') keepPassiveReason = 'booted from passive: keeping it as the last known good';
-  else if (input.upgradeFailure) keepPassiveReason = 'the last upgrade failed boot assessment: keeping passive';
+  // The slot holding the running image is never overwritten or rotated away (boot-model.ts decideSystemUpgrade).
+  const { rotate, keepPassiveReason } = decideSystemUpgrade(input.bootState, input);
   return {
     target: 'system',
     partitionLabel: labels.state,
@@ -61,7 +61,7 @@ export function planUpgrade(input: {
     transitionFile: 'cOS/transition.img',
     fs: 'ext2',
     label: labels.active,
-    rotate: keepPassiveReason === null,
+    rotate,
     keepPassiveReason,
     updateGrub: true,
   };
@@ -84,10 +84,13 @@ export function alreadyStaged(input: {
   upgradeFailure: boolean;
   verificationRequired: boolean;
   force: boolean;
+  /** The slot GRUB boots next (host model); a system upgrade is only "done" when that is active. Default active. */
+  nextSlot?: string | null;
 }): string | null {
   const { slot } = input;
   if (input.force || !slot.present || slot.digest === null || !input.digests.includes(slot.digest)) return null;
   if (input.target === 'system' && (input.bootedFrom !== 'active' || input.upgradeFailure)) return null;
+  if (input.target === 'system' && input.nextSlot !== undefined && input.nextSlot !== 'active') return null;
   if (input.verificationRequired && slot.verification !== 'verified') return null;
   return `the ${input.target === 'recovery' ? 'recovery' : 'active'} slot already holds ${slot.digest}`;
 }
@@ -98,7 +101,7 @@ export type SwitchStep =
   | { op: 'label'; file: string; label: string };
 
 /**
- * The steps that put the transition image in place. Invariant, checked by test/agent/plan.test.ts: after every
+ * The steps that put the transition image in place. Invariant, checked by test/actions/upgrade/plan.test.ts: after every
  * step, active.img exists and carries the active label, and passive.img (when it existed) carries the passive label,
  * so GRUB's default entry and its fallback both boot at every instant. The old active is first given a second name
  * (hardlink), relabelled only once active.img already names the new image, and then renamed over passive.img.
@@ -141,10 +144,5 @@ export const STALE_FILES: readonly string[] = [
   'cOS/active.next',
 ];
 
-/** The GRUB menu entry ids of cos-layout.md 4.2. */
-export const GRUB_ENTRY = { active: 'cos', passive: 'fallback', recovery: 'recovery' } as const;
-
-/** One-shot rollback: the entry to boot next, i.e. the other A/B slot. */
-export function rollbackEntry(bootedFrom: BootedFrom): string {
-  return bootedFrom === 'active' ? GRUB_ENTRY.passive : GRUB_ENTRY.active;
-}
+/** The GRUB menu entry ids of cos-layout.md 4.2 (host/boot-model.ts owns them). */
+export const GRUB_ENTRY: typeof ENTRY_OF = ENTRY_OF;

@@ -1,8 +1,13 @@
 /**
- * PURE: how big the slot image must be. The rootfs size is estimated before pulling from each layer's own
- * metadata: a gzip member's ISIZE trailer (uncompressed size mod 2^32), a zstd frame's Frame_Content_Size, a plain
- * tar's size. The slot is DEFAULT_IMAGE_SIZE, grown when the estimate says the rootfs would not fit.
+ * How big the slot image must be (PURE, but for imageFileBytes). The rootfs size is estimated before pulling from
+ * each layer's own metadata: a gzip member's ISIZE trailer (uncompressed size mod 2^32), a zstd frame's
+ * Frame_Content_Size, a plain tar's size. The base is DEFAULT_IMAGE_SIZE / upgrade.system.size when set, else the
+ * size of the image file being replaced (else elemental's 3072 MiB), grown when the estimate says the rootfs would
+ * not fit.
  */
+import { stat } from 'node:fs/promises';
+import { DEFAULT_IMAGE_SIZE_MIB } from '../../model/config.ts';
+
 const MiB = 1024 * 1024;
 const U32 = 2 ** 32;
 
@@ -58,9 +63,36 @@ export interface SlotSize {
   grown: boolean;
 }
 
-/** The configured size, grown to fit the estimated rootfs with ext2 overhead. */
+/**
+ * The base size of a new slot image, before growing it to fit the rootfs: the configured size when set; else the
+ * size of the image file it replaces, in whole MiB (a host installed with small images stays small, as with
+ * elemental, whose images all have one size); else, with no image to replace, elemental's ImgSize (3072 MiB).
+ */
+export function slotBaseMiB(configuredMiB: number | null | undefined, replacedImageBytes: number | null): number {
+  if (configuredMiB !== null && configuredMiB !== undefined) return configuredMiB;
+  if (replacedImageBytes !== null && replacedImageBytes > 0) return Math.ceil(replacedImageBytes / MiB);
+  return DEFAULT_IMAGE_SIZE_MIB;
+}
+
+/** The size of an image file in bytes (its apparent size: a sparse image counts in full); null when there is none. */
+export async function imageFileBytes(file: string): Promise<number | null> {
+  try {
+    return (await stat(file)).size;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    throw e;
+  }
+}
+
+/** The smallest slot image the estimated rootfs fits in, with ext2 overhead (null when it cannot be estimated). */
+export function rootfsMiB(estimateBytes: number | null): number | null {
+  return estimateBytes === null ? null : Math.ceil((estimateBytes * FS_OVERHEAD_RATIO) / MiB) + FS_OVERHEAD_FIXED_MiB;
+}
+
+/** The base size, grown to fit the estimated rootfs with ext2 overhead. */
 export function slotSize(configuredMiB: number, estimateBytes: number | null): SlotSize {
-  if (estimateBytes === null) return { sizeMiB: configuredMiB, estimateBytes, grown: false };
-  const needed = Math.ceil((estimateBytes * FS_OVERHEAD_RATIO) / MiB) + FS_OVERHEAD_FIXED_MiB;
+  const needed = rootfsMiB(estimateBytes);
+  if (needed === null) return { sizeMiB: configuredMiB, estimateBytes, grown: false };
   return needed > configuredMiB ? { sizeMiB: needed, estimateBytes, grown: true } : { sizeMiB: configuredMiB, estimateBytes, grown: false };
 }

@@ -5,7 +5,7 @@ import { setExt2Label, syncFs } from '../../partitions/index.ts';
 import type { AgentDeps } from '../../host/deps.ts';
 import type { SwitchStep } from './plan.ts';
 
-export async function applySwitchSteps(deps: AgentDeps, partDir: string, steps: readonly SwitchStep[]): Promise<void> {
+export async function applySwitchSteps(deps: AgentDeps, partDir: string, steps: readonly SwitchStep[], onStepDone?: () => void): Promise<void> {
   const cos = path.join(partDir, 'cOS');
   for (const step of steps) {
     if (step.op === 'label') {
@@ -18,5 +18,6 @@ export async function applySwitchSteps(deps: AgentDeps, partDir: string, steps: 
       await rename(path.join(partDir, step.from), path.join(partDir, step.to));
     }
     await syncFs(cos);
+    onStepDone?.();
   }
 }

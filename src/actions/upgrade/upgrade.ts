@@ -9,15 +9,17 @@
 import { randomUUID } from 'node:crypto';
 import { chmod, mkdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { AgentError, withContext } from '../../model/errors.ts';
+import { AgentError, CancelledError, withContext } from '../../model/errors.ts';
 import type { AgentConfig, ImageSource } from '../../model/config.ts';
-import type { UpgradeResult, Verification } from '../../model/host.ts';
+import type { SlotName, UpgradeResult, Verification } from '../../model/host.ts';
 import { CleanupStack } from '../../sys/cleanup.ts';
 import { acquireLock } from '../../host/lock.ts';
-import { loadConfig } from '../../config/load.ts';
-import { parseCmdline } from '../../host/cmdline.ts';
+import { loadActionConfig } from '../../host/config.ts';
 import { alreadyStaged, planUpgrade, STALE_FILES, upgradeSwitchSteps, type RecoveryFlavour, type UpgradePlan } from './plan.ts';
 import { readStateFile, rotateOnUpgrade, writeStateFile } from '../../host/state-file.ts';
+import { applyGrubWrites, readHost, type HostView } from '../../host/bootchooser.ts';
+import { recordFor, systemUpgradeWrites } from '../../host/boot-model.ts';
+import { retry } from '../../sys/retry.ts';
 import { recordResult } from '../../host/records.ts';
 import type { AgentDeps, Progress, ProgressFn } from '../../host/deps.ts';
 import { RegistryClient } from '../../oci/registry.ts';
@@ -25,7 +27,7 @@ import { formatReference, parseReference } from '../../oci/reference.ts';
 import type { ResolvedImage } from '../../oci/types.ts';
 import { applyLayer } from '../../oci/unpack.ts';
 import { layerCompression } from '../../oci/manifest.ts';
-import { gzipIsize, probeRange, slotSize, zstdContentSize } from './size.ts';
+import { gzipIsize, imageFileBytes, probeRange, rootfsMiB, slotBaseMiB, slotSize, zstdContentSize } from './size.ts';
 import {
   fsckExt2,
   freeBytes,
@@ -35,17 +37,16 @@ import {
   mount,
   mountImage,
   preallocate,
+  readImageIdentity,
   readMounts,
   syncFs,
   type Mount,
 } from '../../partitions/index.ts';
-import { readGrubEnvFile, updateGrubEnvFile } from '../../grub/index.ts';
 import { pathExists } from '../../sys/files.ts';
 import { parseOsRelease } from '../../host/os-release.ts';
 import { applySwitchSteps } from './switch.ts';
 import { findPartition, mountRw } from '../../host/access.ts';
 import { verifyImage } from '../verify-image.ts';
-import { readSlotImage } from '../../host/slot-image.ts';
 
 export interface UpgradeOptions {
   /** Image reference overriding the configured source. */
@@ -60,6 +61,11 @@ export interface UpgradeOptions {
   transaction?: string;
   onProgress?: ProgressFn;
   signal?: AbortSignal;
+  /**
+   * Called once, just before the slot switch: the point of no return. From here on the upgrade completes (a cancel
+   * is refused) and what follows is recorded with retries; failures after it are warnings, not a failed upgrade.
+   */
+  onCommit?: () => void;
 }
 
 export interface UpgradeOutcome {
@@ -78,6 +84,13 @@ export interface UpgradeOutcome {
   imageSizeMiB: number;
   /** Nothing was staged: the slot already held this digest (why, in words); null when the image was staged. */
   unchanged: string | null;
+  /**
+   * What went wrong after the point of no return (a GRUB variable or record that could not be written after retries,
+   * COS_STATE left read-write): the slot is switched, and these say what is not as it should be.
+   */
+  warnings: string[];
+  /** System upgrades: what GRUB boots next, read back from the disk after the upgrade (null for recovery). */
+  nextBoot: { slot: SlotName | null; entry: string; reason: string } | null;
 }
 
 /** Skeleton dirs of a cOS image (cos-layout.md 2.5 step 7). */
@@ -117,18 +130,20 @@ export async function upgrade(deps: AgentDeps, opts: UpgradeOptions = {}): Promi
     const outcome = await runUpgrade(deps, opts, transaction, log, result);
     // An upgrade with nothing to do leaves the record of the last real one in place.
     if (outcome.unchanged !== null) return outcome;
-    await recordResult(deps.root, { ...result, result: 'success', code: null, error: null, rotated: outcome.rotated, finishedAt: deps.now().toISOString() });
-    return outcome;
+    // After the point of no return: recorded with retries; a record that cannot be written is a surfaced warning.
+    const recorded = await recordWithRetries(deps, log, { ...result, result: 'success', code: null, error: null, rotated: outcome.rotated, finishedAt: deps.now().toISOString(), ...(outcome.warnings.length > 0 ? { warnings: outcome.warnings } : {}) });
+    return recorded.length > 0 ? { ...outcome, warnings: [...outcome.warnings, ...recorded] } : outcome;
   } catch (e) {
     const caught = e instanceof AgentError ? e : withContext('upgrade', e);
     // A cancel surfaces wherever the work was (a download, an unpack): say it was a cancel.
-    const err = opts.signal?.aborted === true && caught.message !== 'upgrade cancelled'
-      ? new AgentError('STAGE_FAILED', `upgrade cancelled (${caught.message})`, { cause: caught })
+    const err = opts.signal?.aborted === true && !(caught instanceof CancelledError)
+      ? new CancelledError(`upgrade cancelled (${caught.message})`, { cause: caught })
       : caught;
-    await recordResult(deps.root, {
-      ...result, result: 'failure', code: err.code, rotated: false, error: err.message, finishedAt: deps.now().toISOString(),
-    }).catch((re: unknown) => log.warn({ err: re }, 'could not record the upgrade result'));
-    log.error({ code: err.code, err: err.message }, 'upgrade failed');
+    const warnings = await recordWithRetries(deps, log, {
+      ...result, result: 'failure', code: err.code, rotated: false, error: err.message, cancelled: opts.signal?.aborted === true, finishedAt: deps.now().toISOString(),
+      ...(err instanceof CancelledError ? { cancelled: true } : {}),
+    });
+    log.error({ code: err.code, err: err.message, ...(warnings.length > 0 ? { warnings } : {}) }, 'upgrade failed');
     throw err;
   }
 }
@@ -145,13 +160,14 @@ async function runUpgrade(
     opts.onProgress?.({ percent: 0, bytesDone: 0, bytesTotal: 0, ...p });
   };
   const checkAbort = (): void => {
-    if (opts.signal?.aborted) throw new AgentError('STAGE_FAILED', 'upgrade cancelled');
+    if (opts.signal?.aborted) throw new CancelledError();
   };
+  const warnings: string[] = [];
+  let committed = false;
 
   // 1. Config and source.
   progress({ operation: 'checking', message: 'reading configuration' });
-  const { config } = await loadConfig(root, {
-    env: deps.env,
+  const { config } = await loadActionConfig(deps, {
     overrides: { ...(opts.image !== undefined ? { image: opts.image } : {}), ...(opts.noVerify ? { noVerify: true } : {}), ...(opts.recovery ? { recovery: true } : {}) },
   });
   const source = resolveSource(config, opts);
@@ -172,11 +188,12 @@ async function runUpgrade(
     const lock = await acquireLock(root.path('/run/cos-agent/upgrade.lock'), `upgrade ${transaction}`);
     cleanup.push('release the upgrade lock', () => lock.release());
 
-    // 4. Where are we booted from?
-    const cmdline = await readFile(root.path('/proc/cmdline'), 'utf8').catch(() => '');
-    const boot = parseCmdline(cmdline, config.labels);
-    const upgradeFailure = boot.upgradeFailure || (await pathExists(root.path('/run/cos/upgrade_failure')));
-    log.info({ bootedFrom: boot.bootedFrom, upgradeFailure, target: opts.recovery ? 'recovery' : 'system' }, 'starting upgrade');
+    // 4. The host model before anything changes (this also records which image runs, for the rest of this boot).
+    //    Read-only, its mounts undone at once: COS_STATE is mounted rw only after verification.
+    const before = await readHostScoped(deps, config);
+    const { boot } = before;
+    const upgradeFailure = before.facts.upgradeFailure;
+    log.info({ bootedFrom: boot.bootedFrom, running: before.state.running, staged: before.state.staged, upgradeFailure, target: opts.recovery ? 'recovery' : 'system' }, 'starting upgrade');
 
     // 5. Resolve the tag to a digest; everything after uses the digest.
     progress({ operation: 'checking', message: `resolving ${result.image}` });
@@ -190,7 +207,10 @@ async function runUpgrade(
     // 5a. Nothing to do when the slot already holds this digest (bootc's "no changes"), unless forced.
     const target = opts.recovery ? ('recovery' as const) : ('system' as const);
     if (!opts.force) {
-      const slot = await readSlotImage(deps, config, opts.recovery === true);
+      const slotName = opts.recovery ? 'recovery' : 'active';
+      // The record of the image that is really in the slot (a stale record names another image: no digest known).
+      const entry = recordFor(before.facts, slotName).record;
+      const slot = { entry, digest: entry?.digest ?? entry?.sourceMetadata?.digest ?? null, present: before.files[slotName].present, file: before.files[slotName].present ? before.files[slotName].file : null };
       const unchanged = alreadyStaged({
         target,
         digests: [image.digest, ...(image.indexDigest ? [image.indexDigest] : [])],
@@ -199,6 +219,7 @@ async function runUpgrade(
         upgradeFailure,
         verificationRequired: disabledBy === undefined,
         force: false,
+        nextSlot: before.state.next.slot,
       });
       if (unchanged !== null) {
         log.info({ digest: image.digest, reason: unchanged }, 'already up to date: nothing staged');
@@ -216,6 +237,8 @@ async function runUpgrade(
           verificationDetail: slot.entry?.verificationDetail ?? '',
           imageSizeMiB: 0,
           unchanged,
+          warnings,
+          nextBoot: opts.recovery ? null : { slot: before.state.next.slot, entry: before.state.next.entry, reason: before.state.next.reason },
         };
       }
     }
@@ -227,7 +250,7 @@ async function runUpgrade(
     let verificationDetail = `disabled by ${disabledBy ?? '?'}`;
     if (disabledBy === undefined) {
       progress({ operation: 'verifying', message: `verifying the signatures of ${result.image}@${image.digest}` });
-      const v = await verifyImage(root, config, registry, ref, image);
+      const v = await verifyImage(root, config, registry, ref, image, deps.config?.()?.policyText);
       verification = 'verified';
       verificationDetail = v.summary;
       log.info({ signedDigest: v.signedDigest, signatures: v.summary }, 'signature verified');
@@ -245,28 +268,29 @@ async function runUpgrade(
       const squash = path.join(partDir, 'cOS/recovery.squashfs');
       flavour = (await pathExists(squash)) && (await isSquashfs(squash)) ? 'squashfs' : 'img';
     }
-    const plan = planUpgrade({ target: opts.recovery ? 'recovery' : 'system', bootedFrom: boot.bootedFrom, upgradeFailure, recoveryFlavour: flavour, labels: config.labels });
+    // The host model again, now that the slot partition is mounted rw (reading it also checks the GRUB env blocks
+    // we rewrite after the switch: a corrupt one fails the upgrade here, before anything is written).
+    const host: HostView | null = opts.recovery ? null : await readHost(deps, config, cleanup, { writable: true, dirs: { state: partDir } });
+    const bootState = host?.state ?? before.state;
+    const plan = planUpgrade({ target: opts.recovery ? 'recovery' : 'system', bootState, bootedFrom: boot.bootedFrom, upgradeFailure, recoveryFlavour: flavour, labels: config.labels });
     if (plan.keepPassiveReason) log.info({ reason: plan.keepPassiveReason }, 'passive slot kept');
-
-    // Pre-flight: the GRUB env blocks we will rewrite after the switch must be readable now, so a corrupt one fails
-    // the upgrade before anything is written (never after the slots were switched).
-    if (plan.updateGrub) {
-      for (const f of ['grub_oem_env', 'boot_assessment']) await readGrubEnvFile(path.join(partDir, f), { missingOk: true });
-    }
 
     // 8. Leftovers of an interrupted run never block a new one.
     for (const f of STALE_FILES) await rm(path.join(partDir, f), { force: true });
     const transitionPath = path.join(partDir, plan.transitionFile);
     cleanup.push('remove the transition image', () => rm(transitionPath, { force: true }));
     cleanup.push('remove leftover switch names', async () => {
+      // After the commit a switch that stopped midway keeps its names: passive.next may be the only name of the
+      // running image.
+      if (committed) return;
       for (const f of ['cOS/passive.next', 'cOS/active.next']) await rm(path.join(partDir, f), { force: true });
     });
 
     // 9. Scratch space: never on COS_STATE. The new tree is built directly in the mounted transition image (ext2)
     //    or, for a squashfs recovery, in a directory on COS_PERSISTENT.
-    const configuredMiB = (opts.recovery ? config.recoveryImageSizeMiB : undefined) ?? config.imageSizeMiB;
+    const configuredMiB = slotBaseMiB((opts.recovery ? config.recoveryImageSizeMiB : undefined) ?? config.imageSizeMiB, plan.fs === 'squashfs' ? null : await imageFileBytes(path.join(partDir, plan.finalFile)));
     const size = slotSize(configuredMiB, estimate);
-    if (size.grown) log.info({ configuredMiB, sizeMiB: size.sizeMiB, estimateBytes: estimate }, 'slot image grown to fit the rootfs');
+    log.info({ baseMiB: configuredMiB, sizeMiB: size.sizeMiB, estimateBytes: estimate }, size.grown ? 'slot image grown to fit the rootfs' : 'slot image size');
     const sizeMiB = size.sizeMiB;
     const tree = await prepareTree(deps, plan, transitionPath, { configuredMiB, sizeMiB, estimate }, config, cleanup, log);
     const treeDir = tree.dir;
@@ -299,18 +323,42 @@ async function runUpgrade(
     await sealTree(deps, plan, tree, transitionPath, config);
     checkAbort();
 
-    // 14. The switch.
-    progress({ operation: 'finalizing', message: 'switching slots' });
+    // 14. The switch: the point of no return. The new image's identity goes into its record, the old active's
+    //     identity (and whether it is the running system) into the record that moves to passive.
+    const newIdentity = await readImageIdentity(transitionPath);
     const haveActive = await pathExists(path.join(partDir, 'cOS/active.img'));
+    const rotatedId = host?.facts.slots.active.id ?? null;
     const steps = upgradeSwitchSteps(plan, config.labels, { active: haveActive });
-    await applySwitchSteps(deps, partDir, steps);
-    log.info({ file: plan.finalFile, rotated: plan.rotate && haveActive }, 'slot switched');
+    checkAbort();
+    committed = true;
+    opts.onCommit?.();
+    progress({ operation: 'finalizing', message: 'switching slots' });
+    // A step that fails is retried from where it stopped: a half-done switch is never undone by deleting names (the
+    // old active may exist only as passive.next at that moment).
+    let stepsDone = 0;
+    await retry(() => applySwitchSteps(deps, partDir, steps.slice(stepsDone), () => { stepsDone++; }), { attempts: 3, delayMs: 100 })
+      .catch((e: unknown) => {
+        throw new AgentError('STAGE_FAILED', `the slot switch stopped after step ${stepsDone} of ${steps.length} (${JSON.stringify(steps[stepsDone])}); the images are kept as they are: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      });
+    log.info({ file: plan.finalFile, rotated: plan.rotate && haveActive, keepPassiveReason: plan.keepPassiveReason }, 'slot switched: committed');
 
-    // 15. GRUB: rebrand and arm boot assessment (clearing tentative: kairos#4303).
-    if (plan.updateGrub) {
-      const entry = osRelease.get('GRUB_ENTRY_NAME');
-      await updateGrubEnvFile(path.join(partDir, 'grub_oem_env'), { default_menu_entry: entry ?? null }, { create: true });
-      await updateGrubEnvFile(path.join(partDir, 'boot_assessment'), { enable_boot_assessment: 'yes', boot_assessment_tentative: '' }, { create: true });
+    // From here on the slot holds the new image whatever happens: each write is retried, and one that still fails is
+    // logged and surfaced as a warning (status then derives the slots from the images themselves), never a failure.
+    const after = async (what: string, fn: () => Promise<void>): Promise<void> => {
+      try {
+        await retry(fn, { attempts: 3, delayMs: 100 });
+      } catch (e) {
+        const message = `${what}: ${e instanceof Error ? e.message : String(e)}`;
+        log.error({ err: message, code: e instanceof AgentError ? e.code : null }, 'the slot is switched, but a write after it failed');
+        warnings.push(message);
+      }
+    };
+
+    // 15. GRUB, through the bootchooser: the new active boots next (a pending one-shot or saved choice is
+    //     replaced), under its name, with boot assessment armed (tentative cleared: kairos#4303).
+    if (plan.updateGrub && host !== null) {
+      const writes = systemUpgradeWrites(host.facts, osRelease.get('GRUB_ENTRY_NAME') ?? null);
+      await after('setting the GRUB variables (next boot, boot assessment)', () => applyGrubWrites(host, writes));
     }
 
     // 16. state.yaml on the slot's partition (and on COS_STATE for a recovery upgrade, as elemental G3 does).
@@ -320,6 +368,7 @@ async function runUpgrade(
       ...(plan.label !== null ? { label: plan.label } : {}),
       fs: plan.fs,
       digest: image.digest,
+      ...(newIdentity?.id != null ? { uuid: newIdentity.id } : {}),
       date: deps.now().toISOString().replace(/\.\d{3}Z$/, 'Z'),
       ...(osRelease.get('VERSION') !== undefined ? { version: osRelease.get('VERSION') as string } : {}),
       verification: verification === 'skipped' ? 'skipped' as const : 'verified' as const,
@@ -328,22 +377,38 @@ async function runUpgrade(
     };
     const stateFiles = [path.join(partDir, 'state.yaml')];
     if (opts.recovery) {
-      const statePart = await findPartition(deps, config.labels.state).catch(() => undefined);
-      if (statePart) stateFiles.push(path.join(await mountRw(deps, statePart.device, '/run/cos/state', cleanup), 'state.yaml'));
+      await after('mounting COS_STATE for its state.yaml', async () => {
+        const statePart = await findPartition(deps, config.labels.state).catch(() => undefined);
+        if (statePart) stateFiles.push(path.join(await mountRw(deps, statePart.device, '/run/cos/state', cleanup), 'state.yaml'));
+      });
     }
     for (const file of stateFiles) {
-      const { state, recovered } = await readStateFile(file);
-      if (recovered) log.warn({ file, brokenPath: recovered.brokenPath, reason: recovered.reason }, 'state file was corrupt: kept aside and rebuilt');
-      const next = rotateOnUpgrade(state, {
-        target: opts.recovery ? 'recovery' : 'active',
-        keepPassive: !(plan.rotate && haveActive),
-        newImage: entry,
-        date: entry.date,
-        labels: config.labels,
+      await after(`recording the slots in ${file}`, async () => {
+        const { state, recovered } = await readStateFile(file);
+        if (recovered) log.warn({ file, brokenPath: recovered.brokenPath, reason: recovered.reason }, 'state file was corrupt: kept aside and rebuilt');
+        const next = rotateOnUpgrade(state, {
+          target: opts.recovery ? 'recovery' : 'active',
+          keepPassive: !(plan.rotate && haveActive),
+          newImage: entry,
+          date: entry.date,
+          labels: config.labels,
+          rotatedId,
+          rotatedBooted: host?.state.running === 'active',
+        });
+        await writeStateFile(file, next);
       });
-      await writeStateFile(file, next);
     }
-    await syncFs(partDir);
+    await after('syncing the slot partition', () => syncFs(partDir));
+
+    // What GRUB boots next now, read back from the disk (a write above may have failed): the caller says "reboot to
+    // run it" only when that is true.
+    let nextBoot: UpgradeOutcome['nextBoot'] = null;
+    if (host !== null) {
+      await after('reading back what boots next', async () => {
+        const n = (await readHost(deps, config, cleanup, { dirs: { state: partDir, ...(host.dirs.oem !== undefined ? { oem: host.dirs.oem } : {}) } })).state.next;
+        nextBoot = { slot: n.slot, entry: n.entry, reason: n.reason };
+      });
+    }
 
     failed = false;
     return {
@@ -359,14 +424,38 @@ async function runUpgrade(
       verificationDetail,
       imageSizeMiB: sizeMiB,
       unchanged: null,
+      warnings,
+      nextBoot,
     };
   } finally {
     const errors = await cleanup.run(failed);
-    for (const e of errors) log.error({ err: e.message }, 'cleanup step failed');
-    if (!failed && errors.length > 0) {
-      // eslint-disable-next-line no-unsafe-finally
-      throw new AgentError('STAGE_FAILED', `upgrade staged but cleanup failed: ${errors.map((e) => e.message).join('; ')}`);
+    for (const e of errors) {
+      log.error({ err: e.message }, 'cleanup step failed');
+      // Never dropped: on success they are the outcome's warnings (the array it returned); on failure, logged above.
+      warnings.push(e.message);
     }
+  }
+}
+
+/** The host model read in its own cleanup scope (read-only mounts undone before returning). */
+async function readHostScoped(deps: AgentDeps, config: AgentConfig): Promise<HostView> {
+  const scope = new CleanupStack();
+  try {
+    return await readHost(deps, config, scope);
+  } finally {
+    for (const e of await scope.run(false)) deps.log.warn({ err: e.message }, 'cleanup after reading the host failed');
+  }
+}
+
+/** Record an upgrade's outcome (this boot and COS_PERSISTENT), retried; returns what could not be recorded. */
+async function recordWithRetries(deps: AgentDeps, log: AgentDeps['log'], r: UpgradeResult): Promise<string[]> {
+  try {
+    await retry(() => recordResult(deps.root, r), { attempts: 3, delayMs: 100 });
+    return [];
+  } catch (e) {
+    const message = `recording the upgrade result: ${e instanceof Error ? e.message : String(e)}`;
+    log.error({ err: message }, 'could not record the upgrade result');
+    return [message];
   }
 }
 
@@ -399,11 +488,26 @@ async function prepareTree(
   const bytes = sizeMiB * MiB;
   const partDir = path.dirname(path.dirname(transitionPath));
   const free = await freeBytes(partDir);
+  const needs = `${mib(bytes + FREE_MARGIN)} MiB (a ${sizeMiB} MiB slot image and ${mib(FREE_MARGIN)} MiB of margin)`;
   if (free < size.configuredMiB * MiB + FREE_MARGIN) {
-    throw new AgentError('NO_SPACE', `${plan.partitionLabel} has ${mib(free)} MiB free; the ${size.configuredMiB} MiB transition image needs ${mib(size.configuredMiB * MiB + FREE_MARGIN)} MiB`);
+    // Even the base size does not fit: say where it came from and which setting makes it smaller.
+    const recoverySized = plan.target === 'recovery' && config.recoveryImageSizeMiB !== undefined;
+    const origin = recoverySized ? config.origins['recoveryImageSizeMiB'] : config.imageSizeMiB !== null ? config.origins['imageSizeMiB'] : undefined;
+    const base = origin !== undefined
+      ? `${size.configuredMiB} MiB as set by ${origin}`
+      : (await pathExists(path.join(partDir, plan.finalFile)))
+        ? `${size.configuredMiB} MiB, the size of the ${plan.finalFile} it replaces (no size is configured)`
+        : `${size.configuredMiB} MiB, elemental's default (no size is configured and there is no ${plan.finalFile} to size it like)`;
+    const setting = plan.target === 'recovery'
+      ? 'upgrade.recovery-system.size in /etc/elemental/config.yaml, or DEFAULT_IMAGE_SIZE in /etc/cos-upgrade-image or /etc/cos/config'
+      : 'DEFAULT_IMAGE_SIZE in /etc/cos-upgrade-image or /etc/cos/config, or upgrade.system.size in /etc/elemental/config.yaml';
+    const least = rootfsMiB(size.estimate);
+    throw new AgentError('NO_SPACE',
+      `${plan.partitionLabel} has ${mib(free)} MiB free; this image needs ${needs}, its size ${base}${sizeMiB > size.configuredMiB ? `, grown to fit the rootfs` : ''}. ` +
+      `Free space on ${plan.partitionLabel}, or set a smaller slot size in MiB with ${setting}${least !== null ? ` (this image needs at least ${least} MiB)` : ''}`);
   }
   if (free < bytes + FREE_MARGIN) {
-    throw new AgentError('IMAGE_TOO_LARGE', `the image does not fit: its rootfs (about ${mib(size.estimate ?? 0)} MiB) needs a ${sizeMiB} MiB slot image, and ${plan.partitionLabel} has ${mib(free)} MiB free`);
+    throw new AgentError('IMAGE_TOO_LARGE', `the image does not fit: its rootfs (about ${mib(size.estimate ?? 0)} MiB) needs a ${sizeMiB} MiB slot image, and ${plan.partitionLabel} has ${mib(free)} MiB free; this image needs ${needs}`);
   }
   await mkdir(path.dirname(transitionPath), { recursive: true });
   await preallocate(runner, transitionPath, bytes);
@@ -519,17 +623,21 @@ function hookError(name: string, e: unknown): AgentError {
   return err;
 }
 
-function mapNoSpace(e: unknown, label: string): unknown {
-  if (hasErrno(e, 'ENOSPC') || (e instanceof Error && /No space left/i.test(e.message))) {
+/**
+ * A full partition as NO_SPACE naming it, told by codes alone: an AgentError NO_SPACE (fstools maps mksquashfs's
+ * own report to it) or ENOSPC in the cause chain. Exported for tests.
+ */
+export function mapNoSpace(e: unknown, label: string): unknown {
+  if ((e instanceof AgentError && e.code === 'NO_SPACE') || hasErrno(e, 'ENOSPC')) {
     return new AgentError('NO_SPACE', `${label} is full: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }
   return e;
 }
 
-function hasErrno(e: unknown, code: string): boolean {
+/** Whether the errno `code` (e.g. ENOSPC) is the code of `e` or of an error in its cause chain. Exported for tests. */
+export function hasErrno(e: unknown, code: string): boolean {
   for (let cur: unknown = e, depth = 0; cur instanceof Error && depth < 10; cur = (cur as Error).cause, depth++) {
     if ((cur as NodeJS.ErrnoException).code === code) return true;
-    if (cur.message.includes(code)) return true;
   }
   return false;
 }

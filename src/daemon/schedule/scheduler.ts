@@ -21,7 +21,7 @@
  * on a ManualClock instead of sleeping. Nothing here knows about D-Bus: work is asked through `runAutomatic` and
  * reported through `onEvent`.
  */
-import { stat } from 'node:fs/promises';
+import { stat as fsStat } from 'node:fs/promises';
 import cron, { type ScheduledTask } from 'node-cron';
 import {
   WEEKDAYS,
@@ -366,7 +366,7 @@ export class ManualClock implements SchedulerClock {
         }
         await settle();
         for (let work = started.shift(); work !== undefined; work = started.shift()) {
-          await work.catch(() => undefined);
+          await work.catch(() => undefined); // only waiting here: the work reports its own failures (run-failed, failed)
           await settle();
         }
       } finally {
@@ -399,11 +399,15 @@ export type SchedulerEvent =
   | { type: 'tick'; at: Date; delayMs: number }
   | { type: 'missed'; at: Date }
   | { type: 'skipped'; trigger: AutomaticTrigger; reason: 'inhibited'; file: string }
+  /** An inhibitor path that exists or may exist but cannot be checked (EACCES, ELOOP, EIO…): fail closed, skip. */
+  | { type: 'skipped'; trigger: AutomaticTrigger; reason: 'inhibitor-unreadable'; file: string; code: string; message: string }
   | { type: 'skipped'; trigger: AutomaticTrigger; reason: 'busy' }
   | { type: 'request'; request: AutomaticRequest }
   | { type: 'update-available'; trigger: AutomaticTrigger; image?: string; digest?: string }
   | { type: 'reboot-deferred'; until: Date }
   | { type: 'failed'; request: AutomaticRequest; error: unknown }
+  /** The automatic run itself broke (not one of its requests, which are `failed`); the scheduler goes on. */
+  | { type: 'run-failed'; trigger: AutomaticTrigger; error: unknown }
   | { type: 'cron'; level: string; message: string };
 
 export interface SchedulerOptions {
@@ -420,6 +424,8 @@ export interface SchedulerOptions {
   /** Uniform in [0, 1); default Math.random. Scales the random delays. */
   random?: () => number;
   onEvent?: (event: SchedulerEvent) => void;
+  /** How inhibitor paths are looked at; default fs.promises.stat (a seam for tests). */
+  stat?: (path: string) => Promise<unknown>;
 }
 
 type ActivePolicy = Exclude<UpdatePolicy, 'none'>;
@@ -430,6 +436,7 @@ export class Scheduler {
   readonly #clock: SchedulerClock;
   readonly #random: () => number;
   readonly #emit: (e: SchedulerEvent) => void;
+  readonly #stat: (path: string) => Promise<unknown>;
   #settings: AgentSettings;
   #cron: CronHandle | undefined;
   #delay: TimerHandle | undefined;
@@ -461,6 +468,7 @@ export class Scheduler {
         onCronLog: (level, message) => this.#emit({ type: 'cron', level, message }),
       });
     this.#random = opts.random ?? Math.random;
+    this.#stat = opts.stat ?? fsStat;
     this.#settings = opts.settings;
   }
 
@@ -629,13 +637,16 @@ export class Scheduler {
     });
   }
 
-  /** Run `body` as the one automatic run, after the inhibitor check; then start a queued trigger. */
+  /**
+   * Run `body` as the one automatic run, after the inhibitor check; then start a queued trigger. An error of the run
+   * itself (its requests report their own failures) is a `run-failed` event; the scheduler goes on.
+   */
   #start(trigger: AutomaticTrigger, body: () => Promise<void>): void {
     const run = (async () => {
       if (await this.#inhibited(trigger)) return;
       await body();
     })()
-      .catch(() => undefined)
+      .catch((error: unknown) => this.#emit({ type: 'run-failed', trigger, error }))
       .finally(() => {
         this.#busy = undefined;
         const queued = this.#queued;
@@ -719,15 +730,23 @@ export class Scheduler {
     }
   }
 
-  /** The first inhibitor file that exists (reported as a `skipped` event), or undefined. */
+  /**
+   * Whether an inhibitor holds the run back (reported as a `skipped` event naming the file): one exists, or one cannot
+   * be checked for a reason other than being absent (ENOENT, ENOTDIR): that fails closed, an inhibitor we cannot see
+   * is not taken for an absent one.
+   */
   async #inhibited(trigger: AutomaticTrigger): Promise<boolean> {
     for (const file of this.#settings.inhibitors) {
       try {
-        await stat(this.#root.path(file));
+        await this.#stat(this.#root.path(file));
         this.#emit({ type: 'skipped', trigger, reason: 'inhibited', file });
         return true;
-      } catch {
-        // absent (or unreadable): not inhibiting
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException | null)?.code;
+        if (code === 'ENOENT' || code === 'ENOTDIR') continue;
+        const message = e instanceof Error ? e.message : String(e);
+        this.#emit({ type: 'skipped', trigger, reason: 'inhibitor-unreadable', file, code: typeof code === 'string' ? code : 'UNKNOWN', message });
+        return true;
       }
     }
     return false;

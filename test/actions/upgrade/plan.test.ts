@@ -1,6 +1,8 @@
 import test from 'ava';
-import { alreadyStaged, planUpgrade, rollbackEntry, swapSteps, upgradeSwitchSteps, type SwitchStep } from '../../../src/actions/upgrade/plan.ts';
+import { alreadyStaged, planUpgrade, swapSteps, upgradeSwitchSteps, type SwitchStep } from '../../../src/actions/upgrade/plan.ts';
 import type { Labels } from '../../../src/model/config.ts';
+import { decideRollback, deriveBootState } from '../../../src/host/boot-model.ts';
+import { hostFacts } from '../../helpers/host-facts.ts';
 
 const labels: Labels = {
   state: 'COS_STATE', active: 'COS_ACTIVE', passive: 'COS_PASSIVE', recovery: 'COS_RECOVERY',
@@ -38,6 +40,11 @@ function bootable(fs: Fs): { cos: string | null; fallback: string | null } {
   return { cos: entry('cOS/active.img', 'COS_ACTIVE'), fallback: entry('cOS/passive.img', 'COS_PASSIVE') };
 }
 
+/** The host model of a host with no upgrade staged: the running image is in the slot the kernel booted. */
+function running(slot: 'active' | 'passive' | 'recovery'): { running: 'active' | 'passive' | 'recovery'; bootedBefore: { active: boolean; passive: boolean } } {
+  return { running: slot, bootedBefore: { active: true, passive: true } };
+}
+
 function host(): Fs {
   return {
     names: new Map([['cOS/active.img', 1], ['cOS/passive.img', 2], ['cOS/transition.img', 3]]),
@@ -46,7 +53,7 @@ function host(): Fs {
 }
 
 test('when booted from active, the upgrade rotates active to passive', (t) => {
-  const plan = planUpgrade({ target: 'system', bootedFrom: 'active', upgradeFailure: false, recoveryFlavour: 'img', labels });
+  const plan = planUpgrade({ target: 'system', bootedFrom: 'active', upgradeFailure: false, recoveryFlavour: 'img', labels, bootState: running('active') });
   t.true(plan.rotate);
   t.is(plan.finalFile, 'cOS/active.img');
   t.is(plan.label, 'COS_ACTIVE');
@@ -54,28 +61,28 @@ test('when booted from active, the upgrade rotates active to passive', (t) => {
 });
 
 test('when booted from passive or after upgrade_failure, passive (the last known good) is kept', (t) => {
-  const fromPassive = planUpgrade({ target: 'system', bootedFrom: 'passive', upgradeFailure: false, recoveryFlavour: 'img', labels });
+  const fromPassive = planUpgrade({ target: 'system', bootedFrom: 'passive', upgradeFailure: false, recoveryFlavour: 'img', labels, bootState: running('passive') });
   t.false(fromPassive.rotate);
   t.regex(fromPassive.keepPassiveReason ?? '', /passive/);
-  const afterFailure = planUpgrade({ target: 'system', bootedFrom: 'active', upgradeFailure: true, recoveryFlavour: 'img', labels });
+  const afterFailure = planUpgrade({ target: 'system', bootedFrom: 'active', upgradeFailure: true, recoveryFlavour: 'img', labels, bootState: running('active') });
   t.false(afterFailure.rotate);
 });
 
 test('a recovery upgrade targets the flavour on disk and never touches passive or GRUB', (t) => {
-  const squash = planUpgrade({ target: 'recovery', bootedFrom: 'active', upgradeFailure: false, recoveryFlavour: 'squashfs', labels });
+  const squash = planUpgrade({ target: 'recovery', bootedFrom: 'active', upgradeFailure: false, recoveryFlavour: 'squashfs', labels, bootState: running('active') });
   t.is(squash.finalFile, 'cOS/recovery.squashfs');
   t.is(squash.transitionFile, 'cOS/transition.squashfs');
   t.is(squash.label, null);
   t.false(squash.rotate);
   t.false(squash.updateGrub);
-  const img = planUpgrade({ target: 'recovery', bootedFrom: 'recovery', upgradeFailure: false, recoveryFlavour: 'img', labels });
+  const img = planUpgrade({ target: 'recovery', bootedFrom: 'recovery', upgradeFailure: false, recoveryFlavour: 'img', labels, bootState: running('recovery') });
   t.is(img.finalFile, 'cOS/recovery.img');
   t.is(img.label, 'COS_SYSTEM');
   t.is(img.partitionLabel, 'COS_RECOVERY');
 });
 
 test('during a rotating switch, both GRUB entries boot a complete OS after every single step', (t) => {
-  const plan = planUpgrade({ target: 'system', bootedFrom: 'active', upgradeFailure: false, recoveryFlavour: 'img', labels });
+  const plan = planUpgrade({ target: 'system', bootedFrom: 'active', upgradeFailure: false, recoveryFlavour: 'img', labels, bootState: running('active') });
   const fs = host();
   const seen: Array<{ cos: string | null; fallback: string | null }> = [bootable(fs)];
   for (const step of upgradeSwitchSteps(plan, labels, { active: true })) {
@@ -90,7 +97,7 @@ test('during a rotating switch, both GRUB entries boot a complete OS after every
 });
 
 test('when passive is kept, the switch is one atomic rename over active.img and passive is untouched', (t) => {
-  const plan = planUpgrade({ target: 'system', bootedFrom: 'passive', upgradeFailure: false, recoveryFlavour: 'img', labels });
+  const plan = planUpgrade({ target: 'system', bootedFrom: 'passive', upgradeFailure: false, recoveryFlavour: 'img', labels, bootState: running('passive') });
   const fs = host();
   for (const step of upgradeSwitchSteps(plan, labels, { active: true })) {
     apply(fs, step);
@@ -112,9 +119,10 @@ test('a permanent rollback keeps the default entry bootable after every step and
 });
 
 test('a one-shot rollback boots the other A/B slot', (t) => {
-  t.is(rollbackEntry('active'), 'fallback');
-  t.is(rollbackEntry('passive'), 'cos');
-  t.is(rollbackEntry('recovery'), 'cos');
+  const entry = (bootedFrom: 'active' | 'passive' | 'recovery'): unknown => decideRollback(deriveBootState(hostFacts({ bootedFrom })));
+  t.deepEqual(entry('active'), { entry: 'fallback' });
+  t.deepEqual(entry('passive'), { entry: 'cos' });
+  t.deepEqual(entry('recovery'), { entry: 'cos' });
 });
 
 // --- already staged ---------------------------------------------------------------------------------------------

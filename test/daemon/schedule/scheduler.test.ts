@@ -1,5 +1,5 @@
 import test from 'ava';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseAgentSettings } from '../../../src/config/agent-settings.ts';
@@ -123,7 +123,7 @@ interface Rig {
 async function rig(
   t: { teardown(fn: () => Promise<void> | void): void },
   yaml: string,
-  opts: { start?: string; random?: () => number } = {},
+  opts: { start?: string; random?: () => number; stat?: (path: string) => Promise<unknown> } = {},
 ): Promise<Rig> {
   const dir = await mkdtemp(path.join(tmpdir(), 'cos-agent-sched-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -135,6 +135,7 @@ async function rig(
     settings: settings(yaml),
     clock,
     random: opts.random ?? ((): number => 0),
+    ...(opts.stat !== undefined ? { stat: opts.stat } : {}),
     onEvent: (e) => r.events.push(e),
     runAutomatic: async (req) => {
       r.calls.push(`${clock.now().toISOString().slice(0, 16)} ${req.action} ${req.trigger}${req.digest ? ` ${req.digest}` : ''}`);
@@ -270,6 +271,80 @@ test('the inhibitor list comes from the settings', async (t) => {
   await writeFile(r.root.path('/var/lib/maintenance.lock'), '');
   await advanceTo(r, '2026-06-02T03:00:00Z');
   t.is(r.calls.length, 1);
+});
+
+test('an inhibitor that cannot be checked (a symlink loop: ELOOP) holds the run back, naming the file and why; once fixed the next tick runs', async (t) => {
+  const r = await rig(t, 'randomDelay: 0\n');
+  const inhibit = r.root.path('/run/cos-agent/inhibit');
+  await mkdir(path.dirname(inhibit), { recursive: true });
+  await symlink('inhibit', inhibit); // points at itself: stat fails with ELOOP, a real error that is not "absent"
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T03:00:00Z');
+  t.deepEqual(r.calls, [], 'fail closed: an inhibitor that may exist is not taken for an absent one');
+  t.like(r.events.find((e) => e.type === 'skipped'), { type: 'skipped', trigger: 'schedule', reason: 'inhibitor-unreadable', file: '/run/cos-agent/inhibit', code: 'ELOOP' });
+  const skipped = r.events.find((e) => e.type === 'skipped' && e.reason === 'inhibitor-unreadable');
+  t.regex(skipped !== undefined && 'message' in skipped ? skipped.message : '', /ELOOP/);
+  await rm(inhibit);
+  await advanceTo(r, '2026-06-02T03:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-02T03:00 check schedule']);
+});
+
+test('an inhibitor path under a regular file (ENOTDIR) is absent: the run goes ahead', async (t) => {
+  const r = await rig(t, 'randomDelay: 0\ninhibitors: [/etc/cos-agent/inhibit]\n');
+  await mkdir(r.root.path('/etc'), { recursive: true });
+  await writeFile(r.root.path('/etc/cos-agent'), 'a file, not a directory\n');
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T03:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-01T03:00 check schedule']);
+  t.is(r.events.find((e) => e.type === 'skipped'), undefined);
+});
+
+test('an inhibitor the stat seam cannot read (EACCES) holds back the run and, under apply, the reboot', async (t) => {
+  let denied = false;
+  const r = await rig(t, 'randomDelay: 0\npolicy: apply\n', {
+    stat: (p) => (denied ? Promise.reject(Object.assign(new Error(`EACCES: permission denied, stat '${p}'`), { code: 'EACCES' })) : Promise.reject(Object.assign(new Error('ENOENT'), { code: 'ENOENT' }))),
+  });
+  denied = true;
+  r.scheduler.start();
+  await advanceTo(r, '2026-06-01T03:00:00Z');
+  t.deepEqual(r.calls, []);
+  t.like(r.events.find((e) => e.type === 'skipped'), { reason: 'inhibitor-unreadable', file: '/run/cos-agent/inhibit', code: 'EACCES' });
+
+  // Readable again for the check and the upgrade; unreadable right before the reboot: the reboot waits.
+  denied = false;
+  r.report = { updateAvailable: true, digest: 'sha256:ee' };
+  r.duringUpgrade = (): Promise<void> => {
+    denied = true;
+    return Promise.resolve();
+  };
+  await advanceTo(r, '2026-06-02T03:00:00Z');
+  t.deepEqual(r.calls, ['2026-06-02T03:00 check schedule', '2026-06-02T03:00 upgrade schedule sha256:ee'], 'no reboot');
+  t.is(r.events.filter((e) => e.type === 'skipped' && e.reason === 'inhibitor-unreadable').length, 2);
+});
+
+test('an error of the automatic run itself (not of a request) is reported as run-failed, and the scheduler goes on', async (t) => {
+  // The random source breaks while the run defers its reboot to the window: nothing a request would report.
+  let broken = false;
+  const r = await rig(t, 'randomDelay: 1h\npolicy: apply\nwindow:\n  start: "05:00"\n  length: 1h\n', {
+    random: () => {
+      if (broken) throw new Error('no entropy');
+      return 0;
+    },
+  });
+  r.report = { updateAvailable: true, digest: 'sha256:dd' };
+  r.scheduler.start();
+  broken = true;
+  await r.scheduler.runNow();
+  t.deepEqual(r.calls, ['2026-06-01T00:00 check schedule', '2026-06-01T00:00 upgrade schedule sha256:dd']);
+  const failed = r.events.find((e) => e.type === 'run-failed');
+  t.like(failed, { type: 'run-failed', trigger: 'schedule' });
+  t.is(failed !== undefined && 'error' in failed ? (failed.error as Error).message : '', 'no entropy');
+  t.false(r.scheduler.state.running);
+
+  broken = false;
+  await r.scheduler.runNow();
+  t.like(r.events.at(-1), { type: 'reboot-deferred' });
+  t.is(r.scheduler.state.rebootWindow?.toISOString(), '2026-06-01T05:00:00.000Z');
 });
 
 test('under policy stage an available update is upgraded to without reboot, once per digest', async (t) => {

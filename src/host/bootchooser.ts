@@ -1,0 +1,211 @@
+/**
+ * The bootchooser (RAUC's name for it): the one place that reads the on-disk facts of what runs and what boots next,
+ * derives the host model from them (boot-model.ts, pure), and writes the GRUB variables that choose, arm, mark and
+ * fall back. status, upgrade, rollback, mark and the daemon all go through readHost / applyGrubWrites.
+ *
+ * Facts: /proc/cmdline, the running image's identity (recorded once per boot in /run/cos-agent/booted.json, before
+ * the agent changes anything), each slot image's identity and label (read from its superblock), the state.yaml
+ * records, and the GRUB env blocks: COS_STATE grub_oem_env and boot_assessment, COS_OEM grubenv (/oem/grubenv).
+ */
+import { mkdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { AgentError } from '../model/errors.ts';
+import type { AgentConfig } from '../model/config.ts';
+import type { SlotName } from '../model/host.ts';
+import type { InstallState } from '../model/state.ts';
+import { readGrubEnvFile, updateGrubEnvFile } from '../grub/index.ts';
+import { findMountAt, readImageIdentity, readMounts, syncFs } from '../partitions/index.ts';
+import { readOptionalText, writeFileAtomic } from '../sys/files.ts';
+import type { CleanupStack } from '../sys/cleanup.ts';
+import { findPartition, hostMountOf, mountRo, mountRw } from './access.ts';
+import { parseCmdline, type BootInfo } from './cmdline.ts';
+import type { AgentDeps } from './deps.ts';
+import { deriveBootState, type BootState, type GrubWrites, type HostFacts, type SlotFacts } from './boot-model.ts';
+import { readStateFile } from './state-file.ts';
+
+export const SLOT_FILES: Record<SlotName, readonly string[]> = {
+  active: ['cOS/active.img'],
+  passive: ['cOS/passive.img'],
+  recovery: ['cOS/recovery.squashfs', 'cOS/recovery.img'],
+};
+
+export interface SlotFile {
+  /** The file found (relative to its partition), or the canonical name when absent. */
+  file: string;
+  present: boolean;
+  size: number | null;
+  fs: 'ext2' | 'squashfs' | null;
+}
+
+export interface HostView {
+  boot: BootInfo;
+  facts: HostFacts;
+  state: BootState;
+  /** Where the partitions are visible now (undefined: not found or not mountable). */
+  dirs: { state?: string; recovery?: string; oem?: string };
+  /** The state.yaml of COS_STATE and of COS_RECOVERY. */
+  records: { state: InstallState; recovery: InstallState };
+  files: Record<SlotName, SlotFile>;
+}
+
+export interface ReadHostOptions {
+  /** Mount COS_STATE and COS_OEM read-write (undone by the cleanup stack): the caller will write GRUB variables. */
+  writable?: boolean;
+  /** Directories the caller already has (e.g. COS_STATE mounted rw for an upgrade). */
+  dirs?: { state?: string; recovery?: string; oem?: string };
+}
+
+const BOOT_RECORD = '/run/cos-agent/booted.json';
+
+interface BootRecord {
+  cmdline: string;
+  bootId: string | null;
+  slot: string;
+  /** The running image's identity. */
+  id: string | null;
+  /** What active.img held when this boot was first looked at (with upgrade_failure: the image that failed). */
+  activeId: string | null;
+}
+
+/** Read every fact and derive the model. Partitions the host has not mounted are mounted for the caller's cleanup. */
+export async function readHost(deps: AgentDeps, config: AgentConfig, cleanup: CleanupStack, opts: ReadHostOptions = {}): Promise<HostView> {
+  const cmdlineText = (await readOptionalText(deps.root.path('/proc/cmdline'))) ?? '';
+  const boot = parseCmdline(cmdlineText, config.labels);
+  const upgradeFailure = boot.upgradeFailure || (await readOptionalText(deps.root.path('/run/cos/upgrade_failure'))) !== undefined;
+  const writable = opts.writable === true;
+
+  const partDir = async (label: string, fallback: string, rw: boolean): Promise<string | undefined> => {
+    const dev = await findPartition(deps, label).catch((e: unknown) => {
+      if (e instanceof AgentError && e.code === 'DEVICE_NOT_FOUND') return undefined;
+      throw e;
+    });
+    if (dev === undefined) return undefined;
+    return rw ? mountRw(deps, dev.device, fallback, cleanup) : mountRo(deps, dev.device, cleanup);
+  };
+  const dirs = { ...opts.dirs };
+  dirs.state ??= await partDir(config.labels.state, '/run/cos/state', writable);
+  dirs.recovery ??= await partDir(config.labels.recovery, '/run/cos/recovery', false).catch(() => undefined);
+  if (dirs.oem === undefined) {
+    const dev = await findPartition(deps, config.labels.oem).catch(() => undefined);
+    if (dev !== undefined) {
+      const host = await hostMountOf(deps, dev.device);
+      if (host !== undefined && (!writable || !host.readOnly)) dirs.oem = host.dir;
+      else dirs.oem = writable ? await mountRw(deps, dev.device, '/run/cos/oem', cleanup) : await mountRo(deps, dev.device, cleanup);
+    }
+  }
+
+  const readRecords = async (dir: string | undefined): Promise<InstallState> =>
+    dir === undefined ? { partitions: {} } : (await readStateFile(path.join(dir, 'state.yaml'), { moveAside: false })).state;
+  const records = { state: await readRecords(dirs.state), recovery: await readRecords(dirs.recovery) };
+
+  const files = {} as Record<SlotName, SlotFile>;
+  const slots = {} as Record<SlotName, SlotFacts>;
+  for (const slot of ['active', 'passive', 'recovery'] as const) {
+    const dir = slot === 'recovery' ? dirs.recovery : dirs.state;
+    const candidates = SLOT_FILES[slot];
+    let found: SlotFile = { file: candidates[candidates.length - 1] as string, present: false, size: null, fs: null };
+    let id: string | null = null;
+    let label: string | null = null;
+    if (dir !== undefined) {
+      for (const f of candidates) {
+        const st = await stat(path.join(dir, f)).catch(() => undefined);
+        if (!st?.isFile()) continue;
+        const ident = await readImageIdentity(path.join(dir, f)).catch(() => undefined);
+        found = { file: f, present: true, size: st.size, fs: ident?.fs ?? null };
+        id = ident?.id ?? null;
+        label = ident?.label ?? null;
+        break;
+      }
+    }
+    files[slot] = found;
+    const record = slot === 'recovery'
+      ? (records.recovery.partitions['recovery']?.images['recovery'] ?? records.state.partitions['recovery']?.images['recovery'] ?? null)
+      : (records.state.partitions['state']?.images[slot] ?? null);
+    slots[slot] = { present: found.present, id, label, record };
+  }
+
+  const env = async (dir: string | undefined, name: string): Promise<Map<string, string>> =>
+    dir === undefined ? new Map() : readGrubEnvFile(path.join(dir, name), { missingOk: true });
+  const grub = {
+    oem: await env(dirs.state, 'grub_oem_env'),
+    assessment: await env(dirs.state, 'boot_assessment'),
+    user: await env(dirs.oem, 'grubenv'),
+  };
+
+  const booted = await bootRecord(deps, cmdlineText, boot, slots);
+  const facts: HostFacts = {
+    bootedFrom: boot.bootedFrom,
+    upgradeFailure,
+    runningId: booted.id,
+    failedId: upgradeFailure ? booted.activeId : null,
+    slots,
+    grub,
+    labels: { active: config.labels.active, passive: config.labels.passive },
+  };
+  return { boot, facts, state: deriveBootState(facts), dirs, records, files };
+}
+
+/**
+ * The running image's identity. Recorded once per boot (/run is a tmpfs; the record also carries the cmdline and
+ * boot id so a stale one is never used): on a real host, the root filesystem's own UUID; under a --root prefix, the
+ * identity of the slot file the kernel booted, read before this agent changed anything in this boot.
+ */
+async function bootRecord(deps: AgentDeps, cmdline: string, boot: BootInfo, slots: Record<SlotName, SlotFacts>): Promise<BootRecord> {
+  const file = deps.root.path(BOOT_RECORD);
+  const bootId = (await readOptionalText(deps.root.path('/proc/sys/kernel/random/boot_id')).catch(() => undefined))?.trim() ?? null;
+  const text = await readOptionalText(file).catch(() => undefined);
+  if (text !== undefined) {
+    try {
+      const r = JSON.parse(text) as BootRecord;
+      if (r.cmdline === cmdline && r.bootId === bootId) return { ...r, activeId: r.activeId ?? null };
+    } catch {
+      // A torn or foreign record: derive it again below.
+    }
+  }
+  let id: string | null = null;
+  if (deps.root.prefix === '/') {
+    const rootMount = findMountAt('/', await readMounts().catch(() => []));
+    if (rootMount !== undefined && rootMount.source.startsWith('/dev/')) id = (await readImageIdentity(rootMount.source).catch(() => undefined))?.id ?? null;
+  }
+  if (id === null && (boot.bootedFrom === 'active' || boot.bootedFrom === 'passive' || boot.bootedFrom === 'recovery')) {
+    id = slots[boot.bootedFrom].id;
+  }
+  const record: BootRecord = { cmdline, bootId, slot: boot.bootedFrom, id, activeId: slots.active.id };
+  try {
+    await mkdir(path.dirname(file), { recursive: true });
+    await writeFileAtomic(file, `${JSON.stringify(record)}\n`);
+  } catch (e) {
+    // Not root (cosctl status as a user): the identity is still right for this read; the next root read records it.
+    deps.log.debug({ err: (e as Error).message }, 'could not record the booted image identity');
+  }
+  return record;
+}
+
+/**
+ * Write the bootchooser's GRUB variables (boot-model.ts grubVerbs) durably, in a fixed order: the user env (one-shot
+ * and saved choices) first, then grub_oem_env, then boot_assessment. The caller has the partitions mounted rw. Every
+ * file is attempted even when an earlier one fails (arming boot assessment must not depend on /oem being writable);
+ * the first error is thrown at the end, naming every file that failed.
+ */
+export async function applyGrubWrites(view: Pick<HostView, 'dirs'>, writes: GrubWrites): Promise<void> {
+  const targets: Array<[Record<string, string | null> | undefined, string | undefined, string, string]> = [
+    [writes.user, view.dirs.oem, 'grubenv', 'COS_OEM'],
+    [writes.oem, view.dirs.state, 'grub_oem_env', 'COS_STATE'],
+    [writes.assessment, view.dirs.state, 'boot_assessment', 'COS_STATE'],
+  ];
+  const errors: AgentError[] = [];
+  for (const [changes, dir, name, label] of targets) {
+    if (changes === undefined || Object.keys(changes).length === 0) continue;
+    try {
+      if (dir === undefined) throw new AgentError('DEVICE_NOT_FOUND', `cannot write ${name}: no ${label} partition`);
+      await updateGrubEnvFile(path.join(dir, name), changes, { create: true });
+      await syncFs(dir);
+    } catch (e) {
+      errors.push(e instanceof AgentError ? e : new AgentError('STATE_INVALID', `${name}: ${e instanceof Error ? e.message : String(e)}`, { cause: e }));
+    }
+  }
+  const first = errors[0];
+  if (first === undefined) return;
+  if (errors.length === 1) throw first;
+  throw new AgentError(first.code, errors.map((e) => e.message).join('; '), { cause: first });
+}
