@@ -15,7 +15,6 @@
  *
  * Durations are `<number><unit>` parts, units ms, s, m, h, d (`90m`, `1h30m`, `1.5h`); a bare `0` means none.
  */
-import { readFile } from 'node:fs/promises';
 import cron from 'node-cron';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode } from 'yaml';
 import { ConfigError } from '../model/errors.ts';
@@ -28,6 +27,7 @@ import {
   type UpdatePolicy,
   type Weekday,
 } from '../model/schedule.ts';
+import { readOptionalText } from '../sys/files.ts';
 import type { SysRoot } from '../sys/root.ts';
 
 export const AGENT_CONFIG_FILE = '/etc/cos-agent/agent.yaml';
@@ -204,13 +204,9 @@ export function parseAgentSettings(text: string, file: string): AgentSettings {
 /** Read agent.yaml through the root. `file` is the root-mapped path when the file exists. */
 export async function loadAgentSettings(root: SysRoot): Promise<{ settings: AgentSettings; file?: string }> {
   const file = root.path(AGENT_CONFIG_FILE);
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return { settings: DEFAULT_AGENT_SETTINGS };
+  const text = await readOptionalText(file).catch((e: unknown) => {
     throw new ConfigError(file, `cannot read: ${(e as Error).message}`, { cause: e });
-  }
+  });
+  if (text === undefined) return { settings: DEFAULT_AGENT_SETTINGS };
   return { settings: parseAgentSettings(text.startsWith('\uFEFF') ? text.slice(1) : text, file), file };
 }

@@ -3,9 +3,10 @@
  * 2.2, 3, 9). The order below is the precedence order, lowest first (see resolve.ts for the merge rules).
  * Missing files are skipped; an unreadable or malformed file is a ConfigError naming it.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import type { AgentConfig, ConfigOverrides } from '../model/config.ts';
 import { ConfigError } from '../model/errors.ts';
+import { readOptionalText } from '../sys/files.ts';
 import type { SysRoot } from '../sys/root.ts';
 import { parseDotenv } from './dotenv.ts';
 import { envFileLayer, envLayer, OS_RELEASE_KEYS, overridesLayer, resolveConfig, yamlLayer, type ConfigLayer } from './resolve.ts';
@@ -46,13 +47,10 @@ const isMissing = (e: unknown): boolean => {
 };
 
 async function readText(path: string): Promise<string | undefined> {
-  try {
-    const text = await readFile(path, 'utf8');
-    return text.startsWith('\uFEFF') ? text.slice(1) : text;
-  } catch (e) {
-    if (isMissing(e)) return undefined;
+  const text = await readOptionalText(path).catch((e: unknown) => {
     throw new ConfigError(path, `cannot read: ${(e as Error).message}`, { cause: e });
-  }
+  });
+  return text?.startsWith('\uFEFF') ? text.slice(1) : text;
 }
 
 /** Names of the `*.yaml` files in config.d, byte-wise sorted; `.yml` files produce a warning. */

@@ -25,6 +25,7 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNo
 import { ConfigError } from '../model/errors.ts';
 import type { AgentConfig } from '../model/config.ts';
 import type { IdentityRule, TrustPolicy } from '../model/signature.ts';
+import { readOptionalText } from '../sys/files.ts';
 import type { SysRoot } from '../sys/root.ts';
 
 export const POLICY_FILE = '/etc/cos-agent/policy.yaml';
@@ -169,9 +170,8 @@ export async function loadImagePolicy(
 ): Promise<ImagePolicy> {
   const files: string[] = [];
   const policyPath = root.path(POLICY_FILE);
-  const text = policyText !== undefined ? (policyText ?? undefined) : await readFile(policyPath, 'utf8').catch((e: NodeJS.ErrnoException) => {
-    if (e.code === 'ENOENT') return undefined;
-    throw new ConfigError(policyPath, `cannot read: ${e.message}`, { cause: e });
+  const text = policyText !== undefined ? (policyText ?? undefined) : await readOptionalText(policyPath).catch((e: unknown) => {
+    throw new ConfigError(policyPath, `cannot read: ${(e as Error).message}`, { cause: e });
   });
   const pf = text === undefined ? { default: {}, registries: [] } : parsePolicyFile(text, policyPath);
   if (text !== undefined) files.push(policyPath);
@@ -196,9 +196,9 @@ export async function loadImagePolicy(
   let trustedRoot: unknown;
   const rootLoc = rule.trustedRoot ?? DEFAULT_TRUSTED_ROOT;
   const rootPath = root.path(rootLoc);
-  const rootText = await readFile(rootPath, 'utf8').catch((e: NodeJS.ErrnoException) => {
-    if (e.code === 'ENOENT' && rule.trustedRoot === undefined) return undefined;
-    throw new ConfigError(rootPath, `cannot read the trusted root: ${e.message}`, { cause: e });
+  // The default location is optional (no trusted root: no transparency log); a configured one must be there.
+  const rootText = await (rule.trustedRoot === undefined ? readOptionalText(rootPath) : readFile(rootPath, 'utf8')).catch((e: unknown) => {
+    throw new ConfigError(rootPath, `cannot read the trusted root: ${(e as Error).message}`, { cause: e });
   });
   if (rootText !== undefined) {
     try {

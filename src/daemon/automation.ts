@@ -27,7 +27,8 @@ import { DEFAULT_AGENT_SETTINGS } from '../model/schedule.ts';
 import type { Logger } from '../sys/log.ts';
 import type { SysRoot } from '../sys/root.ts';
 import type { AgentDaemon } from './daemon.ts';
-import { ManualClock, Scheduler, type SchedulerClock, type SchedulerEvent } from './schedule/scheduler.ts';
+import { ManualClock, type SchedulerClock } from './schedule/clock.ts';
+import { Scheduler, type SchedulerEvent } from './schedule/scheduler.ts';
 import { RESULT, type TransactionRecord } from './transactions.ts';
 import { ConfigWatcher, type WatchedSnapshot } from './watch.ts';
 

@@ -521,6 +521,8 @@ export class AgentDaemon implements AgentPort {
     await recordTransaction(this.deps.agent.root, rec).catch((e: unknown) => {
       const err = toAgentError(e);
       log.error({ code: err.code, err: err.message }, 'could not persist the transaction outcome');
+      // Surfaced, not only logged: LastTransaction (D-Bus) carries it for as long as this daemon runs.
+      rec.details = { ...rec.details, warnings: [...(rec.details.warnings ?? []), `the outcome could not be persisted: ${err.message}`] };
     });
     if (result === RESULT.ok) log.info({ kind, ...details }, 'job succeeded');
     else log.error({ kind, code: rec.code, err: rec.error, cancelled: result === RESULT.cancelled }, result === RESULT.cancelled ? 'job cancelled' : 'job failed');

@@ -1,7 +1,8 @@
 /**
  * One job at a time (rauc's install thread + notify/cleanup callbacks): the daemon and an in-process CLI drive the
  * same actions through this. A second request while a job runs gets BUSY naming the running transaction. Progress
- * and completion go to the listener; the transport (D-Bus) turns them into properties and signals.
+ * and completion go to the listener; the transport (D-Bus) turns them into properties and signals. The actions are
+ * injected (default: the real ones), so tests drive the job logic with fakes and without root.
  */
 import { randomUUID } from 'node:crypto';
 import { AgentError } from '../model/errors.ts';
@@ -32,14 +33,26 @@ export interface JobListener {
   completed(transaction: string, kind: JobKind, result: number, error: AgentError | null, outcome: JobOutcome): void;
 }
 
+/** What the jobs run: the real actions by default; tests pass fakes with the same signatures. */
+export interface JobActions {
+  upgrade: typeof upgrade;
+  rollback: typeof rollback;
+  checkForUpdate: typeof checkForUpdate;
+  markBooted: typeof markBooted;
+}
+
+const REAL_ACTIONS: JobActions = { upgrade, rollback, checkForUpdate, markBooted };
+
 export class JobManager {
   private readonly deps: AgentDeps;
   private readonly listener: JobListener;
+  private readonly actions: JobActions;
   private job: (RunningJob & { abort: AbortController; committed: boolean; done: Promise<void> }) | null = null;
 
-  constructor(deps: AgentDeps, listener: JobListener) {
+  constructor(deps: AgentDeps, listener: JobListener, actions: JobActions = REAL_ACTIONS) {
     this.deps = deps;
     this.listener = listener;
+    this.actions = actions;
   }
 
   get running(): RunningJob | null {
@@ -54,19 +67,19 @@ export class JobManager {
   }
 
   upgrade(opts: Omit<UpgradeOptions, 'transaction' | 'onProgress' | 'signal'>): string {
-    return this.start('upgrade', (tx, signal, onProgress, onCommit) => upgrade(this.deps, { ...opts, transaction: tx, signal, onProgress, onCommit }));
+    return this.start('upgrade', (tx, signal, onProgress, onCommit) => this.actions.upgrade(this.deps, { ...opts, transaction: tx, signal, onProgress, onCommit }));
   }
 
   check(opts: { image?: string; recovery?: boolean }): string {
-    return this.start('check', () => checkForUpdate(this.deps, opts));
+    return this.start('check', () => this.actions.checkForUpdate(this.deps, opts));
   }
 
   rollback(opts: RollbackOptions): string {
-    return this.start('rollback', () => rollback(this.deps, opts));
+    return this.start('rollback', () => this.actions.rollback(this.deps, opts));
   }
 
   mark(good: boolean): string {
-    return this.start(good ? 'mark-good' : 'mark-bad', () => markBooted(this.deps, good));
+    return this.start(good ? 'mark-good' : 'mark-bad', () => this.actions.markBooted(this.deps, good));
   }
 
   /**

@@ -15,10 +15,10 @@
  * and KEEPS the previous snapshot. Nothing here knows about D-Bus or logging.
  */
 import { watch, statSync, type FSWatcher } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError, ConfigError } from '../model/errors.ts';
 import type { WatchedConfig } from '../model/schedule.ts';
+import { readOptionalText } from '../sys/files.ts';
 import type { SysRoot } from '../sys/root.ts';
 import { AGENT_CONFIG_FILE, loadAgentSettings } from '../config/agent-settings.ts';
 import { ELEMENTAL_CONFIG_DIR, ENV_FILES, loadConfig, type ConfigSnapshot } from '../config/load.ts';
@@ -181,13 +181,9 @@ export class ConfigWatcher {
     const files = [...loaded.files];
     if (agent.file !== undefined) files.push(agent.file);
     const policyPath = this.#root.path(POLICY_FILE);
-    let policyText: string | undefined;
-    try {
-      policyText = await readFile(policyPath, 'utf8');
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'ENOTDIR') throw new ConfigError(policyPath, `cannot read: ${(e as Error).message}`, { cause: e });
-    }
+    const policyText = await readOptionalText(policyPath).catch((e: unknown) => {
+      throw new ConfigError(policyPath, `cannot read: ${(e as Error).message}`, { cause: e });
+    });
     if (policyText !== undefined) {
       parsePolicyFile(policyText, policyPath);
       files.push(policyPath);

@@ -58,6 +58,11 @@ export interface HostFacts {
    * began (GRUB fell back from it). Null otherwise or when unknown.
    */
   failedId?: string | null;
+  /**
+   * Identities the agent saw running in a boot (its first look in each boot appends the running image's identity to
+   * /usr/local/.cos-agent/booted-images on COS_PERSISTENT): an image that booted, whatever its record still says.
+   */
+  bootedIds?: readonly string[];
   slots: Record<SlotName, SlotFacts>;
   grub: GrubEnvs;
   /** Labels GRUB's entries expect (COS_ACTIVE, COS_PASSIVE). */
@@ -238,6 +243,8 @@ export function deriveBootState(facts: HostFacts): BootState {
     if (!facts.slots[slot].present) return false;
     if (running === slot) return true;
     if (failed[slot]) return false;
+    const id = facts.slots[slot].id;
+    if (id !== null && facts.bootedIds?.includes(id) === true) return true;
     const { record, match } = recordFor(facts, slot);
     if (match === 'unknown') return false;
     return record === null || record.upgradeResult !== 'staged';
@@ -286,9 +293,10 @@ export interface SystemUpgradeDecision {
  * recovery (neither A/B slot runs), active is rotated unless it holds an image that never booted.
  */
 export function decideSystemUpgrade(state: Pick<BootState, 'running' | 'bootedBefore'>, facts: Pick<HostFacts, 'bootedFrom' | 'upgradeFailure'>): SystemUpgradeDecision {
-  // After a failed boot assessment passive is the last known good, whatever else is true (cos-layout.md 4.5).
-  if (facts.upgradeFailure) return { rotate: false, keepPassiveReason: 'the last upgrade failed boot assessment: keeping passive' };
+  // The running image never leaves a slot: when active holds it, it becomes the fallback (it booted: it is running).
   if (state.running === 'active') return { rotate: true, keepPassiveReason: null };
+  // After a failed boot assessment passive is the last known good (cos-layout.md 4.5).
+  if (facts.upgradeFailure) return { rotate: false, keepPassiveReason: 'the last upgrade failed boot assessment: keeping passive' };
   if (state.running === 'passive') {
     if (facts.bootedFrom === 'passive') return { rotate: false, keepPassiveReason: 'booted from passive: keeping it as the last known good' };
     return { rotate: false, keepPassiveReason: 'passive holds the running image (an upgrade is staged in active): replacing active only' };
@@ -310,6 +318,10 @@ export function decideRollback(state: BootState): { entry: GrubEntry } | { refus
  * when both images booted; with an upgrade staged in active, the swap would make the never-booted image the fallback.
  */
 export function decidePermanentRollback(state: BootState): { swap: true } | { refused: string } {
+  if (state.failed.active || state.failed.passive) {
+    const slot = state.failed.active ? 'active' : 'passive';
+    return { refused: `${slot}.img holds the image boot assessment fell back from (or marked bad): swapping would boot it by default; upgrade to a good image instead` };
+  }
   if (state.staged !== null || (state.running === 'passive' && !state.bootedBefore.active)) {
     return { refused: 'an upgrade that never booted is staged in active.img: swapping would make it the fallback; run `cosctl rollback` (one-shot) to boot the running image next, or upgrade again' };
   }

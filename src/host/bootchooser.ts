@@ -55,7 +55,12 @@ export interface ReadHostOptions {
   dirs?: { state?: string; recovery?: string; oem?: string };
 }
 
+const isDir = (p: string): Promise<boolean> => stat(p).then((s) => s.isDirectory(), () => false);
+
 const BOOT_RECORD = '/run/cos-agent/booted.json';
+/** On COS_PERSISTENT (mounted at /usr/local when booted from active or passive): identities seen running, newest last. */
+const BOOTED_IMAGES = '/usr/local/.cos-agent/booted-images';
+const BOOTED_IMAGES_KEPT = 16;
 
 interface BootRecord {
   cmdline: string;
@@ -133,7 +138,9 @@ export async function readHost(deps: AgentDeps, config: AgentConfig, cleanup: Cl
   };
 
   const booted = await bootRecord(deps, cmdlineText, boot, slots);
+  const bootedIds = ((await readOptionalText(deps.root.path(BOOTED_IMAGES)).catch(() => undefined)) ?? '').split('\n').filter((l) => l !== '');
   const facts: HostFacts = {
+    bootedIds,
     bootedFrom: boot.bootedFrom,
     upgradeFailure,
     runningId: booted.id,
@@ -174,6 +181,13 @@ async function bootRecord(deps: AgentDeps, cmdline: string, boot: BootInfo, slot
   try {
     await mkdir(path.dirname(file), { recursive: true });
     await writeFileAtomic(file, `${JSON.stringify(record)}\n`);
+    // The running image booted: remembered across boots, so a record still saying `staged` is not taken for "never
+    // booted" once it has run (only where COS_PERSISTENT is mounted; recovery boots do not have it).
+    if (id !== null && (await isDir(deps.root.path('/usr/local')))) {
+      const list = ((await readOptionalText(deps.root.path(BOOTED_IMAGES)).catch(() => undefined)) ?? '').split('\n').filter((l) => l !== '' && l !== id);
+      await mkdir(path.dirname(deps.root.path(BOOTED_IMAGES)), { recursive: true });
+      await writeFileAtomic(deps.root.path(BOOTED_IMAGES), `${[...list, id].slice(-BOOTED_IMAGES_KEPT).join('\n')}\n`);
+    }
   } catch (e) {
     // Not root (cosctl status as a user): the identity is still right for this read; the next root read records it.
     deps.log.debug({ err: (e as Error).message }, 'could not record the booted image identity');

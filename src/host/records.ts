@@ -4,6 +4,7 @@
  */
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { writeFileAtomic } from '../sys/files.ts';
+import { AgentError } from '../model/errors.ts';
 import path from 'node:path';
 import type { UpgradeResult } from '../model/host.ts';
 import type { SysRoot } from '../sys/root.ts';
@@ -15,10 +16,20 @@ async function writeJson(file: string, value: unknown): Promise<void> {
   await writeFileAtomic(file, `${JSON.stringify(value, null, 2)}\n`);
 }
 
+/**
+ * Write the record to /run and, when COS_PERSISTENT is there, to /usr/local/.cos-agent. A failed write of either is
+ * thrown (after the other was attempted), naming the file: the caller retries and surfaces it, never drops it.
+ */
 export async function recordResult(root: SysRoot, result: UpgradeResult): Promise<void> {
-  await writeJson(root.path(FILES[0] as string), result);
+  const errors: string[] = [];
+  const write = (file: string): Promise<void> =>
+    writeJson(root.path(file), result).catch((e: unknown) => {
+      errors.push(`${root.path(file)}: ${e instanceof Error ? e.message : String(e)}`);
+    });
+  await write(FILES[0] as string);
   const persistent = await stat(root.path('/usr/local')).then((s) => s.isDirectory(), () => false);
-  if (persistent) await writeJson(root.path(FILES[1] as string), result).catch(() => {});
+  if (persistent) await write(FILES[1] as string);
+  if (errors.length > 0) throw new AgentError('STATE_INVALID', `cannot record the upgrade result: ${errors.join('; ')}`);
 }
 
 /** The newest recorded result, and whether it happened during this boot (it is in /run, a tmpfs). */

@@ -13,9 +13,9 @@
  * wins, `*.example.com` wildcards allowed) and the v1 `[registries.insecure]` / `[registries.block]` lists. Mirrors and
  * drop-in directories are not supported.
  */
-import { readFile } from 'node:fs/promises';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { ConfigError } from '../model/errors.ts';
+import { readOptionalText } from '../sys/files.ts';
 import type { SysRoot } from '../sys/root.ts';
 import { DOCKER_HUB, DOCKER_HUB_API } from './reference.ts';
 
@@ -134,14 +134,10 @@ export async function loadAuthFiles(root: SysRoot, files: readonly string[]): Pr
   const out: AuthFile[] = [];
   for (const f of files) {
     const p = root.path(f);
-    let text: string;
-    try {
-      text = await readFile(p, 'utf8');
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR') continue;
+    const text = await readOptionalText(p).catch((e: unknown) => {
       throw new ConfigError(p, `cannot read: ${(e as Error).message}`, { cause: e });
-    }
+    });
+    if (text === undefined) continue;
     out.push(parseAuthFile(text, p));
   }
   return out;
@@ -244,14 +240,10 @@ export function registryPolicy(conf: RegistriesConf | undefined, registry: strin
 /** Reads registries.conf; a missing file is an empty configuration. */
 export async function loadRegistriesConf(root: SysRoot, file: string): Promise<RegistriesConf> {
   const p = root.path(file);
-  let text: string;
-  try {
-    text = await readFile(p, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') return { file: p, entries: [] };
+  const text = await readOptionalText(p).catch((e: unknown) => {
     throw new ConfigError(p, `cannot read: ${(e as Error).message}`, { cause: e });
-  }
+  });
+  if (text === undefined) return { file: p, entries: [] };
   return parseRegistriesConf(text, p);
 }
 

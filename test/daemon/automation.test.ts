@@ -10,7 +10,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { AgentDaemon } from '../../src/daemon/daemon.ts';
 import { Automation, testClockFromEnv } from '../../src/daemon/automation.ts';
-import { ManualClock } from '../../src/daemon/schedule/scheduler.ts';
+import { ManualClock } from '../../src/daemon/schedule/clock.ts';
 import type { TransactionRecord } from '../../src/daemon/transactions.ts';
 import { NoHooks } from '../../src/host/hooks.ts';
 import { AgentError } from '../../src/model/errors.ts';

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { readLastResult, recordResult } from '../../src/host/records.ts';
 import { SysRoot } from '../../src/sys/root.ts';
 import type { UpgradeResult } from '../../src/model/host.ts';
+import { AgentError } from '../../src/model/errors.ts';
 
 const result = (finishedAt: string): UpgradeResult => ({
   transaction: 't', result: 'success', target: 'system', image: 'r/os:1', imageDigest: null, code: null, error: null,
@@ -27,4 +28,16 @@ test('a corrupt record is treated as no record, not as a failure of status', asy
   await mkdir(path.join(dir, 'run/cos-agent'), { recursive: true });
   await writeFile(path.join(dir, 'run/cos-agent/last-upgrade.json'), '{"transaction": "t", "resu');
   t.is(await readLastResult(new SysRoot(dir)), null);
+});
+
+test('a record that cannot be written on COS_PERSISTENT is an error naming the file, after /run was written', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'result-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await mkdir(path.join(dir, 'usr/local'), { recursive: true });
+  // A regular file where the record's directory should be: mkdir fails (EEXIST/ENOTDIR), as a broken partition would.
+  await writeFile(path.join(dir, 'usr/local/.cos-agent'), 'not a directory');
+  const err = await t.throwsAsync(recordResult(new SysRoot(dir), result('2026-02-01T00:00:00Z')), { instanceOf: AgentError });
+  t.is(err?.code, 'STATE_INVALID');
+  t.true(err?.message.includes(path.join(dir, 'usr/local/.cos-agent/last-upgrade.json')), err?.message);
+  t.is((await readLastResult(new SysRoot(dir)))?.result.finishedAt, '2026-02-01T00:00:00Z', 'the record of this boot was written');
 });

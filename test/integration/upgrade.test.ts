@@ -101,12 +101,24 @@ test.serial('when booted from passive, an upgrade replaces only active and keeps
 });
 
 test.serial('after a failed boot assessment (upgrade_failure), passive is kept as well', async (t) => {
-  const host = await withHost(t, { upgradeFailure: true });
+  // GRUB adds upgrade_failure to the fallback entry only: the host runs passive.
+  const host = await withHost(t, { booted: 'passive', upgradeFailure: true });
   const passive = await sha256File(host.statePath('cOS/passive.img'));
   const r = await cosctl(host, ['upgrade', '--image', `${reg.host}/cos/os:v1`, '--no-verify']);
   t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, /Passive kept: the last upgrade failed boot assessment/);
   t.is(await sha256File(host.statePath('cOS/passive.img')), passive);
   t.true((await status(host)).status.upgradeFailure);
+});
+
+test.serial('an upgrade_failure sentinel while active runs the system never replaces the running image: active rotates to passive', async (t) => {
+  // Inconsistent on a real host (upgrade_failure is on the fallback's cmdline only), but /run/cos/upgrade_failure can
+  // be left by hand: the running image is never overwritten; it becomes the fallback.
+  const host = await withHost(t, { upgradeFailure: true });
+  const running = (await stat(host.statePath('cOS/active.img'))).ino;
+  const r = await cosctl(host, ['upgrade', '--image', `${reg.host}/cos/os:v1`, '--no-verify']);
+  t.is(r.code, 0, r.stderr);
+  t.is((await stat(host.statePath('cOS/passive.img'))).ino, running);
 });
 
 test.serial('the image comes from /etc/cos-upgrade-image when no --image is given (CHANNEL_UPGRADES=false)', async (t) => {
