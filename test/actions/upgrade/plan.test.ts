@@ -64,8 +64,18 @@ test('when booted from passive or after upgrade_failure, passive (the last known
   const fromPassive = planUpgrade({ target: 'system', bootedFrom: 'passive', upgradeFailure: false, recoveryFlavour: 'img', labels, bootState: running('passive') });
   t.false(fromPassive.rotate);
   t.regex(fromPassive.keepPassiveReason ?? '', /passive/);
-  const afterFailure = planUpgrade({ target: 'system', bootedFrom: 'active', upgradeFailure: true, recoveryFlavour: 'img', labels, bootState: running('active') });
+  // upgrade_failure is on the fallback entry's cmdline: the host runs passive.
+  const afterFailure = planUpgrade({ target: 'system', bootedFrom: 'passive', upgradeFailure: true, recoveryFlavour: 'img', labels, bootState: running('passive') });
   t.false(afterFailure.rotate);
+  t.is(afterFailure.keepPassiveReason, 'the last upgrade failed boot assessment: keeping passive');
+  // From recovery with upgrade_failure left over, neither A/B image runs: passive, the last known good, is kept.
+  const fromRecovery = planUpgrade({ target: 'system', bootedFrom: 'recovery', upgradeFailure: true, recoveryFlavour: 'img', labels, bootState: running('recovery') });
+  t.false(fromRecovery.rotate);
+});
+
+test('the running image is never replaced: in active it rotates to passive even with a stray upgrade_failure sentinel', (t) => {
+  const plan = planUpgrade({ target: 'system', bootedFrom: 'active', upgradeFailure: true, recoveryFlavour: 'img', labels, bootState: running('active') });
+  t.true(plan.rotate);
 });
 
 test('a recovery upgrade targets the flavour on disk and never touches passive or GRUB', (t) => {

@@ -1,0 +1,149 @@
+/**
+ * The new image's tree: where it is built (the mounted transition image for ext2, a scratch directory on
+ * COS_PERSISTENT for a squashfs recovery: scratch space is never on COS_STATE), its skeleton, the host binds of the
+ * chroot hook, and sealing it into the transition file (unmount + e2fsck, or mksquashfs).
+ */
+import { chmod, mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { AgentError } from '../../model/errors.ts';
+import type { AgentConfig } from '../../model/config.ts';
+import type { CleanupStack } from '../../sys/cleanup.ts';
+import { pathExists } from '../../sys/files.ts';
+import type { AgentDeps } from '../../host/deps.ts';
+import { findPartition, mountRw } from '../../host/access.ts';
+import { fsckExt2, freeBytes, mkfsExt2, mksquashfs, mount, mountImage, preallocate, readMounts, syncFs, type Mount } from '../../partitions/index.ts';
+import type { UpgradePlan } from './plan.ts';
+import { rootfsMiB } from './size.ts';
+import { mapNoSpace } from './errors.ts';
+
+/** Where the new image's tree is, and the mount of the transition image that holds it (null: a scratch dir). */
+export interface Tree {
+  dir: string;
+  mount: Mount | null;
+}
+
+/** Skeleton dirs of a cOS image (cos-layout.md 2.5 step 7). */
+const SKELETON: ReadonlyArray<[string, number]> = [
+  ['run', 0o777], ['dev', 0o777], ['boot', 0o777], ['usr/local', 0o777], ['oem', 0o777],
+  ['proc', 0o555], ['sys', 0o555], ['tmp', 0o1777],
+];
+
+const MiB = 1024 * 1024;
+/** Room left on the partition beyond the transition image (state.yaml, grubenv writes, ext4 metadata). */
+const FREE_MARGIN = 8 * MiB;
+
+const mib = (b: number): number => Math.ceil(b / MiB);
+
+/**
+ * Make the place the tree is built in: for ext2, free space checked (NO_SPACE / IMAGE_TOO_LARGE, naming the setting
+ * that makes the slot smaller), the transition file preallocated, formatted and loop-mounted; for a squashfs
+ * recovery, a fresh scratch dir on COS_PERSISTENT. Every undo is pushed on `cleanup`.
+ */
+export async function prepareTree(
+  deps: AgentDeps,
+  plan: UpgradePlan,
+  transitionPath: string,
+  size: { configuredMiB: number; sizeMiB: number; estimate: number | null },
+  config: AgentConfig,
+  cleanup: CleanupStack,
+  log: AgentDeps['log'],
+): Promise<Tree> {
+  const { sizeMiB } = size;
+  const { runner, root } = deps;
+  if (plan.fs === 'squashfs') {
+    // The tree for mksquashfs lives on COS_PERSISTENT (mounted at /usr/local, or by us when booted from recovery).
+    let scratchBase = root.path('/usr/local');
+    const mounts = await readMounts();
+    if (!mounts.some((m) => m.mountPoint === scratchBase)) {
+      const dev = await findPartition(deps, config.labels.persistent).catch(() => undefined);
+      if (dev === undefined) throw new AgentError('NO_SPACE', 'no COS_PERSISTENT partition for the recovery squashfs scratch tree');
+      scratchBase = await mountRw(deps, dev.device, '/run/cos/persistent', cleanup);
+    }
+    const tree = path.join(scratchBase, '.cos-agent', 'recovery-tree');
+    await rm(tree, { recursive: true, force: true });
+    await mkdir(tree, { recursive: true });
+    cleanup.push('remove the recovery scratch tree', () => rm(tree, { recursive: true, force: true }));
+    return { dir: tree, mount: null };
+  }
+  const bytes = sizeMiB * MiB;
+  const partDir = path.dirname(path.dirname(transitionPath));
+  const free = await freeBytes(partDir);
+  const needs = `${mib(bytes + FREE_MARGIN)} MiB (a ${sizeMiB} MiB slot image and ${mib(FREE_MARGIN)} MiB of margin)`;
+  if (free < size.configuredMiB * MiB + FREE_MARGIN) {
+    // Even the base size does not fit: say where it came from and which setting makes it smaller.
+    const recoverySized = plan.target === 'recovery' && config.recoveryImageSizeMiB !== undefined;
+    const origin = recoverySized ? config.origins['recoveryImageSizeMiB'] : config.imageSizeMiB !== null ? config.origins['imageSizeMiB'] : undefined;
+    const base = origin !== undefined
+      ? `${size.configuredMiB} MiB as set by ${origin}`
+      : (await pathExists(path.join(partDir, plan.finalFile)))
+        ? `${size.configuredMiB} MiB, the size of the ${plan.finalFile} it replaces (no size is configured)`
+        : `${size.configuredMiB} MiB, elemental's default (no size is configured and there is no ${plan.finalFile} to size it like)`;
+    const setting = plan.target === 'recovery'
+      ? 'upgrade.recovery-system.size in /etc/elemental/config.yaml, or DEFAULT_IMAGE_SIZE in /etc/cos-upgrade-image or /etc/cos/config'
+      : 'DEFAULT_IMAGE_SIZE in /etc/cos-upgrade-image or /etc/cos/config, or upgrade.system.size in /etc/elemental/config.yaml';
+    const least = rootfsMiB(size.estimate);
+    throw new AgentError('NO_SPACE',
+      `${plan.partitionLabel} has ${mib(free)} MiB free; this image needs ${needs}, its size ${base}${sizeMiB > size.configuredMiB ? `, grown to fit the rootfs` : ''}. ` +
+      `Free space on ${plan.partitionLabel}, or set a smaller slot size in MiB with ${setting}${least !== null ? ` (this image needs at least ${least} MiB)` : ''}`);
+  }
+  if (free < bytes + FREE_MARGIN) {
+    throw new AgentError('IMAGE_TOO_LARGE', `the image does not fit: its rootfs (about ${mib(size.estimate ?? 0)} MiB) needs a ${sizeMiB} MiB slot image, and ${plan.partitionLabel} has ${mib(free)} MiB free; this image needs ${needs}`);
+  }
+  await mkdir(path.dirname(transitionPath), { recursive: true });
+  await preallocate(runner, transitionPath, bytes);
+  // A neutral label while it is mounted, so two filesystems never carry COS_ACTIVE at once (cos-layout.md 2.5 #6).
+  await mkfsExt2(runner, transitionPath, { label: 'COS_TRANSITION' });
+  const mnt = root.path('/run/cos/transition');
+  await mkdir(mnt, { recursive: true });
+  const m = await mountImage(runner, transitionPath, mnt);
+  cleanup.push(`unmount ${mnt}`, () => m.close());
+  log.info({ file: transitionPath, sizeMiB }, 'transition image ready');
+  return { dir: mnt, mount: m };
+}
+
+/** The skeleton dirs of a cOS image, with their modes, in the tree. */
+export async function makeSkeleton(treeDir: string): Promise<void> {
+  for (const [d, mode] of SKELETON) {
+    await mkdir(path.join(treeDir, d), { recursive: true });
+    await chmod(path.join(treeDir, d), mode);
+  }
+}
+
+/** Seal the new image into the transition file: unmount + e2fsck -fn (ext2), or mksquashfs (squashfs). */
+export async function sealTree(
+  deps: AgentDeps,
+  plan: UpgradePlan,
+  tree: Tree,
+  transitionPath: string,
+  config: AgentConfig,
+): Promise<void> {
+  if (plan.fs === 'squashfs') {
+    await mksquashfs(deps.runner, tree.dir, transitionPath, config.squashCompression ? { compression: config.squashCompression } : {})
+      .catch((e: unknown) => { throw mapNoSpace(e, plan.partitionLabel); });
+    await syncFs(transitionPath);
+    return;
+  }
+  await syncFs(tree.dir);
+  await tree.mount?.close();
+  await fsckExt2(deps.runner, transitionPath);
+  await syncFs(transitionPath);
+}
+
+/** Bind the host's /dev /dev/pts /proc /sys and the mounted /oem, /usr/local into the chroot for the hook. */
+export async function withChrootBinds(deps: AgentDeps, treeDir: string, fn: () => Promise<void>): Promise<void> {
+  const binds: Array<[string, string]> = [['/dev', 'dev'], ['/dev/pts', 'dev/pts'], ['/proc', 'proc'], ['/sys', 'sys']];
+  const mounts = await readMounts();
+  for (const [host, inside] of [[deps.root.path('/oem'), 'oem'], [deps.root.path('/usr/local'), 'usr/local']] as const) {
+    if (mounts.some((m) => m.mountPoint === host)) binds.push([host, inside]);
+  }
+  const made: Mount[] = [];
+  try {
+    for (const [src, inside] of binds) {
+      if (!(await pathExists(src))) continue;
+      made.push(await mount(deps.runner, src, path.join(treeDir, inside), { options: ['bind'], mkdir: true }));
+    }
+    await fn();
+  } finally {
+    for (const m of made.reverse()) await m.close();
+  }
+}
