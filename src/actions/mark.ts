@@ -14,7 +14,7 @@ import { loadActionConfig } from '../host/config.ts';
 import { acquireLock } from '../host/lock.ts';
 import { markOnBoot, readStateFile, writeStateFile } from '../host/state-file.ts';
 import { applyGrubWrites, readHost } from '../host/bootchooser.ts';
-import { decideMarkBad, decideMarkGood, grubVerbs } from '../host/boot-model.ts';
+import { decideMark } from '../host/boot-model.ts';
 import type { AgentDeps } from '../host/deps.ts';
 import { syncFs } from '../partitions/index.ts';
 
@@ -36,21 +36,12 @@ export async function markBooted(deps: AgentDeps, good: boolean): Promise<MarkOu
     cleanup.push('release the lock', () => lock.release());
     const host = await readHost(deps, config, cleanup, { writable: true });
     if (host.dirs.state === undefined) throw new AgentError('DEVICE_NOT_FOUND', `no partition labelled ${config.labels.state}: boot assessment lives there`);
-    let slot: 'active' | 'passive' | null;
-    let changed: boolean;
-    if (good) {
-      const d = decideMarkGood(host.state);
-      slot = d.slot;
-      changed = d.disarm;
-      if (d.disarm) await applyGrubWrites(host, grubVerbs.markGood());
-      else deps.log.info({ running: host.state.running, staged: host.state.staged }, 'mark-good: boot assessment left as it is (the image under assessment is not the running one)');
-    } else {
-      const d = decideMarkBad(host.state);
-      if ('refused' in d) throw new AgentError('NOT_SUPPORTED', d.refused);
-      slot = 'active';
-      changed = true;
-      await applyGrubWrites(host, grubVerbs.markBad());
-    }
+    const d = decideMark(host.state, good);
+    if ('refused' in d) throw new AgentError('NOT_SUPPORTED', d.refused);
+    const { slot } = d;
+    const changed = d.writes !== null;
+    if (d.writes !== null) await applyGrubWrites(host, d.writes);
+    else deps.log.info({ running: host.state.running, staged: host.state.staged }, 'mark-good: boot assessment left as it is (the image under assessment is not the running one)');
     const dir = host.dirs.state;
     if (slot !== null && dir !== undefined) {
       const stateFile = path.join(dir, 'state.yaml');

@@ -46,7 +46,9 @@ function nextBootLine(n: HostStatusDocument['status']['nextBoot']): string {
 function renderHuman(doc: HostStatusDocument): string {
   const st = doc.status;
   const lines: string[] = [];
-  lines.push(`Booted from: ${st.bootedFrom}${st.upgradeFailure ? ' (the last upgrade failed boot assessment and was rolled back)' : ''}`);
+  const moved = st.booted !== null && st.booted.slot !== st.bootedFrom ? ` (the running image is now ${st.booted.file})` : '';
+  const lost = st.booted === null && ['active', 'passive', 'recovery'].includes(st.bootedFrom) ? ' (the running image is in NO slot)' : '';
+  lines.push(`Booted from: ${st.bootedFrom}${moved}${lost}${st.upgradeFailure ? ' (the last upgrade failed boot assessment and was rolled back)' : ''}`);
   // ● the slot whose image is running now (after a system upgrade it moved to passive), + the staged one.
   for (const name of ['active', 'passive', 'recovery'] as const) {
     lines.push(slotLine(st.slots[name], st.booted?.slot === name, st.staged?.slot === name));

@@ -410,3 +410,17 @@ export function systemUpgradeWrites(facts: Pick<HostFacts, 'grub'>, entryName: s
 export function permanentRollbackWrites(facts: Pick<HostFacts, 'grub'>): GrubWrites {
   return mergeWrites(grubVerbs.setPrimary(facts), grubVerbs.resetTentative());
 }
+
+/**
+ * PURE: what mark-good / mark-bad does: the slot whose record changes, the GRUB writes (null: none), or why it is
+ * refused. mark.ts and the state-machine test both act on this.
+ */
+export function decideMark(state: BootState, good: boolean): { slot: AbSlot | null; writes: GrubWrites | null } | { refused: string } {
+  if (good) {
+    const d = decideMarkGood(state);
+    return { slot: d.slot, writes: d.disarm ? grubVerbs.markGood() : null };
+  }
+  const d = decideMarkBad(state);
+  if ('refused' in d) return d;
+  return { slot: 'active', writes: grubVerbs.markBad() };
+}

@@ -3,7 +3,8 @@ import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { CosHost } from './cos-host.ts';
+import { createCosHost, type CosHost, type CosHostOptions } from './cos-host.ts';
+import type { HostStatusDocument } from '../../src/model/host.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/cosctl.js', import.meta.url));
 
@@ -101,4 +102,21 @@ export function mountOptions(dir: string): Promise<string[]> {
   return new Promise((resolve) => {
     execFile('findmnt', ['-n', '-o', 'OPTIONS', '--mountpoint', dir], (err, stdout) => resolve(err ? [] : stdout.trim().split(',')));
   });
+}
+
+/** `cosctl status --json` on the host, parsed; a failing status throws with its stderr. */
+export async function cosStatus(host: CosHost, env: Record<string, string> = {}): Promise<HostStatusDocument> {
+  const r = await cosctl(host, ['status', '--json'], env);
+  if (r.code !== 0) throw new Error(`status failed: ${r.stderr}`);
+  return JSON.parse(r.stdout) as HostStatusDocument;
+}
+
+/** The small slot images the integration tests stage (DEFAULT_IMAGE_SIZE=48 in /etc/cos/config). */
+export const SMALL_SLOTS: Record<string, string> = { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\n' };
+
+/** A cOS host with SMALL_SLOTS (plus `opts.files`), closed when the test ends. */
+export async function testHost(t: { teardown: (fn: () => Promise<void>) => void }, opts: CosHostOptions = {}): Promise<CosHost> {
+  const host = await createCosHost({ ...opts, files: { ...SMALL_SLOTS, ...opts.files } });
+  t.teardown(() => host.close());
+  return host;
 }

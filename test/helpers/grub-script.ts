@@ -817,6 +817,11 @@ export function cosWorld(o: CosWorldOptions = {}): GrubWorld {
   const flavour = o.recovery === undefined ? 'img' : o.recovery;
   if (flavour === 'img') recovery.set('/cOS/recovery.img', { image: { label: 'COS_SYSTEM' } });
   if (flavour === 'squashfs') recovery.set('/cOS/recovery.squashfs', { image: { label: null } });
+  return cosDisk(oem, state, recovery);
+}
+
+/** The five cOS partitions in elemental's order, with the files of COS_OEM, COS_STATE and COS_RECOVERY. */
+export function cosDisk(oem: Map<string, GrubFile>, state: Map<string, GrubFile>, recovery: Map<string, GrubFile>): GrubWorld {
   return {
     partitions: [
       { label: 'COS_GRUB', files: new Map() },

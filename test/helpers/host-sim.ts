@@ -16,8 +16,7 @@
  */
 import {
   applyWrites,
-  decideMarkBad,
-  decideMarkGood,
+  decideMark,
   decidePermanentRollback,
   decideRollback,
   deriveBootState,
@@ -35,7 +34,7 @@ import { emptyState, formatStateDate, markOnBoot, rotateOnUpgrade, swapOnRollbac
 import { DEFAULT_LABELS } from '../../src/model/config.ts';
 import type { BootedFrom, SlotName } from '../../src/model/host.ts';
 import type { ImageEntry, InstallState } from '../../src/model/state.ts';
-import { boot as grubBoot, cosAssessmentFiles, envOf, readCmdline, type GrubBoot, type GrubFile, type GrubWorld } from './grub-script.ts';
+import { boot as grubBoot, cosAssessmentFiles, cosDisk, envOf, readCmdline, type GrubBoot, type GrubFile, type GrubWorld } from './grub-script.ts';
 
 const LABELS = DEFAULT_LABELS;
 
@@ -316,20 +315,11 @@ function rollbackPermanent(w: World): string {
 
 function mark(w: World, good: boolean): string {
   const host = readHost(w);
-  let slot: 'active' | 'passive' | null;
-  let changed: boolean;
-  if (good) {
-    const d = decideMarkGood(host.state);
-    slot = d.slot;
-    changed = d.disarm;
-    if (d.disarm) applyGrubWrites(w, grubVerbs.markGood());
-  } else {
-    const d = decideMarkBad(host.state);
-    if ('refused' in d) throw new Refused(`refused: ${d.refused}`);
-    slot = 'active';
-    changed = true;
-    applyGrubWrites(w, grubVerbs.markBad());
-  }
+  const d = decideMark(host.state, good);
+  if ('refused' in d) throw new Refused(`refused: ${d.refused}`);
+  const { slot } = d;
+  const changed = d.writes !== null;
+  if (d.writes !== null) applyGrubWrites(w, d.writes);
   if (slot !== null) {
     const id = host.facts.slots[slot].id;
     if (w.state.partitions['state'] !== undefined || id !== null) w.state = markOnBoot(w.state, slot, good ? 'good' : 'failed', id);
@@ -351,15 +341,7 @@ export function grubWorld(w: World): GrubWorld {
   ]);
   for (const [name, ino] of w.names) state.set(`/${name}`, { image: { label: (w.inodes.get(ino) as Inode).label, tag: ino } });
   const recovery = new Map<string, GrubFile>([['/cOS/recovery.img', { image: { label: (w.inodes.get(w.recovery) as Inode).label, tag: w.recovery } }]]);
-  return {
-    partitions: [
-      { label: 'COS_GRUB', files: new Map() },
-      { label: 'COS_OEM', files: oem },
-      { label: 'COS_STATE', files: state },
-      { label: 'COS_RECOVERY', files: recovery },
-      { label: 'COS_PERSISTENT', files: new Map() },
-    ],
-  };
+  return cosDisk(oem, state, recovery);
 }
 
 /** One GRUB pass on the world: GRUB's own save_env writes land in the world. */

@@ -8,10 +8,10 @@ import { execFile } from 'node:child_process';
 import { open, readFile, stat } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
-import { createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos-host.ts';
+import type { CosHost } from '../helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
-import { cosctl, grubList, imageCat, mountOptions } from '../helpers/cosctl.ts';
+import { cosctl, cosStatus, testHost, grubList, imageCat, mountOptions } from '../helpers/cosctl.ts';
 import type { HostStatusDocument } from '../../src/model/host.ts';
 
 const run = promisify(execFile);
@@ -27,19 +27,8 @@ test.after.always(async () => {
   await reg?.stop();
 });
 
-const CONFIG = { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\n' };
-
-async function withHost(t: { teardown: (fn: () => Promise<void>) => void }, opts: CosHostOptions = {}): Promise<CosHost> {
-  const host = await createCosHost({ ...opts, files: { ...CONFIG, ...opts.files } });
-  t.teardown(() => host.close());
-  return host;
-}
-
-async function status(host: CosHost): Promise<HostStatusDocument> {
-  const r = await cosctl(host, ['status', '--json']);
-  if (r.code !== 0) throw new Error(`status failed: ${r.stderr}`);
-  return JSON.parse(r.stdout) as HostStatusDocument;
-}
+const withHost = testHost;
+const status = (host: CosHost): Promise<HostStatusDocument> => cosStatus(host);
 
 const ino = async (host: CosHost, f: string): Promise<number> => (await stat(host.statePath(f))).ino;
 const oemEnv = (host: CosHost): Promise<Map<string, string>> => grubList(`${host.root}/oem/grubenv`).catch(() => new Map());

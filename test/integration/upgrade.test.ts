@@ -4,10 +4,10 @@
 import test from 'ava';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
-import { createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos-host.ts';
+import type { CosHost } from '../helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
-import { cosctl, grubList, imageCat, imageLabel, mountOptions, sha256File } from '../helpers/cosctl.ts';
+import { cosctl, cosStatus, testHost, grubList, imageCat, imageLabel, mountOptions, sha256File } from '../helpers/cosctl.ts';
 import type { HostStatusDocument } from '../../src/model/host.ts';
 
 let reg: TestRegistry;
@@ -25,19 +25,8 @@ test.after.always(async () => {
   await reg?.stop();
 });
 
-const CONFIG = { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\n' };
-
-async function withHost(t: { teardown: (fn: () => Promise<void>) => void }, opts: CosHostOptions = {}): Promise<CosHost> {
-  const host = await createCosHost({ ...opts, files: { ...CONFIG, ...opts.files } });
-  t.teardown(() => host.close());
-  return host;
-}
-
-async function status(host: CosHost): Promise<HostStatusDocument> {
-  const r = await cosctl(host, ['status', '--json']);
-  if (r.code !== 0) throw new Error(`status failed: ${r.stderr}`);
-  return JSON.parse(r.stdout) as HostStatusDocument;
-}
+const withHost = testHost;
+const status = (host: CosHost): Promise<HostStatusDocument> => cosStatus(host);
 
 test.serial('when booted from active, an upgrade rotates active to passive, labels both, arms GRUB and records state', async (t) => {
   const host = await withHost(t);
