@@ -5,11 +5,13 @@
  */
 import { parseArgs } from 'node:util';
 import { AgentError } from './model/errors.ts';
+import { displayText, TEXT_LIMITS, utf8Length } from './model/text.ts';
 import { EXIT_OK, exitCodeFor } from './cli/exit-codes.ts';
 import { renderStatus, type StatusFormat } from './cli/format.ts';
 import { SysRoot } from './sys/root.ts';
 import { SpawnRunner } from './sys/runner.ts';
 import { createLogger } from './sys/log.ts';
+import { crashHooks } from './sys/crash.ts';
 import { NoHooks } from './host/hooks.ts';
 import { describeSignature } from './actions/verify-image.ts';
 import type { AgentDeps } from './host/deps.ts';
@@ -46,10 +48,14 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
     return await run(argv, io);
   } catch (e) {
     if (e instanceof AgentError) {
-      io.stderr.write(`cosctl: ${e.message.split('\n')[0]}${e.code === 'USAGE' ? `\n${USAGE}` : ''}\n`);
+      // One line whatever the message echoes (a config file's bytes, a 1 MB image): escaped and bounded.
+      const message = e.message.endsWith(`\n${USAGE}`) ? e.message.slice(0, -USAGE.length - 1) : e.message;
+      io.stderr.write(`cosctl: ${displayText(message, TEXT_LIMITS.message)}${e.code === 'USAGE' ? `\n${USAGE}` : ''}\n`);
       return exitCodeFor(e.code);
     }
-    io.stderr.write(`cosctl: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    // A stack trace keeps its lines; each one is made safe to print.
+    const trace = e instanceof Error ? (e.stack ?? e.message) : String(e);
+    io.stderr.write(`cosctl: internal error: ${trace.split('\n').slice(0, 50).map((l) => displayText(l, TEXT_LIMITS.message)).join('\n')}\n`);
     return exitCodeFor(undefined);
   }
 }
@@ -108,6 +114,11 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
     if (!['root', 'verbose', 'help', 'no-daemon', ...own].includes(k)) throw usage(`--${k} does not apply to ${command}`);
   }
   if (values.json && values.yaml) throw usage('--json and --yaml are exclusive');
+  // An absurd reference is refused here, naming its length (not echoing it), as cosd refuses it over D-Bus.
+  for (const [what, ref] of [['--image', values.image], ['IMAGE', operand]] as const) {
+    const bytes = typeof ref === 'string' ? utf8Length(ref) : 0;
+    if (bytes > TEXT_LIMITS.optionBytes) throw usage(`${what} is ${bytes} bytes long, over the limit of ${TEXT_LIMITS.optionBytes} bytes`);
+  }
 
   const rootDir = values.root ?? io.env.COS_ROOT ?? '/';
   const deps: AgentDeps = {
@@ -120,6 +131,7 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
     env: io.env,
     now: () => new Date(),
     ...(io.env.AGENT_TEST_DISK ? { testDisk: io.env.AGENT_TEST_DISK } : {}),
+    ...(crashHooks(io.env) !== undefined ? { testHooks: crashHooks(io.env) } : {}),
     // Test-only seam: shorter registry backoff so fault tests do not wait out production retry delays.
     ...(io.env.AGENT_TEST_REGISTRY_RETRY_MS ? { registry: { retryBaseMs: Number(io.env.AGENT_TEST_REGISTRY_RETRY_MS) } } : {}),
   };
@@ -141,7 +153,7 @@ async function dispatch(command: string, operand: string | undefined, values: Va
   };
   // What went wrong after a change took effect: the change stands (exit 0), these say what is not as it should be.
   const warn = (warnings: readonly string[]): void => {
-    for (const w of warnings) io.stderr.write(`cosctl: warning: ${w}\n`);
+    for (const w of warnings) io.stderr.write(`cosctl: warning: ${displayText(w, TEXT_LIMITS.message)}\n`);
   };
   const image = typeof values.image === 'string' ? values.image : undefined;
   switch (command) {

@@ -23,6 +23,7 @@ import { AgentError } from './model/errors.ts';
 import { SysRoot } from './sys/root.ts';
 import { SpawnRunner } from './sys/runner.ts';
 import { createLogger, type Logger } from './sys/log.ts';
+import { crashHooks } from './sys/crash.ts';
 import { NoHooks } from './host/hooks.ts';
 import { AgentDaemon } from './daemon/daemon.ts';
 import type { AgentDeps } from './host/deps.ts';
@@ -76,6 +77,7 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
     env,
     now: () => new Date(),
     ...(env.AGENT_TEST_DISK ? { testDisk: env.AGENT_TEST_DISK } : {}),
+    ...(crashHooks(env) !== undefined ? { testHooks: crashHooks(env) } : {}),
     // Test-only seam: shorter registry backoff so fault tests do not wait out production retry delays.
     ...(env.AGENT_TEST_REGISTRY_RETRY_MS ? { registry: { retryBaseMs: Number(env.AGENT_TEST_REGISTRY_RETRY_MS) } } : {}),
   };

@@ -15,6 +15,7 @@ import { acquireLock } from '../host/lock.ts';
 import { markOnBoot, readStateFile, writeStateFile } from '../host/state-file.ts';
 import { applyGrubWrites, readHost } from '../host/bootchooser.ts';
 import { decideMark } from '../host/boot-model.ts';
+import { recoverInterrupted } from './recover.ts';
 import type { AgentDeps } from '../host/deps.ts';
 import { syncFs } from '../partitions/index.ts';
 
@@ -34,6 +35,7 @@ export async function markBooted(deps: AgentDeps, good: boolean): Promise<MarkOu
   try {
     const lock = await acquireLock(deps.root.path('/run/cos-agent/upgrade.lock'), good ? 'mark-good' : 'mark-bad');
     cleanup.push('release the lock', () => lock.release());
+    warnings.push(...(await recoverInterrupted(deps, config)).warnings);
     const host = await readHost(deps, config, cleanup, { writable: true });
     if (host.dirs.state === undefined) throw new AgentError('DEVICE_NOT_FOUND', `no partition labelled ${config.labels.state}: boot assessment lives there`);
     const d = decideMark(host.state, good);

@@ -6,17 +6,17 @@
  * - permanent: swap active.img and passive.img with the crash-safe steps of plan.swapSteps, when both booted
  *   before; any pending one-shot choice is replaced and boot assessment starts a fresh cycle.
  */
-import { rm, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError } from '../model/errors.ts';
 import { CleanupStack } from '../sys/cleanup.ts';
 import { acquireLock } from '../host/lock.ts';
 import { loadActionConfig } from '../host/config.ts';
-import { swapSteps, STALE_FILES } from './upgrade/plan.ts';
-import { readStateFile, swapOnRollback, writeStateFile } from '../host/state-file.ts';
-import { applySwitchSteps } from './upgrade/switch.ts';
+import { swapSteps } from './upgrade/plan.ts';
+import { applyJournalRecords, removeJournal, runJournalSteps, writeJournal, type SwitchJournal } from './upgrade/journal.ts';
+import { recoverInterrupted } from './recover.ts';
 import { syncFs } from '../partitions/index.ts';
-import { applyGrubWrites, readHost } from '../host/bootchooser.ts';
+import { applyGrubWrites, checkGrubWrites, readHost } from '../host/bootchooser.ts';
 import { decidePermanentRollback, decideRollback, grubVerbs, permanentRollbackWrites } from '../host/boot-model.ts';
 import type { AgentDeps } from '../host/deps.ts';
 
@@ -43,6 +43,9 @@ export async function rollback(deps: AgentDeps, opts: RollbackOptions = {}): Pro
     const lock = await acquireLock(root.path('/run/cos-agent/upgrade.lock'), `rollback${opts.permanent ? ' --permanent' : ''}`);
     cleanup.push('release the lock', () => lock.release());
 
+    // What an interrupted run left is undone (a committed switch finished) before anything is decided.
+    const recovered = await recoverInterrupted(deps, config);
+    warnings.push(...recovered.warnings);
     const host = await readHost(deps, config, cleanup, { writable: true });
     if (!opts.permanent) {
       const d = decideRollback(host.state);
@@ -62,17 +65,26 @@ export async function rollback(deps: AgentDeps, opts: RollbackOptions = {}): Pro
         throw new AgentError('STATE_INVALID', `cannot swap slots: ${f} is missing on ${config.labels.state}`);
       }
     }
-    for (const f of STALE_FILES) await rm(path.join(dir, f), { force: true });
-    cleanup.pushOnError('remove leftover switch names', async () => {
-      for (const f of ['cOS/passive.next', 'cOS/active.next']) await rm(path.join(dir, f), { force: true });
-    });
-    await applySwitchSteps(deps, dir, swapSteps(config.labels));
+    // Committed by its journal: a crash from here on is finished by the next run, never started over (during a swap
+    // both names may point at one image while the other exists only as passive.next).
+    const writes = permanentRollbackWrites(host.facts);
+    await checkGrubWrites(host, writes);
+    const journal: SwitchJournal = {
+      kind: 'swap', transaction: `rollback-${process.pid}-${Date.now()}`, steps: swapSteps(config.labels), done: 0,
+      grub: writes, grubDone: false, recordsDone: false, records: { kind: 'swap', labels: config.labels },
+    };
+    await writeJournal(dir, journal);
+    deps.testHooks?.onSwitchStep?.(0);
+    await runJournalSteps(deps, dir, journal, (done) => deps.testHooks?.onSwitchStep?.(done));
 
     // The swapped pair: no pending one-shot choice, a fresh boot assessment cycle, swapped records.
-    await applyGrubWrites(host, permanentRollbackWrites(host.facts));
-    const stateFile = path.join(dir, 'state.yaml');
-    const { state } = await readStateFile(stateFile);
-    if (state.partitions['state'] !== undefined) await writeStateFile(stateFile, swapOnRollback(state, config.labels));
+    await applyGrubWrites(host, writes);
+    journal.grubDone = true;
+    await writeJournal(dir, journal);
+    await applyJournalRecords(dir, journal);
+    journal.recordsDone = true;
+    await writeJournal(dir, journal);
+    await removeJournal(dir);
     await syncFs(dir);
     deps.log.info({}, 'active and passive swapped');
     failed = false;

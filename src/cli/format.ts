@@ -1,6 +1,14 @@
-/** PURE: render the status document for people (text), or for programs (JSON, YAML). */
+/**
+ * PURE: render the status document for people (text), or for programs (JSON, YAML). The text shows what came from
+ * outside (image references, versions, labels, error messages) escaped and bounded, so a record or a config file
+ * cannot put control characters on the terminal or a megabyte on one line.
+ */
 import { stringify } from 'yaml';
 import type { HostStatusDocument, SlotStatus } from '../model/host.ts';
+import { displayText, TEXT_LIMITS } from '../model/text.ts';
+
+/** A value from outside as the text shows it. */
+const show = (s: string, max: number = TEXT_LIMITS.value): string => displayText(s, max);
 
 export type StatusFormat = 'human' | 'json' | 'yaml';
 
@@ -19,13 +27,13 @@ function slotLine(s: SlotStatus, booted: boolean, staged: boolean): string {
   if (!s.present) return `${mark} ${s.slot.padEnd(9)} (no ${s.file})`;
   const parts = [
     `${mark} ${s.slot.padEnd(9)}`,
-    (s.label ?? s.fs ?? '-').padEnd(12),
-    s.version !== null ? `version ${s.version}` : 'version -',
-    s.image ?? 'image unknown',
+    show(s.label ?? s.fs ?? '-', TEXT_LIMITS.echo).padEnd(12),
+    s.version !== null ? `version ${show(s.version, TEXT_LIMITS.echo)}` : 'version -',
+    s.image !== null ? show(s.image) : 'image unknown',
     `digest ${short(s.imageDigest)}`,
     s.verification === 'skipped' ? 'UNVERIFIED' : s.verification,
   ];
-  if (s.timestamp !== null) parts.push(s.timestamp);
+  if (s.timestamp !== null) parts.push(show(s.timestamp, TEXT_LIMITS.echo));
   if (staged) parts.push('(staged: runs after reboot)');
   return parts.join('  ');
 }
@@ -55,10 +63,10 @@ function renderHuman(doc: HostStatusDocument): string {
   }
   lines.push(nextBootLine(st.nextBoot));
   lines.push(`Boot assessment: ${st.bootAssessment.enabled ? (st.bootAssessment.tentative ? 'armed, tentative boot in progress' : 'armed') : 'off'}`);
-  if (doc.spec.image) lines.push(`Upgrade source: ${doc.spec.image.image}${doc.spec.verify ? '' : ' (signature verification OFF)'}`);
+  if (doc.spec.image) lines.push(`Upgrade source: ${show(doc.spec.image.image)}${doc.spec.verify ? '' : ' (signature verification OFF)'}`);
   const last = st.lastUpgrade;
   if (last) {
-    lines.push(`Last upgrade: ${last.result} (${last.target}, ${last.image ?? '-'}, ${last.finishedAt})${last.error ? `: ${last.error}` : ''}`);
+    lines.push(`Last upgrade: ${last.result} (${last.target}, ${last.image !== null ? show(last.image) : '-'}, ${show(last.finishedAt, TEXT_LIMITS.echo)})${last.error ? `: ${show(last.error, TEXT_LIMITS.message)}` : ''}`);
   }
   return `${lines.join('\n')}\n`;
 }

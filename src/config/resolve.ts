@@ -37,6 +37,7 @@ import {
   type ImageSourceKind,
   type Labels,
 } from '../model/config.ts';
+import { displayText, TEXT_LIMITS, utf8Length } from '../model/text.ts';
 import { AgentError, ConfigError } from '../model/errors.ts';
 import type { DotenvEntry } from './dotenv.ts';
 
@@ -238,7 +239,10 @@ const UNSUPPORTED_SCHEMES: readonly string[] = [
 export function parseImageUri(value: string, bare: ImageSourceKind = 'oci'): ImageSource {
   const v = value.trim();
   if (v === '') throw new AgentError('REFERENCE_INVALID', 'empty image source');
-  if (/\s/.test(v)) throw new AgentError('REFERENCE_INVALID', `image source ${JSON.stringify(v)} contains whitespace`);
+  // Bounded before anything echoes it: errors, records, logs and D-Bus properties never carry a megabyte of it.
+  const bytes = utf8Length(v);
+  if (bytes > TEXT_LIMITS.value) throw new AgentError('REFERENCE_INVALID', `image source of ${bytes} bytes is too long (at most ${TEXT_LIMITS.value})`);
+  if (/\s/.test(v)) throw new AgentError('REFERENCE_INVALID', `image source "${displayText(v, TEXT_LIMITS.echo)}" contains whitespace`);
   const m = /^([A-Za-z][A-Za-z0-9+.-]*):(.*)$/.exec(v);
   const scheme = m?.[1]?.toLowerCase();
   if (m && scheme !== undefined && KNOWN_SCHEMES.includes(scheme)) {

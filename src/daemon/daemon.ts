@@ -8,6 +8,7 @@
  * start; the status reader is imported at start because the properties come from disk.
  */
 import { AgentError } from '../model/errors.ts';
+import { displayText, TEXT_LIMITS } from '../model/text.ts';
 import type { AgentConfig } from '../model/config.ts';
 import type { ConfigSnapshot } from '../config/load.ts';
 import type { BootedFrom, HostStatusDocument, SlotName } from '../model/host.ts';
@@ -19,7 +20,7 @@ import type { CheckOutcome } from '../actions/check.ts';
 import type { RollbackOutcome } from '../actions/rollback.ts';
 import type { MarkOutcome } from '../actions/mark.ts';
 import { readLastResult } from '../host/records.ts';
-import { readLastTransaction, recordedThisBoot, recordTransaction, RESULT, type TransactionDetails, type TransactionRecord } from './transactions.ts';
+import { boundRecord, readLastTransaction, recordedThisBoot, recordTransaction, RESULT, type TransactionDetails, type TransactionRecord } from './transactions.ts';
 
 export interface UpgradeRequest {
   /** Image reference overriding the configured source. */
@@ -201,6 +202,11 @@ export function summarizeConfig(c: AgentConfig, root = '/'): ConfigSummary {
   };
 }
 
+/** A caller's value as a log line echoes it: escaped and bounded (null when absent). */
+function echo(value: string | undefined): string | null {
+  return value === undefined ? null : displayText(value, TEXT_LIMITS.echo);
+}
+
 function toAgentError(e: unknown): AgentError {
   return e instanceof AgentError ? e : new AgentError('STAGE_FAILED', e instanceof Error ? e.message : String(e), { cause: e });
 }
@@ -302,6 +308,7 @@ export class AgentDaemon implements AgentPort {
       if (last?.kind === 'check' && last.result === RESULT.ok && last.details.image !== undefined && last.details.image === configured) {
         this.set({ updateAvailable: last.details.updateAvailable === true });
       }
+      await this.recoverAtStart();
       await this.refresh();
       // "The last upgrade was rolled back by boot assessment": it succeeded in an earlier boot, and this boot is
       // the fallback (upgrade_failure on the cmdline or /run/cos/upgrade_failure).
@@ -313,6 +320,30 @@ export class AgentDaemon implements AgentPort {
       this.startDone = true;
     })();
     return this.started;
+  }
+
+  /**
+   * What a crashed run (of cosd or of an in-process cosctl) left is undone before the first status read: stale
+   * mounts and loop devices, a committed switch finished. Under the host lock; skipped when someone holds it (their
+   * run does the same). Never stops the daemon from starting: what it cannot do is logged.
+   */
+  private async recoverAtStart(): Promise<void> {
+    const deps = this.jobDeps;
+    const snapshot = deps.config?.();
+    if (snapshot === undefined) return;
+    const [{ acquireLock }, { recoverInterrupted }] = await Promise.all([import('../host/lock.ts'), import('../actions/recover.ts')]);
+    const held = await acquireLock(deps.root.path('/run/cos-agent/upgrade.lock'), 'cosd start: recovery').catch((e: unknown) => {
+      this.log.info({ err: e instanceof Error ? e.message : String(e) }, 'recovery at start skipped: the host lock is held');
+      return null;
+    });
+    if (held === null) return;
+    try {
+      await recoverInterrupted(deps, snapshot.config);
+    } catch (e) {
+      this.log.error({ err: e instanceof Error ? e.message : String(e) }, 'recovery at start failed');
+    } finally {
+      await held.release();
+    }
   }
 
   /** Re-read the configuration (through deps.reloadConfig when given, which calls setConfig / setConfigError). */
@@ -348,9 +379,11 @@ export class AgentDaemon implements AgentPort {
 
   /** A configuration that cannot be used: the previous one stays in effect, the error goes to LastError. */
   setConfigError(err: Error): void {
-    this.log.error({ err: err.message }, 'configuration rejected');
-    this.configError = err.message;
-    this.set({ lastError: err.message });
+    // A config file's bytes are echoed in the message: escaped and bounded, like every message cosd shows or keeps.
+    const message = displayText(err.message, TEXT_LIMITS.message);
+    this.log.error({ err: message }, 'configuration rejected');
+    this.configError = message;
+    this.set({ lastError: message });
   }
 
   /**
@@ -415,7 +448,7 @@ export class AgentDaemon implements AgentPort {
     });
     const details: TransactionDetails = { target: req.recovery ? 'recovery' : 'system', reboot: req.reboot === true, force: req.force === true };
     this.pending.set(tx, { kind: 'upgrade', startedAt, details, reboot: req.reboot === true, configuredSource: req.image === undefined && !req.recovery });
-    this.log.child({ transaction: tx }).info({ kind: 'upgrade', image: req.image ?? null, recovery: req.recovery === true, noVerify: req.noVerify === true, reboot: req.reboot === true, force: req.force === true }, 'job started');
+    this.log.child({ transaction: tx }).info({ kind: 'upgrade', image: echo(req.image), recovery: req.recovery === true, noVerify: req.noVerify === true, reboot: req.reboot === true, force: req.force === true }, 'job started');
     return tx;
   }
 
@@ -424,7 +457,7 @@ export class AgentDaemon implements AgentPort {
     const startedAt = this.deps.agent.now().toISOString();
     const tx = jm.check({ ...(req.image !== undefined ? { image: req.image } : {}), ...(req.recovery ? { recovery: true } : {}) });
     this.pending.set(tx, { kind: 'check', startedAt, details: {}, reboot: false, configuredSource: req.image === undefined && !req.recovery });
-    this.log.child({ transaction: tx }).info({ kind: 'check', image: req.image ?? null, recovery: req.recovery === true }, 'job started');
+    this.log.child({ transaction: tx }).info({ kind: 'check', image: echo(req.image), recovery: req.recovery === true }, 'job started');
     return tx;
   }
 
@@ -456,7 +489,7 @@ export class AgentDaemon implements AgentPort {
   }
 
   runStage(stage: string): Promise<void> {
-    return Promise.reject(new AgentError('NOT_SUPPORTED', `RunStage ${JSON.stringify(stage)}: this build has no yip engine to run stages`));
+    return Promise.reject(new AgentError('NOT_SUPPORTED', `RunStage "${displayText(stage, TEXT_LIMITS.echo)}": this build has no yip engine to run stages`));
   }
 
   /** Stop: cancel a job that can still be cancelled, wait for any job (and its announcement) to finish. */
@@ -493,7 +526,7 @@ export class AgentDaemon implements AgentPort {
   }
 
   private onProgress(p: Progress): void {
-    const progress: ProgressState = { percent: p.percent, message: p.message, depth: 1, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal };
+    const progress: ProgressState = { percent: p.percent, message: displayText(p.message, TEXT_LIMITS.echo), depth: 1, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal };
     const a = this.announced;
     if (p.operation === a.operation && p.message === a.message && p.percent === a.percent) {
       this.current = { ...this.current, progress };
@@ -508,7 +541,8 @@ export class AgentDaemon implements AgentPort {
     const pending = this.pending.get(tx);
     this.pending.delete(tx);
     const details: TransactionDetails = { ...pending?.details, ...(await this.detailsOf(tx, kind, outcome)) };
-    const rec: TransactionRecord = {
+    // Bounded (every string escaped and capped): the record is persisted, published and republished after restarts.
+    const rec: TransactionRecord = boundRecord({
       transaction: tx,
       kind,
       result,
@@ -517,21 +551,21 @@ export class AgentDaemon implements AgentPort {
       startedAt: pending?.startedAt ?? this.deps.agent.now().toISOString(),
       finishedAt: this.deps.agent.now().toISOString(),
       details,
-    };
+    });
     await recordTransaction(this.deps.agent.root, rec).catch((e: unknown) => {
       const err = toAgentError(e);
       log.error({ code: err.code, err: err.message }, 'could not persist the transaction outcome');
       // Surfaced, not only logged: LastTransaction (D-Bus) carries it for as long as this daemon runs.
-      rec.details = { ...rec.details, warnings: [...(rec.details.warnings ?? []), `the outcome could not be persisted: ${err.message}`] };
+      rec.details = { ...rec.details, warnings: [...(rec.details.warnings ?? []), displayText(`the outcome could not be persisted: ${err.message}`, TEXT_LIMITS.message)] };
     });
-    if (result === RESULT.ok) log.info({ kind, ...details }, 'job succeeded');
+    if (result === RESULT.ok) log.info({ kind, ...rec.details }, 'job succeeded');
     else log.error({ kind, code: rec.code, err: rec.error, cancelled: result === RESULT.cancelled }, result === RESULT.cancelled ? 'job cancelled' : 'job failed');
     // UpdateAvailable is about the configured image: its checks set it, an upgrade to it clears it.
     const configured = pending?.configuredSource === true && result === RESULT.ok;
     this.set({
       lastTransaction: rec,
       // A job's success does not hide a configuration error that is still in effect.
-      lastError: error?.message ?? this.configError ?? '',
+      lastError: rec.error ?? this.configError ?? '',
       ...(configured && kind === 'check' && details.updateAvailable !== undefined ? { updateAvailable: details.updateAvailable } : {}),
       ...(configured && kind === 'upgrade' ? { updateAvailable: false } : {}),
     });
@@ -540,7 +574,7 @@ export class AgentDaemon implements AgentPort {
       await this.refresh();
     }
     for (const l of this.listeners) l.finished?.(rec, pending?.configuredSource === true);
-    for (const l of this.listeners) l.completed?.(tx, result, error?.message ?? '');
+    for (const l of this.listeners) l.completed?.(tx, result, rec.error ?? '');
     // As bootc's `upgrade --apply`: an upgrade that had nothing to stage does not reboot.
     if (kind === 'upgrade' && result === RESULT.ok && pending?.reboot && details.unchanged === undefined) await this.rebootAfter(tx);
   }
@@ -627,7 +661,7 @@ export class AgentDaemon implements AgentPort {
       return done;
     } catch (e) {
       const err = toAgentError(e);
-      this.set({ operation: 'idle', lastError: `${failure}: ${err.message}` });
+      this.set({ operation: 'idle', lastError: displayText(`${failure}: ${err.message}`, TEXT_LIMITS.message) });
       throw err;
     }
   }

@@ -2,11 +2,14 @@
  * The outcome of the daemon's last job (any kind), kept where it survives a daemon restart (/run/cos-agent, this
  * boot) and a reboot (/usr/local/.cos-agent when COS_PERSISTENT is mounted there), written atomically. An upgrade run
  * without the daemon only leaves result.ts's record: readLastTransaction takes the newer of the two, so the daemon
- * republishes whichever happened last.
+ * republishes whichever happened last. Every record is bounded (boundRecord) before it is kept or published: an error
+ * message or a value that echoes a caller's or a config file's text is escaped and capped, so a 10 MB image string
+ * costs a few KB here, not 10 MB per copy and per reader.
  */
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError } from '../model/errors.ts';
+import { displayText, TEXT_LIMITS } from '../model/text.ts';
 import type { UpgradeResult } from '../model/host.ts';
 import type { SysRoot } from '../sys/root.ts';
 import { writeFileAtomic } from '../sys/files.ts';
@@ -76,6 +79,38 @@ export interface TransactionRecord {
 
 const KINDS: ReadonlySet<string> = new Set(['upgrade', 'check', 'rollback', 'mark-good', 'mark-bad']);
 
+/** Ids, codes and timestamps: short by nature; capped all the same (a record read back may come from anywhere). */
+const SHORT = 128;
+
+/**
+ * `rec` with every string bounded and escaped (displayText): the error at TEXT_LIMITS.message, each string detail at
+ * TEXT_LIMITS.value, at most TEXT_LIMITS.warnings warnings (the last one then says how many were left out), ids and
+ * timestamps at 128. Strings already within bounds and free of control characters come back unchanged.
+ */
+export function boundRecord(rec: TransactionRecord): TransactionRecord {
+  const details: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(rec.details)) {
+    if (typeof value === 'string') details[key] = displayText(value, TEXT_LIMITS.value);
+    else if (Array.isArray(value)) {
+      const list = value.map((w) => displayText(String(w), TEXT_LIMITS.message));
+      details[key] = list.length <= TEXT_LIMITS.warnings
+        ? list
+        : [...list.slice(0, TEXT_LIMITS.warnings - 1), `... ${list.length - TEXT_LIMITS.warnings + 1} more left out`];
+    } else details[key] = value;
+  }
+  return {
+    transaction: displayText(rec.transaction, SHORT),
+    kind: rec.kind,
+    result: rec.result,
+    // A record read back from disk is checked for its shape only: a code or error of another type is made text.
+    code: rec.code === null || rec.code === undefined ? null : displayText(String(rec.code), SHORT),
+    error: rec.error === null || rec.error === undefined ? null : displayText(String(rec.error), TEXT_LIMITS.message),
+    startedAt: displayText(rec.startedAt, SHORT),
+    finishedAt: displayText(rec.finishedAt, SHORT),
+    details: details as TransactionDetails,
+  };
+}
+
 function isRecord(v: unknown): v is TransactionRecord {
   if (typeof v !== 'object' || v === null) return false;
   const r = v as Record<string, unknown>;
@@ -100,7 +135,7 @@ export async function recordedThisBoot(root: SysRoot, transaction: string): Prom
  * COS_PERSISTENT rejects (the record is in /run already, but will not survive a reboot): the caller logs it.
  */
 export async function recordTransaction(root: SysRoot, rec: TransactionRecord): Promise<void> {
-  const text = `${JSON.stringify(rec, null, 2)}\n`;
+  const text = `${JSON.stringify(boundRecord(rec), null, 2)}\n`;
   const [volatile, persistent] = FILES.map((f) => root.path(f)) as [string, string];
   await mkdir(path.dirname(volatile), { recursive: true });
   await writeFileAtomic(volatile, text);
@@ -150,5 +185,6 @@ export async function readLastTransaction(root: SysRoot): Promise<TransactionRec
     const own = best as TransactionRecord | null;
     if (own === null || own.transaction !== rec.transaction) consider(rec);
   }
-  return best;
+  // Bounded on the way in as well: a record written by an older version, or cosctl's upgrade result, may be huge.
+  return best === null ? null : boundRecord(best);
 }

@@ -1,10 +1,14 @@
 /**
  * PURE translation between D-Bus values and the agent's typed requests and state: the a{sv} options of Upgrade,
- * Check and Rollback (unknown keys and wrong types are rejected naming the key, never ignored), and the property
- * values in both directions. No dbus-next here: variants are built through a factory the caller passes (the service
- * and the client pass dbus-next's Variant constructor), and read from anything shaped {signature, value}.
+ * Check and Rollback (unknown, reserved and repeated keys, wrong types and absurdly long strings are rejected naming
+ * the key, never ignored, and never echoing a value), RunStage's stage name, and the property values in both
+ * directions. No dbus-next here: variants are built through a factory the caller passes (the service and the client
+ * pass dbus-next's Variant constructor), and read from anything shaped {signature, value}. The options are read from
+ * the dictionary's entries as they were on the wire (a WireDict, see wire.ts): dbus-next's own plain object loses a
+ * "__proto__" key (it becomes the prototype) and all but the last of a repeated key.
  */
 import { AgentError } from '../model/errors.ts';
+import { displayText, TEXT_LIMITS, utf8Length } from '../model/text.ts';
 import type { SlotName } from '../model/host.ts';
 import type { Operation } from '../host/deps.ts';
 import type { JobKind } from '../daemon/job.ts';
@@ -33,16 +37,41 @@ export interface VariantLike {
 /** Builds a variant to send (the caller passes `(s, v) => new Variant(s, v)`). */
 export type MakeVariant = (signature: string, value: unknown) => unknown;
 
-/** A request whose options are malformed: unknown key, wrong type. Maps to io.costoolkit.Agent1.Error.InvalidArgs. */
+/**
+ * A request whose arguments are malformed: an unknown, reserved or repeated key, a wrong type, a string over its limit.
+ * Maps to io.costoolkit.Agent1.Error.InvalidArgs.
+ */
 export class InvalidArgsError extends AgentError {
   override name = 'InvalidArgsError';
-  /** The option key at fault, when one is. */
+  /** The option key at fault, when one is (shown escaped and bounded). */
   readonly key: string | undefined;
   constructor(method: string, message: string, key?: string) {
     super('USAGE', `${method}: ${message}`);
-    this.key = key;
+    this.key = key === undefined ? undefined : displayText(key, TEXT_LIMITS.echo);
   }
 }
+
+/** A key as an error message names it: quoted, escaped, bounded. */
+const quoted = (key: string): string => `"${displayText(key, 128)}"`;
+
+/**
+ * The entries of an a{sv} exactly as they were on the wire: every key in order, repeated ones included, each value a
+ * variant. The service builds it from the message (wire.ts); the decoders prefer it to a plain object.
+ */
+export interface WireDict {
+  readonly wireEntries: ReadonlyArray<readonly [key: string, value: unknown]>;
+}
+
+export function wireDict(entries: ReadonlyArray<readonly [string, unknown]>): WireDict {
+  return { wireEntries: entries };
+}
+
+function isWireDict(v: unknown): v is WireDict {
+  return typeof v === 'object' && v !== null && Array.isArray((v as Partial<WireDict>).wireEntries);
+}
+
+/** Keys that are never options: they name parts of every JavaScript object (a plain-object dict loses "__proto__"). */
+export const RESERVED_KEYS: readonly string[] = ['__proto__', 'constructor', 'prototype'];
 
 // ---------------------------------------------------------------------------------------------------------------
 // Method options
@@ -63,26 +92,66 @@ function isVariantLike(v: unknown): v is VariantLike {
   return typeof v === 'object' && v !== null && typeof (v as VariantLike).signature === 'string' && 'value' in v;
 }
 
-/** Check every key of an a{sv} against `spec`; returns the plain values. */
-function readOptions(method: keyof typeof METHOD_OPTIONS, dict: unknown): Record<string, string | boolean> {
-  const spec = METHOD_OPTIONS[method];
+/**
+ * The entries of an a{sv} argument: a WireDict's as they are; a plain object's own entries, refused when its
+ * prototype was replaced (a "__proto__" entry built by assignment: the key is gone, but not without a trace).
+ */
+function entriesOf(method: string, dict: unknown): ReadonlyArray<readonly [string, unknown]> {
+  if (isWireDict(dict)) return dict.wireEntries;
   if (typeof dict !== 'object' || dict === null || Array.isArray(dict)) {
     throw new InvalidArgsError(method, 'options must be a dictionary (a{sv})');
   }
-  const out: Record<string, string | boolean> = {};
-  for (const [key, v] of Object.entries(dict as Record<string, unknown>)) {
-    const want = spec[key];
-    if (want === undefined) {
-      throw new InvalidArgsError(method, `unknown option "${key}" (${method} takes ${Object.keys(spec).join(', ')})`, key);
+  const proto: unknown = Object.getPrototypeOf(dict);
+  if (proto !== Object.prototype && proto !== null) {
+    throw new InvalidArgsError(method, 'option "__proto__" is a reserved name, never an option', '__proto__');
+  }
+  return Object.entries(dict as Record<string, unknown>);
+}
+
+/**
+ * Check every entry of an a{sv} against `spec`; returns the plain values. Refused, naming the key (never echoing a
+ * value): a reserved or unknown key, a key given twice, a variant of another type, an empty string, a string over
+ * TEXT_LIMITS.optionBytes.
+ */
+function readOptions(method: keyof typeof METHOD_OPTIONS, dict: unknown): Record<string, string | boolean> {
+  const spec = METHOD_OPTIONS[method];
+  const takes = `${method} takes ${Object.keys(spec).join(', ')}`;
+  const out: Record<string, string | boolean> = Object.create(null) as Record<string, string | boolean>;
+  const seen = new Set<string>();
+  for (const [key, v] of entriesOf(method, dict)) {
+    if (typeof key !== 'string') throw new InvalidArgsError(method, 'options must be a dictionary (a{sv})');
+    if (RESERVED_KEYS.includes(key)) {
+      throw new InvalidArgsError(method, `option ${quoted(key)} is a reserved name, never an option (${takes})`, key);
     }
-    const got = isVariantLike(v) ? `'${v.signature}'` : typeof v;
+    if (!Object.hasOwn(spec, key)) throw new InvalidArgsError(method, `unknown option ${quoted(key)} (${takes})`, key);
+    if (seen.has(key)) throw new InvalidArgsError(method, `option ${quoted(key)} is given more than once`, key);
+    seen.add(key);
+    const want = spec[key] as OptionType;
+    const got = isVariantLike(v) ? `'${displayText(v.signature, 128)}'` : typeof v;
     if (!isVariantLike(v) || v.signature !== want || typeof v.value !== (want === 's' ? 'string' : 'boolean')) {
-      throw new InvalidArgsError(method, `option "${key}" must be ${TYPE_NAMES[want]}, got ${got}`, key);
+      throw new InvalidArgsError(method, `option ${quoted(key)} must be ${TYPE_NAMES[want]}, got ${got}`, key);
     }
-    if (want === 's' && (v.value as string).length === 0) throw new InvalidArgsError(method, `option "${key}" must not be empty`, key);
+    if (want === 's') {
+      const text = v.value as string;
+      if (text.length === 0) throw new InvalidArgsError(method, `option ${quoted(key)} must not be empty`, key);
+      const bytes = utf8Length(text);
+      if (bytes > TEXT_LIMITS.optionBytes) {
+        throw new InvalidArgsError(method, `option ${quoted(key)} is ${bytes} bytes long, over the limit of ${TEXT_LIMITS.optionBytes} bytes`, key);
+      }
+    }
     out[key] = v.value as string | boolean;
   }
   return out;
+}
+
+/** RunStage's argument: a stage name of at most TEXT_LIMITS.stageBytes (a longer one is refused naming its length). */
+export function decodeStageName(stage: unknown): string {
+  if (typeof stage !== 'string') throw new InvalidArgsError('RunStage', 'the stage name must be a string');
+  const bytes = utf8Length(stage);
+  if (bytes > TEXT_LIMITS.stageBytes) {
+    throw new InvalidArgsError('RunStage', `the stage name is ${bytes} bytes long, over the limit of ${TEXT_LIMITS.stageBytes} bytes`);
+  }
+  return stage;
 }
 
 export function decodeUpgradeOptions(dict: unknown): UpgradeRequest {
@@ -115,8 +184,8 @@ function writeOptions(method: keyof typeof METHOD_OPTIONS, values: Record<string
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(values)) {
     if (value === undefined) continue;
-    const type = spec[key];
-    if (type === undefined) throw new InvalidArgsError(method, `unknown option "${key}"`, key);
+    const type = Object.hasOwn(spec, key) ? spec[key] : undefined;
+    if (type === undefined) throw new InvalidArgsError(method, `unknown option ${quoted(key)}`, key);
     out[key] = mk(type, value);
   }
   return out;

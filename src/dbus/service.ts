@@ -8,26 +8,31 @@
  *
  * dbus-next builds the introspection data and answers Properties.Get/GetAll from the member table below; method calls
  * of this interface are dispatched here (rather than by dbus-next) because the authorization check needs the sender.
+ * An a{sv} argument is decoded from its wire entries (wire.ts), and every error message sent is escaped and bounded.
  */
 import dbus from 'dbus-next';
 import { AgentError } from '../model/errors.ts';
+import { displayText, TEXT_LIMITS } from '../model/text.ts';
 import type { Logger } from '../sys/log.ts';
 import type { AgentPort, DaemonState } from '../daemon/daemon.ts';
 import {
   BUS_NAME,
   decodeCheckOptions,
   decodeRollbackOptions,
+  decodeStageName,
   decodeUpgradeOptions,
   encodeProperty,
   INTERFACE_NAME,
   OBJECT_PATH,
   PROPERTY_OF_STATE,
   PROPERTY_SIGNATURES,
+  wireDict,
   type MakeVariant,
   type PropertyName,
 } from './codec.ts';
 import { dbusErrorName } from './errors.ts';
 import { checkAuthorization, POLKIT_ACTIONS } from './polkit.ts';
+import { wireHookInstalled, wireOptions } from './wire.ts';
 
 type Message = dbus.Message;
 
@@ -50,7 +55,7 @@ const METHODS: Readonly<Record<string, MethodSpec>> = {
   MarkGood: { in: '', out: 's', privileged: true, call: async (a) => [await a.mark(true)] },
   MarkBad: { in: '', out: 's', privileged: true, call: async (a) => [await a.mark(false)] },
   GetStatus: { in: '', out: 's', privileged: false, call: async (a) => [await a.statusJson()] },
-  RunStage: { in: 's', out: '', privileged: true, call: async (a, [stage]) => { await a.runStage(String(stage)); return []; } },
+  RunStage: { in: 's', out: '', privileged: true, call: async (a, [stage]) => { await a.runStage(decodeStageName(stage)); return []; } },
 };
 
 const PROPERTY_NAMES = Object.keys(PROPERTY_SIGNATURES) as PropertyName[];
@@ -111,6 +116,7 @@ export class AgentService {
     this.agent = agent;
     this.log = opts.log;
     this.iface = new AgentInterface(agent);
+    if (!wireHookInstalled) this.log.warn({}, 'dbus-next internals changed: a{sv} options are read from its objects (a repeated key goes unnoticed)');
     this.handler = (msg) => this.handle(msg);
     bus.addMethodHandler(this.handler);
     bus.export(OBJECT_PATH, this.iface);
@@ -151,19 +157,23 @@ export class AgentService {
         `${msg.member} takes (${spec.in}), got (${msg.signature ?? ''})`));
       return true;
     }
-    void this.dispatch(msg, spec);
+    // An a{sv} is read from its wire entries (now: they are only there while this message is dispatched), not from
+    // dbus-next's object, which lost a "__proto__" key and all but the last of a repeated key.
+    const wire = spec.in === 'a{sv}' ? wireOptions(msg) : undefined;
+    void this.dispatch(msg, spec, wire !== undefined ? [wireDict(wire)] : (msg.body ?? []));
     return true;
   }
 
-  private async dispatch(msg: Message, spec: MethodSpec): Promise<void> {
+  private async dispatch(msg: Message, spec: MethodSpec, args: unknown[]): Promise<void> {
     try {
       if (spec.privileged) await this.authorize(msg);
-      const body = await spec.call(this.agent, msg.body ?? []);
+      const body = await spec.call(this.agent, args);
       this.bus.send(dbus.Message.newMethodReturn(msg, spec.out, body));
     } catch (e) {
       const err = e instanceof AgentError ? e : new AgentError('STAGE_FAILED', e instanceof Error ? e.message : String(e), { cause: e });
-      if (!(e instanceof AgentError)) this.log.error({ method: msg.member, err: e instanceof Error ? (e.stack ?? e.message) : String(e) }, 'method failed unexpectedly');
-      this.bus.send(dbus.Message.newError(msg as never, dbusErrorName(err.code), err.message));
+      if (!(e instanceof AgentError)) this.log.error({ method: msg.member, err: displayText(e instanceof Error ? (e.stack ?? e.message) : String(e), TEXT_LIMITS.message) }, 'method failed unexpectedly');
+      // Whatever the message echoes (a caller's value, a config file's bytes) goes out escaped and bounded.
+      this.bus.send(dbus.Message.newError(msg as never, dbusErrorName(err.code), displayText(err.message, TEXT_LIMITS.message)));
     }
   }
 

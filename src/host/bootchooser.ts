@@ -7,13 +7,13 @@
  * the agent changes anything), each slot image's identity and label (read from its superblock), the state.yaml
  * records, and the GRUB env blocks: COS_STATE grub_oem_env and boot_assessment, COS_OEM grubenv (/oem/grubenv).
  */
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError } from '../model/errors.ts';
 import type { AgentConfig } from '../model/config.ts';
 import type { SlotName } from '../model/host.ts';
 import type { InstallState } from '../model/state.ts';
-import { readGrubEnvFile, updateGrubEnvFile } from '../grub/index.ts';
+import { applyGrubEnvChanges, parseGrubEnvBlock, readGrubEnvFile, serializeGrubEnv, updateGrubEnvFile } from '../grub/index.ts';
 import { findMountAt, readImageIdentity, readMounts, syncFs } from '../partitions/index.ts';
 import { readOptionalText, writeFileAtomic } from '../sys/files.ts';
 import type { CleanupStack } from '../sys/cleanup.ts';
@@ -85,7 +85,7 @@ export async function readHost(deps: AgentDeps, config: AgentConfig, cleanup: Cl
       throw e;
     });
     if (dev === undefined) return undefined;
-    return rw ? mountRw(deps, dev.device, fallback, cleanup) : mountRo(deps, dev.device, cleanup);
+    return rw ? mountRw(deps, dev.device, fallback, cleanup, { restoreRo: true }) : mountRo(deps, dev.device, cleanup);
   };
   const dirs = { ...opts.dirs };
   dirs.state ??= await partDir(config.labels.state, '/run/cos/state', writable);
@@ -222,4 +222,34 @@ export async function applyGrubWrites(view: Pick<HostView, 'dirs'>, writes: Grub
   if (first === undefined) return;
   if (errors.length === 1) throw first;
   throw new AgentError(first.code, errors.map((e) => e.message).join('; '), { cause: first });
+}
+
+/**
+ * Check, writing nothing, that applyGrubWrites would succeed as far as the values go: every block parses, and every
+ * new value is one GRUB can hold and fits the block (GRUBENV_OVERFLOW, CONFIG_INVALID naming the variable). An
+ * upgrade checks its writes before the switch, so a value that cannot be written never leaves records behind slots.
+ */
+export async function checkGrubWrites(view: Pick<HostView, 'dirs'>, writes: GrubWrites): Promise<void> {
+  const targets: Array<[Record<string, string | null> | undefined, string | undefined, string]> = [
+    [writes.user, view.dirs.oem, 'grubenv'],
+    [writes.oem, view.dirs.state, 'grub_oem_env'],
+    [writes.assessment, view.dirs.state, 'boot_assessment'],
+  ];
+  for (const [changes, dir, name] of targets) {
+    if (changes === undefined || Object.keys(changes).length === 0 || dir === undefined) continue;
+    const file = path.join(dir, name);
+    const bytes = await readFile(file).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return undefined;
+      throw e;
+    });
+    const block = bytes === undefined ? undefined : parseGrubEnvBlock(bytes, file);
+    try {
+      const next = applyGrubEnvChanges(block?.vars ?? new Map(), changes);
+      if (block !== undefined) serializeGrubEnv(next, block.size, block.preamble);
+      else serializeGrubEnv(next);
+    } catch (e) {
+      if (e instanceof AgentError) throw new AgentError(e.code, `${file}: ${e.message}`, { cause: e });
+      throw e;
+    }
+  }
 }

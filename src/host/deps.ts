@@ -27,6 +27,11 @@ export interface AgentDeps {
    * an invalid state does not fail the next job; the files on disk when absent (cosctl --no-daemon).
    */
   config?: () => ConfigSnapshot | undefined;
+  /**
+   * Test-only seam (crash injection, AGENT_TEST_CRASH_AT in the composition roots): called at named points of a
+   * switch, where a test kills the process. Inert (undefined) on real hosts.
+   */
+  testHooks?: { onSwitchStep?: (done: number) => void };
 }
 
 export type Operation = 'idle' | 'checking' | 'downloading' | 'verifying' | 'staging' | 'hooks' | 'finalizing' | 'rebooting';

@@ -5,6 +5,7 @@
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { writeFileAtomic } from '../sys/files.ts';
 import { AgentError } from '../model/errors.ts';
+import { displayText, TEXT_LIMITS } from '../model/text.ts';
 import path from 'node:path';
 import type { UpgradeResult } from '../model/host.ts';
 import type { SysRoot } from '../sys/root.ts';
@@ -20,7 +21,14 @@ async function writeJson(file: string, value: unknown): Promise<void> {
  * Write the record to /run and, when COS_PERSISTENT is there, to /usr/local/.cos-agent. A failed write of either is
  * thrown (after the other was attempted), naming the file: the caller retries and surfaces it, never drops it.
  */
-export async function recordResult(root: SysRoot, result: UpgradeResult): Promise<void> {
+export async function recordResult(root: SysRoot, unbounded: UpgradeResult): Promise<void> {
+  // Bounded and escaped: a record never carries a megabyte of someone's input, nor raw control bytes.
+  const result: UpgradeResult = {
+    ...unbounded,
+    image: unbounded.image === null ? null : displayText(unbounded.image, TEXT_LIMITS.value),
+    error: unbounded.error === null ? null : displayText(unbounded.error, TEXT_LIMITS.message),
+    ...(unbounded.warnings !== undefined ? { warnings: unbounded.warnings.slice(0, TEXT_LIMITS.warnings).map((w) => displayText(w, TEXT_LIMITS.message)) } : {}),
+  };
   const errors: string[] = [];
   const write = (file: string): Promise<void> =>
     writeJson(root.path(file), result).catch((e: unknown) => {

@@ -76,8 +76,15 @@ export async function probeLabel(runner: Runner, file: string): Promise<string |
  * Read a small file from inside an unmounted ext2/3/4 image (`debugfs -R 'cat PATH'`), without mounting it.
  * Returns undefined when the file is missing or empty (debugfs reports errors on stderr and still exits 0).
  */
-export async function readExtFile(runner: Runner, image: string, file: string): Promise<string | undefined> {
+export async function readExtFile(runner: Runner, image: string, file: string, opts: { maxBytes?: number } = {}): Promise<string | undefined> {
   if (!file.startsWith('/') || /[\s"']/.test(file)) throw new Error(`readExtFile: unsupported path ${file}`);
+  // Only a regular file of bounded size is read (an image may hold a FIFO, a device or a huge file there): debugfs
+  // `stat` first, which prints the inode's type and size without reading the content.
+  const maxBytes = opts.maxBytes ?? 64 * 1024;
+  const st = await runner.run({ argv: ['debugfs', '-R', `stat ${file}`, image], description: `looking at ${file} in ${image}` });
+  const type = /Type: (\S+)/.exec(st.stdout)?.[1];
+  const size = Number(/\bSize: (\d+)/.exec(st.stdout)?.[1] ?? Number.NaN);
+  if (type !== 'regular' || !Number.isFinite(size) || size > maxBytes) return undefined;
   const res = await runner.run({ argv: ['debugfs', '-R', `cat ${file}`, image], description: `reading ${file} from ${image}` });
   return res.stdout === '' ? undefined : res.stdout;
 }

@@ -22,6 +22,7 @@ export {
 } from './fstools.ts';
 export {
   attachLoop,
+  detachLoop,
   listLoopDevices,
   loopBackingFile,
   loopBackingIdentity,

@@ -117,3 +117,10 @@ export async function attachLoop(
   });
   return { device, file, close, [Symbol.asyncDispose]: close };
 }
+
+/** `losetup -d DEVICE`, waiting until the kernel has let go of the backing file. */
+export async function detachLoop(runner: Runner, device: string): Promise<void> {
+  const before = await loopBackingFile(device);
+  await runner.run({ argv: ['losetup', '-d', device], description: `detaching ${device}` });
+  await waitForDetach(device, before);
+}

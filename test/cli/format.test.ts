@@ -34,3 +34,20 @@ test('JSON and YAML carry the same document', (t) => {
   t.deepEqual(JSON.parse(renderStatus(doc(), 'json')), doc());
   t.deepEqual(parse(renderStatus(doc(), 'yaml')), doc());
 });
+
+test('the human view shows outside text escaped and bounded: control bytes from a record or a config never reach the terminal', (t) => {
+  const d = doc();
+  d.spec.image = { image: `reg/os:\x1b]0;pwned\x07${'a'.repeat(1 << 20)}`, transport: 'registry' };
+  d.status.slots.passive = slot('passive', { image: 'r/os:1\x1b[2J', version: '1.0\x07' });
+  d.status.lastUpgrade = {
+    transaction: 'tx', result: 'failure', target: 'system', image: 'r/os:3', imageDigest: null, code: 'REFERENCE_INVALID',
+    error: `invalid image reference "${'b'.repeat(2 << 20)}"\x1b[31m`, rotated: false, startedAt: '2026-01-01T00:00:00Z', finishedAt: '2026-01-01T00:00:01Z',
+  };
+  const out = renderStatus(d, 'human');
+  t.false(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/.test(out), 'no raw control character');
+  t.true(out.length < 16 << 10, `${out.length} characters`);
+  t.regex(out, /^Upgrade source: reg\/os:\\x1b\]0;pwned\\x07a+\[\.\.\. \d+ characters left out \.\.\.\]a+/m);
+  t.regex(out, /r\/os:1\\x1b\[2J/);
+  t.regex(out, /version 1\.0\\x07/);
+  t.regex(out, /^Last upgrade: failure .*: invalid image reference "b+\[\.\.\. \d+ characters left out \.\.\.\]b+"\\x1b\[31m$/m);
+});

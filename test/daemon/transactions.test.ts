@@ -1,10 +1,11 @@
 import test from 'ava';
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { SysRoot } from '../../src/sys/root.ts';
 import { recordResult } from '../../src/host/records.ts';
-import { fromUpgradeResult, readLastTransaction, recordTransaction, type TransactionRecord } from '../../src/daemon/transactions.ts';
+import { boundRecord, fromUpgradeResult, readLastTransaction, recordTransaction, type TransactionRecord } from '../../src/daemon/transactions.ts';
+import { TEXT_LIMITS } from '../../src/model/text.ts';
 import type { UpgradeResult } from '../../src/model/host.ts';
 
 async function tempRoot(t: import('ava').ExecutionContext, persistent = true): Promise<SysRoot> {
@@ -98,4 +99,40 @@ test('when the copy on COS_PERSISTENT cannot be written, recordTransaction rejec
   t.true(err?.message.includes(root.path('/usr/local/.cos-agent/last-transaction.json')), err?.message);
   t.true(err?.message.includes('lost at the next reboot'), err?.message);
   t.deepEqual(JSON.parse(await readFile(root.path('/run/cos-agent/last-transaction.json'), 'utf8')), rec(), 'the /run copy is there');
+});
+
+const TEN_MB = 'x'.repeat(10 << 20);
+const RAW_CONTROL = /[\x00-\x1f\x7f-\x9f]/;
+
+test('boundRecord: a 10 MB error, image and warnings become a few KB; control characters are escaped; small records are unchanged', (t) => {
+  t.deepEqual(boundRecord(rec()), rec());
+  const huge = rec({
+    kind: 'upgrade', result: 1, code: 'REFERENCE_INVALID', error: `invalid image reference "${TEN_MB}"\x1b[2J`,
+    details: { image: TEN_MB, target: 'system', reboot: false, warnings: Array.from({ length: 100 }, (_, i) => `w${i} ${TEN_MB.slice(0, 100_000)}`) },
+  });
+  const b = boundRecord(huge);
+  t.true((b.error ?? '').length <= TEXT_LIMITS.message);
+  t.regex(b.error ?? '', /characters left out \.\.\.\].*\\x1b\[2J$/);
+  t.true((b.details.image ?? '').length <= TEXT_LIMITS.value);
+  t.is(b.details.warnings?.length, TEXT_LIMITS.warnings);
+  t.is(b.details.warnings?.at(-1), '... 69 more left out');
+  t.like(b, { transaction: 'tx-1', kind: 'upgrade', result: 1, code: 'REFERENCE_INVALID' });
+  t.like(b.details, { target: 'system', reboot: false });
+  const text = JSON.stringify(b);
+  t.true(text.length < 100_000, `${text.length}`);
+  t.false(RAW_CONTROL.test(JSON.parse(text).error as string));
+});
+
+test('recordTransaction bounds what it writes, and readLastTransaction bounds what it reads (a huge record from anywhere)', async (t) => {
+  const root = await tempRoot(t);
+  await recordTransaction(root, rec({ result: 1, code: 'STAGE_FAILED', error: TEN_MB, details: { image: TEN_MB } }));
+  for (const f of ['/run/cos-agent/last-transaction.json', '/usr/local/.cos-agent/last-transaction.json']) {
+    t.true((await stat(root.path(f))).size < 16_384, f);
+  }
+  // A record written unbounded (an older cosd) is bounded when read.
+  await writeFile(root.path('/run/cos-agent/last-transaction.json'), JSON.stringify(rec({ finishedAt: '2027-01-01T00:00:00.000Z', result: 1, error: TEN_MB, details: { nextEntry: TEN_MB } })));
+  const back = await readLastTransaction(root);
+  t.true((back?.error ?? '').length <= TEXT_LIMITS.message);
+  t.true((back?.details.nextEntry ?? '').length <= TEXT_LIMITS.value);
+  t.true(JSON.stringify(back).length < 16_384);
 });

@@ -1,6 +1,7 @@
 import test from 'ava';
 import {
   decodeCheckOptions,
+  decodeStageName,
   decodeProperties,
   decodeProperty,
   decodeRollbackOptions,
@@ -13,6 +14,8 @@ import {
   METHOD_OPTIONS,
   PROPERTY_OF_STATE,
   PROPERTY_SIGNATURES,
+  RESERVED_KEYS,
+  wireDict,
   type MakeVariant,
   type PropertyName,
 } from '../../src/dbus/codec.ts';
@@ -61,6 +64,67 @@ test('a value of the wrong type is rejected naming the key, the type it must hav
   invalid(t, () => decodeUpgradeOptions({ force: v('b', 'yes') }), 'force', /must be a boolean/);
   invalid(t, () => decodeUpgradeOptions({ force: true }), 'force', /got boolean/);
   invalid(t, () => decodeUpgradeOptions({ image: v('s', '') }), 'image', /"image" must not be empty/);
+});
+
+test('options read from the wire entries: reserved keys (__proto__, constructor, prototype) are refused naming the key, for every method', (t) => {
+  for (const key of RESERVED_KEYS) {
+    invalid(t, () => decodeRollbackOptions(wireDict([[key, v('b', true)]])), key, new RegExp(`^Rollback: option "${key}" is a reserved name, never an option \\(Rollback takes permanent\\)$`));
+    invalid(t, () => decodeUpgradeOptions(wireDict([['image', v('s', 'r/os:v2')], [key, v('s', 'x')]])), key, /^Upgrade: option ".*" is a reserved name/);
+    invalid(t, () => decodeCheckOptions(wireDict([[key, v('b', true)]])), key, /^Check: option ".*" is a reserved name/);
+  }
+});
+
+test('a key given twice on the wire is refused naming it, whatever the values', (t) => {
+  invalid(t, () => decodeRollbackOptions(wireDict([['permanent', v('b', false)], ['permanent', v('b', true)]])), 'permanent', /^Rollback: option "permanent" is given more than once$/);
+  invalid(t, () => decodeUpgradeOptions(wireDict([['force', v('b', true)], ['image', v('s', 'a/b:c')], ['force', v('b', true)]])), 'force', /"force" is given more than once/);
+});
+
+test('wire entries: unknown keys and wrong variant types are refused naming the key and the expected type; good ones decode like a dict', (t) => {
+  invalid(t, () => decodeRollbackOptions(wireDict([['permanet', v('b', true)]])), 'permanet', /unknown option "permanet" \(Rollback takes permanent\)/);
+  invalid(t, () => decodeRollbackOptions(wireDict([['permanent', v('s', 'true')]])), 'permanent', /option "permanent" must be a boolean \('b'\), got 's'/);
+  invalid(t, () => decodeCheckOptions(wireDict([['image', v('as', ['x'])]])), 'image', /option "image" must be a string \('s'\), got 'as'/);
+  // Inherited names of a plain object are not options either.
+  invalid(t, () => decodeUpgradeOptions(wireDict([['toString', v('b', true)]])), 'toString', /unknown option "toString"/);
+  t.deepEqual(decodeUpgradeOptions(wireDict([['image', v('s', 'r/os:v2')], ['no-verify', v('b', true)]])), { image: 'r/os:v2', noVerify: true });
+  t.deepEqual(decodeRollbackOptions(wireDict([])), {});
+});
+
+test('a plain object whose prototype an a{sv} "__proto__" entry replaced (dbus-next builds dicts by assignment) is refused', (t) => {
+  // What dbus-next's converter does with {"__proto__": <true>}: the key vanishes, the prototype becomes the variant.
+  const dict: Record<string, unknown> = {};
+  dict['__proto__'] = v('b', true);
+  t.deepEqual(Object.keys(dict), []);
+  invalid(t, () => decodeRollbackOptions(dict), '__proto__', /^Rollback: option "__proto__" is a reserved name/);
+  // An own "constructor" key (assignment keeps it) is refused as reserved, not as an odd type.
+  invalid(t, () => decodeRollbackOptions({ constructor: v('b', true) }), 'constructor', /"constructor" is a reserved name/);
+  // A dictionary without a prototype is fine.
+  t.deepEqual(decodeRollbackOptions(Object.assign(Object.create(null) as object, { permanent: v('b', true) })), { permanent: true });
+});
+
+test('an absurdly long string option is refused naming the key and its length, never echoing it', (t) => {
+  const image = 'a'.repeat(10 << 20);
+  const err = t.throws(() => decodeUpgradeOptions(wireDict([['image', v('s', image)]])), { instanceOf: InvalidArgsError });
+  t.is(err?.message, 'Upgrade: option "image" is 10485760 bytes long, over the limit of 4096 bytes');
+  t.is((err as InvalidArgsError).key, 'image');
+  // The limit is in UTF-8 bytes: 4096 bytes pass, 4097 do not.
+  t.deepEqual(decodeCheckOptions(wireDict([['image', v('s', 'é'.repeat(2048))]])), { image: 'é'.repeat(2048) });
+  invalid(t, () => decodeCheckOptions(wireDict([['image', v('s', `${'é'.repeat(2048)}a`)]])), 'image', /4097 bytes long/);
+});
+
+test('a huge or hostile key is named escaped and bounded', (t) => {
+  const key = `\x1b]0;pwned\x07${'k'.repeat(1 << 20)}`;
+  const err = t.throws(() => decodeRollbackOptions(wireDict([[key, v('b', true)]])), { instanceOf: InvalidArgsError });
+  t.true((err?.message.length ?? Infinity) < 400, `${err?.message.length}`);
+  t.false(/[\x00-\x1f\x7f-\x9f]/.test(err?.message ?? ''), 'no raw control character');
+  t.regex(err?.message ?? '', /^Rollback: unknown option "\\x1b\]0;pwned\\x07k+\[\.\.\. \d+ characters left out \.\.\.\]k+"/);
+  t.true(((err as InvalidArgsError).key?.length ?? Infinity) <= 512);
+});
+
+test('RunStage: a stage name over 256 bytes is refused naming its length; a normal one passes as is', (t) => {
+  t.is(decodeStageName('after-upgrade'), 'after-upgrade');
+  const err = t.throws(() => decodeStageName('s'.repeat(10 << 20)), { instanceOf: InvalidArgsError });
+  t.is(err?.message, 'RunStage: the stage name is 10485760 bytes long, over the limit of 256 bytes');
+  invalid(t, () => decodeStageName(42), undefined, /must be a string/);
 });
 
 test('options that are not a dictionary are rejected', (t) => {

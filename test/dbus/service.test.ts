@@ -4,6 +4,7 @@
  * checking (InvalidArgs naming the key), the error table on the wire, and who may call what.
  */
 import test, { type ExecutionContext } from 'ava';
+import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -140,6 +141,40 @@ test('RunStage answers NotSupported: there is no yip engine yet', async (t) => {
   t.is(err.code, 'NOT_SUPPORTED');
   t.is(err.cause.type, 'io.costoolkit.Agent1.Error.NotSupported');
   t.regex(err.message, /after-upgrade/);
+});
+
+test('RunStage with a 10 MB stage name is refused with a short InvalidArgs naming its length; a hostile name is echoed escaped', async (t) => {
+  const { client, cosd } = await setup(t);
+  const err = await rejection(t, client.runStage('s'.repeat(10 << 20)));
+  t.is(err.code, 'USAGE');
+  t.is(err.cause.type, 'io.costoolkit.Agent1.Error.InvalidArgs');
+  t.is(err.message, 'RunStage: the stage name is 10485760 bytes long, over the limit of 256 bytes');
+  const hostile = await rejection(t, client.runStage('\x1b]0;pwned\x07after-upgrade'));
+  t.is(hostile.code, 'NOT_SUPPORTED');
+  t.regex(hostile.message, /^RunStage "\\x1b\]0;pwned\\x07after-upgrade": this build has no yip engine/);
+  t.false(/[\x00-\x1f\x7f-\x9f]/.test(hostile.message));
+  t.true(Math.max(...cosd.logs.map((l) => JSON.stringify(l).length)) < 8 << 10, 'no log line echoes the 10 MB');
+});
+
+test('Upgrade and Check read their a{sv} from the wire too: a reserved or repeated key is refused, nothing starts', async (t) => {
+  const { bus, client } = await setup(t);
+  const call = (member: string, ...args: string[]): Promise<{ code: number; stderr: string }> => new Promise((resolve) => {
+    execFile('busctl', [`--address=${bus.address}`, 'call', 'io.costoolkit.Agent1', '/io/costoolkit/Agent1', 'io.costoolkit.Agent1', member, 'a{sv}', ...args],
+      (e, _out, stderr) => resolve({ code: e ? 1 : 0, stderr }));
+  });
+  const cases: Array<[string, string[], RegExp]> = [
+    ['Upgrade', ['2', 'image', 's', 'reg.example/os:v2', '__proto__', 'b', 'true'], /Upgrade: option "__proto__" is a reserved name/],
+    ['Upgrade', ['2', 'image', 's', 'reg.example/os:v2', 'image', 's', 'reg.example/os:v3'], /Upgrade: option "image" is given more than once/],
+    ['Check', ['1', 'constructor', 's', 'x'], /Check: option "constructor" is a reserved name/],
+    ['Check', ['2', 'recovery', 'b', 'true', 'recovery', 'b', 'true'], /Check: option "recovery" is given more than once/],
+  ];
+  for (const [member, args, message] of cases) {
+    const r = await call(member, ...args);
+    t.is(r.code, 1, `${member} ${args.join(' ')}`);
+    t.regex(r.stderr, message);
+  }
+  t.is(await client.getProperty('Operation'), 'idle');
+  t.is(await client.getProperty('LastTransaction'), null);
 });
 
 test('Cancel with nothing running returns false, and again (idempotent)', async (t) => {

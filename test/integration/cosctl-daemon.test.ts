@@ -313,3 +313,51 @@ test.serial('cosctl status --json is valid against the schema after a daemon res
   t.deepEqual(doc, first, 'the restarted daemon answers the same document');
   t.truthy(second.logs.find((l) => l.msg === 'last transaction republished' && l.lastTransaction === tx));
 });
+
+// --- echoed text: escaped and bounded on cosctl's stderr and in what cosd keeps (issue 9) ----------------------------
+
+const RAW_CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f]/;
+
+test.serial('ESC and BEL bytes of UPGRADE_IMAGE in a config file reach cosctl\'s stderr (through cosd) and LastError escaped, as one line', async (t) => {
+  const { host, env } = await daemonHost(t, { files: { '/etc/cos-upgrade-image': 'UPGRADE_IMAGE=channel:\x1b]0;pwned\x07\x1b[2J\n' } });
+  const client = await rootClient(t, env.DBUS_SYSTEM_BUS_ADDRESS);
+  const r = await cosctl(host, ['upgrade'], env);
+  t.is(r.code, EXIT_CODES.NOT_SUPPORTED.exit, r.stderr);
+  t.false(RAW_CONTROL.test(r.stderr), JSON.stringify(r.stderr));
+  t.is(r.stderr.split('\n').length, 2, `one line: ${JSON.stringify(r.stderr)}`);
+  t.true(r.stderr.startsWith('cosctl: upgrade source channel:\\x1b]0;pwned\\x07\\x1b[2J (channel) is not supported'), r.stderr);
+  const lastError = await client.getProperty('LastError');
+  t.false(RAW_CONTROL.test(lastError), JSON.stringify(lastError));
+  t.regex(lastError, /channel:\\x1b\]0;pwned\\x07/);
+  const record = JSON.parse(readFileSync(path.join(host.root, 'run/cos-agent/last-transaction.json'), 'utf8')) as { error: string };
+  t.is(record.error, lastError);
+});
+
+test.serial('a 1 MB UPGRADE_IMAGE: cosctl upgrade through cosd prints one bounded line; LastError, LastTransaction and the record stay small', async (t) => {
+  const { host, cosd, env } = await daemonHost(t, { files: { '/etc/cos-upgrade-image': `UPGRADE_IMAGE=${reg.host}/cos/os:${'a'.repeat(1 << 20)}\n` } });
+  const client = await rootClient(t, env.DBUS_SYSTEM_BUS_ADDRESS);
+  const r = await cosctl(host, ['upgrade', '--no-verify'], env);
+  // Refused where it is read (the config loader bounds UPGRADE_IMAGE), naming file, line, key and length.
+  t.is(r.code, EXIT_CODES.CONFIG_INVALID.exit, r.stderr.slice(0, 300));
+  t.is(r.stderr.split('\n').length, 2, 'one line');
+  t.regex(r.stderr, /^cosctl: .*cos-upgrade-image:1 \(UPGRADE_IMAGE\): image source of \d+ bytes is too long \(at most 4096\)\n$/);
+  t.false(r.stderr.includes('aaaa'));
+  const lastError = await client.getProperty('LastError');
+  t.true(Buffer.byteLength(lastError) <= 2048, `LastError is ${Buffer.byteLength(lastError)} bytes`);
+  const last = await client.getProperty('LastTransaction');
+  t.like(last, { kind: 'upgrade', result: 1, code: 'CONFIG_INVALID' });
+  t.true(Buffer.byteLength(JSON.stringify(last)) < 16 << 10, `LastTransaction is ${Buffer.byteLength(JSON.stringify(last))} bytes`);
+  const size = (await stat(path.join(host.root, 'run/cos-agent/last-transaction.json'))).size;
+  t.true(size < 16 << 10, `the record is ${size} bytes`);
+  const failed = cosd.logs.find((l) => l.msg === 'job failed');
+  t.true(typeof failed?.err === 'string' && failed.err.length <= 2048);
+});
+
+test.serial('cosctl upgrade --image of 100 KB is refused before it reaches cosd: USAGE naming its length, nothing echoed, no job', async (t) => {
+  const { host, cosd, env } = await daemonHost(t);
+  const r = await cosctl(host, ['upgrade', '--no-verify', '--image', `${reg.host}/cos/os:${'z'.repeat(100_000)}`], env);
+  t.is(r.code, EXIT_CODES.USAGE.exit, r.stderr.slice(0, 300));
+  t.regex(r.stderr, /^cosctl: --image is \d+ bytes long, over the limit of 4096 bytes\nusage: cosctl/);
+  t.false(r.stderr.includes('zzzz'));
+  t.false(cosd.logs.some((l) => l.msg === 'job started'));
+});

@@ -7,6 +7,7 @@ import test, { type ExecutionContext } from 'ava';
 import { Ajv } from 'ajv';
 import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { execFile } from 'node:child_process';
 import { AgentError } from '../../src/model/errors.ts';
 import type { HostStatusDocument } from '../../src/model/host.ts';
 import type { Progress } from '../../src/host/deps.ts';
@@ -648,4 +649,117 @@ test.serial('under policy none there is no cron task at all: the test clock has 
   t.false(cosd.logs.some((l) => l.msg === 'automatic updates scheduled'));
   t.like(await advanceClock(cosd), { to: null, pending: [] });
   t.is(await client.getProperty('LastTransaction'), null);
+});
+
+// --- what callers send: options read from the wire, absurd values refused, echoed text bounded (issue 9) -----------
+
+const RAW_CONTROL = /[\x00-\x1f\x7f-\x9f]/;
+
+/** `busctl call` of one agent method with raw D-Bus arguments (busctl writes what it is told: repeated keys too). */
+function busctl(bus: TestBus, member: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile('busctl', [`--address=${bus.address}`, 'call', 'io.costoolkit.Agent1', '/io/costoolkit/Agent1', 'io.costoolkit.Agent1', member, ...args],
+      (err, stdout, stderr) => resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }));
+  });
+}
+
+async function refused(t: ExecutionContext, p: Promise<unknown>): Promise<AgentError> {
+  const err = await t.throwsAsync(p);
+  if (!(err instanceof AgentError)) throw new Error(`expected an AgentError, got ${String(err)}`);
+  t.is(err.code, 'USAGE');
+  t.is((err.cause as { type: string }).type, 'io.costoolkit.Agent1.Error.InvalidArgs');
+  return err;
+}
+
+test.serial('Rollback reads its a{sv} from the wire: __proto__, constructor, prototype, an unknown key, a wrong type and a repeated key are each refused naming the key, and nothing is done', async (t) => {
+  const { bus, host, cosd, client } = await daemon(t);
+  // The user GRUB environment a rollback writes next_entry to (absent until something writes it).
+  const grubenv = path.join(host.root, 'oem/grubenv');
+  const read = (): Promise<Buffer | null> => readFile(grubenv).catch(() => null);
+  const before = await read();
+  // Through dbus-next's client (an own "__proto__" key is marshalled as an entry like any other; its client refuses
+  // to marshal a dict with an own "constructor", so that one goes through busctl below).
+  for (const key of ['__proto__', 'prototype']) {
+    const err = await refused(t, client.callWithOptions('Rollback', Object.fromEntries([[key, ['b', true]]])));
+    t.is(err.message, `Rollback: option "${key}" is a reserved name, never an option (Rollback takes permanent)`);
+  }
+  t.regex((await refused(t, client.callWithOptions('Rollback', { permanet: ['b', true] }))).message, /^Rollback: unknown option "permanet" \(Rollback takes permanent\)$/);
+  t.regex((await refused(t, client.callWithOptions('Rollback', { permanent: ['s', 'true'] }))).message, /^Rollback: option "permanent" must be a boolean \('b'\), got 's'$/);
+  // Raw wire entries from another implementation: the same refusals, and a key given twice.
+  const raw: Array<[string[], RegExp]> = [
+    [['1', '__proto__', 'b', 'true'], /option "__proto__" is a reserved name/],
+    [['1', 'constructor', 'b', 'true'], /option "constructor" is a reserved name/],
+    [['1', 'prototype', 'b', 'false'], /option "prototype" is a reserved name/],
+    [['1', 'permanet', 'b', 'true'], /unknown option "permanet"/],
+    [['1', 'permanent', 'i', '1'], /option "permanent" must be a boolean \('b'\), got 'i'/],
+    [['2', 'permanent', 'b', 'false', 'permanent', 'b', 'true'], /option "permanent" is given more than once/],
+    [['2', 'permanent', 'b', 'false', '__proto__', 'b', 'true'], /option "__proto__" is a reserved name/],
+  ];
+  for (const [args, message] of raw) {
+    const r = await busctl(bus, 'Rollback', 'a{sv}', ...args);
+    t.not(r.code, 0, `busctl ${args.join(' ')}: ${r.stdout}`);
+    t.regex(r.stderr, message, `busctl ${args.join(' ')}`);
+  }
+  // Nothing was done: no job, GRUB's environment as it was.
+  t.deepEqual(await read(), before);
+  t.is(await client.getProperty('LastTransaction'), null);
+  t.is(await client.getProperty('Operation'), 'idle');
+  t.false(cosd.logs.some((l) => l.msg === 'job started'));
+  // The same wire path takes a good request: an empty a{sv} rolls back (next_entry set).
+  const events = await recordEvents(t, client);
+  const ok = await busctl(bus, 'Rollback', 'a{sv}', '0');
+  t.is(ok.code, 0, ok.stderr);
+  const tx = /^s "([0-9a-f-]{36})"$/.exec(ok.stdout.trim())?.[1] ?? '';
+  t.like(await events.completion(tx), { transaction: tx, result: 0 });
+  t.is((await grubList(grubenv)).get('next_entry'), 'fallback');
+});
+
+test.serial('a 10 MB image over D-Bus is refused with a short InvalidArgs naming the key and its length; LastError, LastTransaction, GetStatus and the records stay small', async (t) => {
+  const { host, cosd, client } = await daemon(t);
+  const statusBefore = await client.getStatusText();
+  const image = `${reg.host}/cos/os:${'x'.repeat(10 << 20)}`;
+  const up = await refused(t, client.upgrade({ image, noVerify: true }));
+  t.is(up.message, `Upgrade: option "image" is ${image.length} bytes long, over the limit of 4096 bytes`);
+  const check = await refused(t, client.check({ image }));
+  t.is(check.message, `Check: option "image" is ${image.length} bytes long, over the limit of 4096 bytes`);
+  t.is(await client.getProperty('LastError'), '');
+  t.is(await client.getProperty('LastTransaction'), null);
+  const status = await client.getStatusText();
+  t.is(status, statusBefore);
+  t.true(Buffer.byteLength(status) < 64 << 10, `GetStatus is ${Buffer.byteLength(status)} bytes`);
+  const all = JSON.stringify(await client.getProperties());
+  t.true(Buffer.byteLength(all) < 64 << 10, `GetAll is ${Buffer.byteLength(all)} bytes`);
+  for (const f of ['run/cos-agent/last-transaction.json', 'run/cos-agent/last-upgrade.json']) {
+    const size = await stat(path.join(host.root, f)).then((s) => s.size, () => 0);
+    t.true(size < 16 << 10, `${f} is ${size} bytes`);
+  }
+  t.false(cosd.logs.some((l) => l.msg === 'job started'));
+  const longest = Math.max(...cosd.logs.map((l) => JSON.stringify(l).length));
+  t.true(longest < 8 << 10, `the longest log line is ${longest} bytes`);
+});
+
+test.serial('a job whose error echoes a long image (under the limit) is kept bounded: Completed, LastError, LastTransaction, the record file and the log lines', async (t) => {
+  const { host, cosd, client } = await daemon(t);
+  const events = await recordEvents(t, client);
+  // 4000 bytes: accepted by the option check, refused by the reference parser, whose message quotes it twice.
+  const image = `${reg.host}/cos/os:\x1b[2J${'v'.repeat(4000 - reg.host.length - 12)}`;
+  const tx = await client.upgrade({ image, noVerify: true });
+  const done = await events.completion(tx);
+  t.is(done.result, 1);
+  t.true(done.error.length <= 2048, `Completed error: ${done.error.length}`);
+  t.regex(done.error, /^invalid image reference "[^"]*\/cos\/os:\\u001b\[2Jv+\[\.\.\. \d+ characters left out \.\.\.\]v+" is not valid/);
+  t.false(RAW_CONTROL.test(done.error));
+  const lastError = await client.getProperty('LastError');
+  t.is(lastError, done.error);
+  t.true(Buffer.byteLength(lastError) <= 2048);
+  const last = await client.getProperty('LastTransaction');
+  t.like(last, { transaction: tx, code: 'REFERENCE_INVALID', error: done.error });
+  t.true(Buffer.byteLength(JSON.stringify(last)) < 16 << 10);
+  const file = path.join(host.root, 'run/cos-agent/last-transaction.json');
+  t.true((await stat(file)).size < 16 << 10, `${(await stat(file)).size} bytes`);
+  t.is((JSON.parse(await readFile(file, 'utf8')) as { error: string }).error, done.error);
+  const started = cosd.logs.find((l) => l.msg === 'job started' && l.transaction === tx);
+  t.true(typeof started?.image === 'string' && started.image.length <= 512 && !RAW_CONTROL.test(started.image), String(started?.image).slice(0, 100));
+  const failed = cosd.logs.find((l) => l.msg === 'job failed' && l.transaction === tx);
+  t.is(failed?.err, done.error);
 });

@@ -12,6 +12,7 @@ import {
   mount,
   preallocate,
   probeLabel,
+  readExtFile,
   setExt2Label,
 } from '../../src/partitions/index.ts';
 import { runner, sh, tempDir } from './_util.ts';
@@ -198,4 +199,22 @@ test('isSquashfs checks the magic, not the name: an ext2 image named .squashfs i
   await writeFile(magicOnly, 'hsqs');
   t.true(await isSquashfs(magicOnly));
   t.is((await readFile(magicOnly, 'utf8')).length, 4);
+});
+
+test('readExtFile reads a small regular file of an unmounted image, and refuses (undefined) a FIFO, a link, a big file, a missing one', async (t) => {
+  const dir = await tempDir(t);
+  const tree = path.join(dir, 'tree');
+  await mkdir(path.join(tree, 'etc'), { recursive: true });
+  await writeFile(path.join(tree, 'etc/os-release'), 'VERSION="1.2"\n');
+  await writeFile(path.join(tree, 'etc/big'), Buffer.alloc(100 * 1024, 0x61));
+  await sh(['mkfifo', path.join(tree, 'etc/fifo')]);
+  await sh(['ln', '-s', '/etc/os-release', path.join(tree, 'etc/link')]);
+  const img = path.join(dir, 'img');
+  await mkfsExt2(runner, img, { label: 'T', sizeMiB: 8, fromDir: tree });
+  t.is(await readExtFile(runner, img, '/etc/os-release'), 'VERSION="1.2"\n');
+  t.is(await readExtFile(runner, img, '/etc/fifo'), undefined);
+  t.is(await readExtFile(runner, img, '/etc/link'), undefined);
+  t.is(await readExtFile(runner, img, '/etc/big'), undefined, 'over 64 KiB: not read');
+  t.is((await readExtFile(runner, img, '/etc/big', { maxBytes: 200 * 1024 }))?.length, 100 * 1024);
+  t.is(await readExtFile(runner, img, '/etc/missing'), undefined);
 });

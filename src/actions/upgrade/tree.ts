@@ -3,7 +3,7 @@
  * COS_PERSISTENT for a squashfs recovery: scratch space is never on COS_STATE), its skeleton, the host binds of the
  * chroot hook, and sealing it into the transition file (unmount + e2fsck, or mksquashfs).
  */
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError } from '../../model/errors.ts';
 import type { AgentConfig } from '../../model/config.ts';
@@ -15,6 +15,7 @@ import { fsckExt2, freeBytes, mkfsExt2, mksquashfs, mount, mountImage, prealloca
 import type { UpgradePlan } from './plan.ts';
 import { rootfsMiB } from './size.ts';
 import { mapNoSpace } from './errors.ts';
+import { ensureImageDir, verifiedImageDir } from './image-files.ts';
 
 /** Where the new image's tree is, and the mount of the transition image that holds it (null: a scratch dir). */
 export interface Tree {
@@ -101,12 +102,12 @@ export async function prepareTree(
   return { dir: mnt, mount: m };
 }
 
-/** The skeleton dirs of a cOS image, with their modes, in the tree. */
-export async function makeSkeleton(treeDir: string): Promise<void> {
-  for (const [d, mode] of SKELETON) {
-    await mkdir(path.join(treeDir, d), { recursive: true });
-    await chmod(path.join(treeDir, d), mode);
-  }
+/**
+ * The skeleton dirs of a cOS image, with their modes, in the tree. Each is made inside the tree only (checked component
+ * by component with lstat; mkdir and chmod never follow a symlink), see ensureImageDir.
+ */
+export async function makeSkeleton(treeDir: string, log?: AgentDeps['log']): Promise<void> {
+  for (const [d, mode] of SKELETON) ensureImageDir(treeDir, d, { mode, chmodExisting: true, ...(log !== undefined ? { log } : {}) });
 }
 
 /** Seal the new image into the transition file: unmount + e2fsck -fn (ext2), or mksquashfs (squashfs). */
@@ -129,18 +130,35 @@ export async function sealTree(
   await syncFs(transitionPath);
 }
 
-/** Bind the host's /dev /dev/pts /proc /sys and the mounted /oem, /usr/local into the chroot for the hook. */
+/** Where the chroot hook gets the host's directories bound: [host path, directory inside the image]. */
+const CHROOT_BINDS: ReadonlyArray<readonly [string, string]> = [['/dev', 'dev'], ['/dev/pts', 'dev/pts'], ['/proc', 'proc'], ['/sys', 'sys']];
+
+/**
+ * Bind the host's /dev /dev/pts /proc /sys and the mounted /oem, /usr/local into the chroot for the hook.
+ *
+ * The tree holds what the image's layers made of it (issue 9: a layer may put `proc -> /host/dir` or
+ * `usr -> /host/dir` where the skeleton was), so first every skeleton dir and bind target is made a real directory
+ * of the image, never following a link out of it (ensureImageDir: a dangling or escaping link in the last place is
+ * replaced by a directory; a link on the way, a link to a directory of the image, or a file is UNPACK_UNSAFE naming
+ * the entry). Then each bind goes onto its target's real path, checked again component by component right before
+ * the mount (verifiedImageDir); `mount` never creates anything.
+ */
 export async function withChrootBinds(deps: AgentDeps, treeDir: string, fn: () => Promise<void>): Promise<void> {
-  const binds: Array<[string, string]> = [['/dev', 'dev'], ['/dev/pts', 'dev/pts'], ['/proc', 'proc'], ['/sys', 'sys']];
+  const binds: Array<readonly [string, string]> = [...CHROOT_BINDS];
   const mounts = await readMounts();
   for (const [host, inside] of [[deps.root.path('/oem'), 'oem'], [deps.root.path('/usr/local'), 'usr/local']] as const) {
     if (mounts.some((m) => m.mountPoint === host)) binds.push([host, inside]);
   }
+  // Skeleton dirs first (dev before dev/pts), then any bind target that is not one of them.
+  const dirs = new Map<string, number>(SKELETON);
+  for (const [, inside] of binds) if (!dirs.has(inside)) dirs.set(inside, 0o755);
+  for (const [inside, mode] of dirs) ensureImageDir(treeDir, inside, { mode, log: deps.log });
   const made: Mount[] = [];
   try {
     for (const [src, inside] of binds) {
       if (!(await pathExists(src))) continue;
-      made.push(await mount(deps.runner, src, path.join(treeDir, inside), { options: ['bind'], mkdir: true }));
+      // Checked again just before the mount (after /dev is bound, dev/pts is the host's own /dev/pts, a directory).
+      made.push(await mount(deps.runner, src, verifiedImageDir(treeDir, inside), { options: ['bind'] }));
     }
     await fn();
   } finally {

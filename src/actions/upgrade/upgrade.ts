@@ -10,7 +10,7 @@
  * image is built and sealed), pull.ts (layers), plan.ts and switch.ts (the switch), size.ts.
  */
 import { randomUUID } from 'node:crypto';
-import { chmod, readFile, rm } from 'node:fs/promises';
+import { chmod, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError, CancelledError, withContext } from '../../model/errors.ts';
 import type { AgentConfig, ImageSource } from '../../model/config.ts';
@@ -19,9 +19,13 @@ import { CleanupStack } from '../../sys/cleanup.ts';
 import { acquireLock } from '../../host/lock.ts';
 import { loadActionConfig } from '../../host/config.ts';
 import { alreadyStaged, planUpgrade, STALE_FILES, upgradeSwitchSteps, type RecoveryFlavour, type UpgradePlan } from './plan.ts';
-import { readStateFile, rotateOnUpgrade, writeStateFile } from '../../host/state-file.ts';
-import { applyGrubWrites, readHost, type HostView } from '../../host/bootchooser.ts';
-import { recordFor, systemUpgradeWrites } from '../../host/boot-model.ts';
+import { readStateFile, rotateOnUpgrade, writeStateFile, type RotateOptions } from '../../host/state-file.ts';
+import { applyGrubWrites, checkGrubWrites, readHost, type HostView } from '../../host/bootchooser.ts';
+import { recordFor, systemUpgradeWrites, type GrubWrites } from '../../host/boot-model.ts';
+import type { ImageEntry } from '../../model/state.ts';
+import { removeJournal, runJournalSteps, writeJournal, type SwitchJournal } from './journal.ts';
+import { recoverInterrupted } from '../recover.ts';
+import { displayText, TEXT_LIMITS } from '../../model/text.ts';
 import { retry } from '../../sys/retry.ts';
 import { recordResult } from '../../host/records.ts';
 import type { AgentDeps, Progress, ProgressFn } from '../../host/deps.ts';
@@ -37,6 +41,7 @@ import { findPartition, mountRw } from '../../host/access.ts';
 import { verifyImage } from '../verify-image.ts';
 import { estimateRootfs, pullInto } from './pull.ts';
 import { makeSkeleton, prepareTree, sealTree, withChrootBinds, type Tree } from './tree.ts';
+import { readImageOsRelease } from './image-files.ts';
 import { hookError } from './errors.ts';
 
 export { hasErrno, mapNoSpace } from './errors.ts';
@@ -92,6 +97,7 @@ export interface UpgradeOutcome {
 export type UpgradeStepName =
   | 'config'
   | 'lock'
+  | 'recover'
   | 'read-host'
   | 'resolve'
   | 'already-staged'
@@ -159,7 +165,7 @@ export async function upgrade(deps: AgentDeps, opts: UpgradeOptions = {}): Promi
       ...result, result: 'failure', code: err.code, rotated: false, error: err.message, cancelled: opts.signal?.aborted === true, finishedAt: deps.now().toISOString(),
       ...(err instanceof CancelledError ? { cancelled: true } : {}),
     });
-    log.error({ code: err.code, err: err.message, ...(warnings.length > 0 ? { warnings } : {}) }, 'upgrade failed');
+    log.error({ code: err.code, err: displayText(err.message, TEXT_LIMITS.message), ...(warnings.length > 0 ? { warnings } : {}) }, 'upgrade failed');
     throw err;
   }
 }
@@ -219,6 +225,10 @@ class UpgradeRun {
   newIdentity!: ImageIdentity | undefined;
   haveActive!: boolean;
   rotatedId!: string | null;
+  /** commit-switch: the journal that commits a system switch (null for recovery) and the record of the new image. */
+  journal: SwitchJournal | null = null;
+  entry!: ImageEntry;
+  grubWrites: GrubWrites | null = null;
   // read-back
   nextBoot: UpgradeOutcome['nextBoot'] = null;
 
@@ -259,6 +269,7 @@ class UpgradeRun {
 const UPGRADE_STEPS: readonly UpgradeStep[] = [
   { name: 'config', run: readConfig },
   { name: 'lock', run: lock },
+  { name: 'recover', run: recover },
   { name: 'read-host', run: readHostBefore },
   { name: 'resolve', run: resolve },
   { name: 'already-staged', run: stopWhenAlreadyStaged },
@@ -329,6 +340,16 @@ async function readConfig(run: UpgradeRun): Promise<void> {
 async function lock(run: UpgradeRun): Promise<void> {
   const held = await acquireLock(run.deps.root.path('/run/cos-agent/upgrade.lock'), `upgrade ${run.transaction}`);
   run.cleanup.push('release the upgrade lock', () => held.release());
+}
+
+/**
+ * What an interrupted run left is undone (or, for a committed switch, finished) before anything is decided, so that
+ * "already up to date" and the plan see the slots as they really are. Its warnings become the outcome's.
+ */
+async function recover(run: UpgradeRun): Promise<void> {
+  const r = await recoverInterrupted(run.deps, run.config);
+  run.warnings.push(...r.warnings);
+  if (r.resumed !== null) run.warnings.push(`an interrupted ${r.resumed === 'swap' ? 'permanent rollback' : 'upgrade'} was finished first`);
 }
 
 /**
@@ -419,7 +440,7 @@ async function verify(run: UpgradeRun): Promise<void> {
 async function mountSlotPartition(run: UpgradeRun): Promise<void> {
   const { deps, opts, config } = run;
   const part = await findPartition(deps, opts.recovery ? config.labels.recovery : config.labels.state);
-  run.partDir = await mountRw(deps, part.device, opts.recovery ? '/run/cos/recovery' : '/run/cos/state', run.cleanup);
+  run.partDir = await mountRw(deps, part.device, opts.recovery ? '/run/cos/recovery' : '/run/cos/state', run.cleanup, { restoreRo: true });
 }
 
 /** Plan: rotate or keep passive (host model); the recovery flavour is what is on disk (file name and magic, cos-layout.md 8 #9). */
@@ -444,7 +465,8 @@ async function cleanLeftovers(run: UpgradeRun): Promise<void> {
   for (const f of STALE_FILES) await rm(path.join(partDir, f), { force: true });
   const transitionPath = path.join(partDir, run.plan.transitionFile);
   run.transitionPath = transitionPath;
-  run.cleanup.push('remove the transition image', () => rm(transitionPath, { force: true }));
+  // Before the commit only: after it, the journal names the transition image until its rename is done.
+  run.cleanup.push('remove the transition image', () => (run.committed ? undefined : rm(transitionPath, { force: true })));
   run.cleanup.push('remove leftover switch names', async () => {
     // After the commit a switch that stopped midway keeps its names: passive.next may be the only name of the
     // running image.
@@ -490,13 +512,24 @@ async function pull(run: UpgradeRun): Promise<void> {
 async function hookAfterUpgradeChroot(run: UpgradeRun): Promise<void> {
   const treeDir = run.tree.dir;
   run.progress({ operation: 'hooks', message: 'after-upgrade-chroot' });
-  await withChrootBinds(run.deps, treeDir, () => run.deps.hooks.run('after-upgrade-chroot', { ...hookContext(run), chroot: treeDir }))
-    .catch((e: unknown) => { throw hookError('after-upgrade-chroot', e); });
+  // Only the hook's own failure is HOOK_FAILED; a mount point the image makes unsafe is UNPACK_UNSAFE, a bind MOUNT_FAILED.
+  await withChrootBinds(run.deps, treeDir, () => run.deps.hooks.run('after-upgrade-chroot', { ...hookContext(run), chroot: treeDir })
+    .catch((e: unknown) => { throw hookError('after-upgrade-chroot', e); }));
 }
 
-/** The new image's os-release (its VERSION and GRUB_ENTRY_NAME), as the chroot hook left it. */
+/**
+ * The new image's os-release (its VERSION and GRUB_ENTRY_NAME), as the chroot hook left it: /etc/os-release, else
+ * /usr/lib/os-release, read inside the image only (links resolved in it, regular files of at most 64 KiB; see
+ * image-files.ts). One that cannot be read safely (a FIFO, a device, a loop, too large) does not fail the upgrade:
+ * it is not read, the version stays unknown, and a warning of the outcome says why.
+ */
 async function readNewOsRelease(run: UpgradeRun): Promise<void> {
-  run.osRelease = parseOsRelease(await readFile(path.join(run.tree.dir, 'etc/os-release'), 'utf8').catch(() => ''));
+  const found = await readImageOsRelease(run.tree.dir);
+  for (const w of found.warnings) {
+    run.log.warn({ file: found.file, warning: w }, "the new image's os-release was not read");
+    run.warnings.push(w);
+  }
+  run.osRelease = parseOsRelease(found.text ?? '');
 }
 
 async function hookAfterUpgrade(run: UpgradeRun): Promise<void> {
@@ -516,44 +549,48 @@ async function seal(run: UpgradeRun): Promise<void> {
  * whether it is the running system) into the record that moves to passive.
  */
 async function commitSwitch(run: UpgradeRun): Promise<void> {
-  const { deps, opts, plan: p, partDir } = run;
+  const { deps, opts, plan: p, partDir, host, config } = run;
   run.newIdentity = await readImageIdentity(run.transitionPath);
   run.haveActive = await pathExists(path.join(partDir, 'cOS/active.img'));
-  run.rotatedId = run.host?.facts.slots.active.id ?? null;
-  const steps = upgradeSwitchSteps(p, run.config.labels, { active: run.haveActive });
+  run.rotatedId = host?.facts.slots.active.id ?? null;
+  const steps = upgradeSwitchSteps(p, config.labels, { active: run.haveActive });
+  run.entry = newImageEntry(run);
+  // Everything that completes the switch is decided and checked before it: a GRUB value that cannot be written (too
+  // long for the block) fails the upgrade here, with nothing switched.
+  if (p.updateGrub && host !== null) {
+    run.grubWrites = systemUpgradeWrites(host.facts, run.osRelease.get('GRUB_ENTRY_NAME') ?? null);
+    await checkGrubWrites(host, run.grubWrites);
+  }
   run.checkAbort();
+  if (p.target === 'system') {
+    run.journal = {
+      kind: 'upgrade', transaction: run.transaction, steps, done: 0, grub: run.grubWrites, grubDone: run.grubWrites === null, recordsDone: false,
+      records: { kind: 'rotate', options: rotateOptions(run) },
+    };
+    await writeJournal(partDir, run.journal);
+    deps.testHooks?.onSwitchStep?.(0);
+  }
   run.committed = true;
   opts.onCommit?.();
   run.progress({ operation: 'finalizing', message: 'switching slots' });
   // A step that fails is retried from where it stopped: a half-done switch is never undone by deleting names (the
-  // old active may exist only as passive.next at that moment).
+  // old active may exist only as passive.next at that moment); a crash is finished by the next run from the journal.
   let stepsDone = 0;
-  await retry(() => applySwitchSteps(deps, partDir, steps.slice(stepsDone), () => { stepsDone++; }), { attempts: 3, delayMs: 100 })
+  const journal = run.journal;
+  const apply = journal !== null
+    ? () => runJournalSteps(deps, partDir, journal, (done) => { stepsDone = done; deps.testHooks?.onSwitchStep?.(done); })
+    : () => applySwitchSteps(deps, partDir, steps.slice(stepsDone), () => { stepsDone++; });
+  await retry(apply, { attempts: 3, delayMs: 100 })
     .catch((e: unknown) => {
-      throw new AgentError('STAGE_FAILED', `the slot switch stopped after step ${stepsDone} of ${steps.length} (${JSON.stringify(steps[stepsDone])}); the images are kept as they are: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+      throw new AgentError('STAGE_FAILED', `the slot switch stopped after step ${stepsDone} of ${steps.length} (${JSON.stringify(steps[stepsDone])}); the images are kept as they are${journal !== null ? ' and the next run finishes the switch' : ''}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     });
   run.log.info({ file: p.finalFile, rotated: p.rotate && run.haveActive, keepPassiveReason: p.keepPassiveReason }, 'slot switched: committed');
 }
 
-/**
- * GRUB, through the bootchooser: the new active boots next (a pending one-shot or saved choice is replaced), under
- * its name, with boot assessment armed (tentative cleared: kairos#4303). After the commit: a failure is a warning.
- */
-async function grub(run: UpgradeRun): Promise<void> {
-  const { host } = run;
-  if (run.plan.updateGrub && host !== null) {
-    const writes = systemUpgradeWrites(host.facts, run.osRelease.get('GRUB_ENTRY_NAME') ?? null);
-    await run.after('setting the GRUB variables (next boot, boot assessment)', () => applyGrubWrites(host, writes));
-  }
-}
-
-/**
- * state.yaml on the slot's partition (and on COS_STATE for a recovery upgrade, as elemental G3 does). After the
- * commit: a failure is a warning.
- */
-async function recordState(run: UpgradeRun): Promise<void> {
-  const { deps, opts, config, plan: p, image, partDir, log } = run;
-  const entry = {
+/** The state.yaml entry of the image being switched in. */
+function newImageEntry(run: UpgradeRun): ImageEntry {
+  const { deps, plan: p, image } = run;
+  return {
     source: `docker://${formatReference(run.ref)}`,
     sourceMetadata: { digest: image.digest, size: image.compressedSize },
     ...(p.label !== null ? { label: p.label } : {}),
@@ -562,34 +599,70 @@ async function recordState(run: UpgradeRun): Promise<void> {
     ...(run.newIdentity?.id != null ? { uuid: run.newIdentity.id } : {}),
     date: deps.now().toISOString().replace(/\.\d{3}Z$/, 'Z'),
     ...(run.osRelease.get('VERSION') !== undefined ? { version: run.osRelease.get('VERSION') as string } : {}),
-    verification: run.verification === 'skipped' ? 'skipped' as const : 'verified' as const,
+    verification: run.verification === 'skipped' ? 'skipped' : 'verified',
     verificationDetail: run.verificationDetail,
-    upgradeResult: 'staged' as const,
+    upgradeResult: 'staged',
   };
+}
+
+function rotateOptions(run: UpgradeRun): RotateOptions {
+  const { plan: p } = run;
+  return {
+    target: run.opts.recovery ? 'recovery' : 'active',
+    keepPassive: !(p.rotate && run.haveActive),
+    newImage: run.entry,
+    date: run.entry.date as string,
+    labels: run.config.labels,
+    rotatedId: run.rotatedId,
+    rotatedBooted: run.host?.state.running === 'active',
+  };
+}
+
+/**
+ * GRUB, through the bootchooser: the new active boots next (a pending one-shot or saved choice is replaced), under
+ * its name, with boot assessment armed (tentative cleared: kairos#4303). After the commit: a failure is a warning.
+ */
+async function grub(run: UpgradeRun): Promise<void> {
+  const { host, grubWrites } = run;
+  if (grubWrites === null || host === null) return;
+  await run.after('setting the GRUB variables (next boot, boot assessment)', () => applyGrubWrites(host, grubWrites));
+  if (run.journal !== null) {
+    const journal = run.journal;
+    journal.grubDone = true;
+    await run.after('updating the switch journal', () => writeJournal(run.partDir, journal));
+  }
+}
+
+/**
+ * state.yaml on the slot's partition (and on COS_STATE for a recovery upgrade, as elemental G3 does). After the
+ * commit: a failure is a warning. Then the switch is complete: its journal goes.
+ */
+async function recordState(run: UpgradeRun): Promise<void> {
+  const { deps, opts, config, partDir, log } = run;
   const stateFiles = [path.join(partDir, 'state.yaml')];
   if (opts.recovery) {
     await run.after('mounting COS_STATE for its state.yaml', async () => {
       const statePart = await findPartition(deps, config.labels.state).catch(() => undefined);
-      if (statePart) stateFiles.push(path.join(await mountRw(deps, statePart.device, '/run/cos/state', run.cleanup), 'state.yaml'));
+      if (statePart) stateFiles.push(path.join(await mountRw(deps, statePart.device, '/run/cos/state', run.cleanup, { restoreRo: true }), 'state.yaml'));
     });
   }
+  const options = rotateOptions(run);
   for (const file of stateFiles) {
     await run.after(`recording the slots in ${file}`, async () => {
       const { state, recovered } = await readStateFile(file);
       if (recovered) log.warn({ file, brokenPath: recovered.brokenPath, reason: recovered.reason }, 'state file was corrupt: kept aside and rebuilt');
-      const next = rotateOnUpgrade(state, {
-        target: opts.recovery ? 'recovery' : 'active',
-        keepPassive: !(p.rotate && run.haveActive),
-        newImage: entry,
-        date: entry.date,
-        labels: config.labels,
-        rotatedId: run.rotatedId,
-        rotatedBooted: run.host?.state.running === 'active',
-      });
-      await writeStateFile(file, next);
+      await writeStateFile(file, rotateOnUpgrade(state, options));
     });
   }
   await run.after('syncing the slot partition', () => syncFs(partDir));
+  if (run.journal !== null) {
+    const journal = run.journal;
+    journal.recordsDone = true;
+    await run.after('completing the switch journal', async () => {
+      await writeJournal(partDir, journal);
+      await removeJournal(partDir);
+    });
+  }
 }
 
 /**

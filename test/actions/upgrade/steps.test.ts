@@ -22,7 +22,7 @@ import { osTree } from '../../helpers/os-image.ts';
 import { createFakeHost, pickStateDevice, type FakeHost } from './fake-host.ts';
 
 const ALL_STEPS: readonly UpgradeStepName[] = [
-  'config', 'lock', 'read-host', 'resolve', 'already-staged', 'estimate', 'verify', 'mount-slot-partition', 'plan',
+  'config', 'lock', 'recover', 'read-host', 'resolve', 'already-staged', 'estimate', 'verify', 'mount-slot-partition', 'plan',
   'clean-leftovers', 'prepare-transition', 'skeleton', 'hook:before-upgrade', 'pull', 'hook:after-upgrade-chroot',
   'read-os-release', 'hook:after-upgrade', 'seal', 'commit-switch', 'grub', 'record-state', 'read-back',
 ];
@@ -82,7 +82,7 @@ async function newRun(t: ExecutionContext, booted: 'active' | 'passive', failHoo
   const hooksSeen: HookName[] = [];
   let host: FakeHost | undefined;
   const show = (s: string): string => {
-    let out = s.replaceAll(stateDevice as string, '<COS_STATE>').replace(/\/ro-[A-Za-z0-9]{6}\b/g, '/ro-XXXXXX');
+    let out = s.replaceAll(stateDevice as string, '<COS_STATE>').replace(/\/ro-(\d+-)?[A-Za-z0-9]{6}\b/g, '/ro-XXXXXX');
     if (host !== undefined) out = out.replaceAll(host.root, '<root>');
     return out;
   };
@@ -91,6 +91,8 @@ async function newRun(t: ExecutionContext, booted: 'active' | 'passive', failHoo
     stateDevice: stateDevice as string,
     onCommand: async (argv) => {
       if (argv[0] === 'blkid') return;
+      // Recovery looks at every loop device of the machine (other tests' too): only the fake host's are its business.
+      if (argv[0] === 'losetup' && argv[1] === '--list' && !/^\/dev\/loop7\d{3}$/.test(argv[argv.length - 1] ?? '')) return;
       events.push(show(`$ ${argv.join(' ')}`));
       if (argv[0] === 'tune2fs' && host !== undefined) events.push(await slotFiles(host));
     },
@@ -175,6 +177,9 @@ withDevice('booted from active: every step in order, each command in its step, a
   t.deepEqual(run.events, [
     'step:config',
     'step:lock',
+    'step:recover',
+    '$ mount -o ro <COS_STATE> <root>/run/cos-agent/ro-XXXXXX',
+    '$ umount <root>/run/cos-agent/ro-XXXXXX',
     'step:read-host',
     // The host model before anything changes: COS_STATE read-only, unmounted again at once.
     '$ mount -o ro <COS_STATE> <root>/run/cos-agent/ro-XXXXXX',
@@ -214,10 +219,10 @@ withDevice('booted from active: every step in order, each command in its step, a
     'commit',
     // The new image takes COS_ACTIVE while still named transition.img: no rename has happened yet.
     `$ tune2fs -L COS_ACTIVE ${slot}/transition.img`,
-    'cOS: active.img=A(COS_ACTIVE) passive.img=P(COS_PASSIVE) transition.img=N(COS_TRANSITION)',
+    'cOS: active.img=A(COS_ACTIVE) passive.img=P(COS_PASSIVE) switch.journal=N(-) transition.img=N(COS_TRANSITION)',
     // Then the old active got a second name and the new image was renamed over active.img; the old one is relabelled.
     `$ tune2fs -L COS_PASSIVE ${slot}/passive.next`,
-    'cOS: active.img=N(COS_ACTIVE) passive.img=P(COS_PASSIVE) passive.next=A(COS_ACTIVE)',
+    'cOS: active.img=N(COS_ACTIVE) passive.img=P(COS_PASSIVE) passive.next=A(COS_ACTIVE) switch.journal=N(-)',
     'step:grub',
     'step:record-state',
     'step:read-back',
@@ -248,7 +253,7 @@ withDevice('booted from passive: the same steps, and the switch is one relabel a
     'step:commit-switch',
     'commit',
     `$ tune2fs -L COS_ACTIVE ${slot}/transition.img`,
-    'cOS: active.img=A(COS_ACTIVE) passive.img=P(COS_PASSIVE) transition.img=N(COS_TRANSITION)',
+    'cOS: active.img=A(COS_ACTIVE) passive.img=P(COS_PASSIVE) switch.journal=N(-) transition.img=N(COS_TRANSITION)',
   ]);
   t.is(await slotFiles(run.host), 'cOS: active.img=N(COS_ACTIVE) passive.img=P(COS_PASSIVE)');
   t.deepEqual(run.host.kernel.leaks(), { mounts: [], loops: [] });
@@ -261,11 +266,14 @@ withDevice('already up to date: the run stops after already-staged, with nothing
   run.events.length = 0;
   run.steps.length = 0;
   const out = await run.upgrade();
-  t.deepEqual(run.steps, ['config', 'lock', 'read-host', 'resolve', 'already-staged']);
+  t.deepEqual(run.steps, ['config', 'lock', 'recover', 'read-host', 'resolve', 'already-staged']);
   t.regex(out.unchanged ?? '', /the active slot already holds sha256:/);
   t.is(out.imageSizeMiB, 0);
-  // The only commands: the read-only look at the host model. Nothing after the step that stopped the run.
+  // The only commands: the read-only looks for leftovers (recover) and at the host model. Nothing after the step
+  // that stopped the run.
   t.deepEqual(run.events.filter((e) => e.startsWith('$')), [
+    '$ mount -o ro <COS_STATE> <root>/run/cos-agent/ro-XXXXXX',
+    '$ umount <root>/run/cos-agent/ro-XXXXXX',
     '$ mount -o ro <COS_STATE> <root>/run/cos-agent/ro-XXXXXX',
     '$ umount <root>/run/cos-agent/ro-XXXXXX',
   ]);

@@ -1,0 +1,208 @@
+/**
+ * Recovery from an interrupted run (issue 9): every action, with the host lock held, and cosd at start, first finds
+ * and undoes what a crashed run left, in this order:
+ *  1. mounts under the agent's own mount points (the transition mount and its chroot binds, /run/cos/{state,
+ *     recovery,oem,persistent}, private read-only views of processes that are gone), deepest first;
+ *  2. a committed switch (its journal on COS_STATE) is finished: remaining steps, GRUB writes, records;
+ *  3. loop devices backed by files on COS_STATE / COS_RECOVERY that no slot image is (a transition image, usually
+ *     deleted already), matched by device number and inode, never by path;
+ *  4. leftover files: transition images, the squashfs scratch tree, and a `*.next` name only when another name still
+ *     holds its image (it is never the only copy);
+ *  5. COS_STATE (and COS_RECOVERY) back to read-only, whatever the crashed run left.
+ */
+import { rm, rmdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { AgentConfig } from '../model/config.ts';
+import { CleanupStack } from '../sys/cleanup.ts';
+import { findPartition, hostMountOf, mountRo, mountRw, RO_PREFIX } from '../host/access.ts';
+import { applyGrubWrites, readHost } from '../host/bootchooser.ts';
+import type { AgentDeps } from '../host/deps.ts';
+import { detachLoop, listLoopDevices, loopBackingIdentity, readMounts, unmount } from '../partitions/index.ts';
+import { applyJournalRecords, readJournal, removeJournal, runJournalSteps, writeJournal, JOURNAL_FILE } from './upgrade/journal.ts';
+
+export interface RecoveryReport {
+  unmounted: string[];
+  detached: string[];
+  removed: string[];
+  /** A committed switch that was finished ('upgrade' or 'swap'), or null. */
+  resumed: 'upgrade' | 'swap' | null;
+  warnings: string[];
+}
+
+const TRANSITION_FILES = ['cOS/transition.img', 'cOS/transition.squashfs'];
+const NEXT_NAMES = ['cOS/passive.next', 'cOS/active.next'];
+const SLOT_FILES = ['cOS/active.img', 'cOS/passive.img', 'cOS/recovery.img', 'cOS/recovery.squashfs'];
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+};
+
+const inode = (p: string): Promise<number | undefined> => stat(p).then((s) => s.ino, () => undefined);
+const devNumber = (rdev: number): string => `${(rdev >> 8) & 0xfff}:${(rdev & 0xff) | ((rdev >> 12) & 0xfff00)}`;
+
+/** Undo what an interrupted run left. The caller holds the host lock. Never throws for what it cannot undo: it says so. */
+export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): Promise<RecoveryReport> {
+  const report: RecoveryReport = { unmounted: [], detached: [], removed: [], resumed: null, warnings: [] };
+  const { root, log } = deps;
+  const warn = (what: string, e: unknown): void => {
+    const message = `${what}: ${e instanceof Error ? e.message : String(e)}`;
+    report.warnings.push(message);
+    log.warn({ err: message }, 'recovery from an interrupted run');
+  };
+
+  // 1. Mounts.
+  const own = ['/run/cos/transition', '/run/cos/state', '/run/cos/recovery', '/run/cos/oem', '/run/cos/persistent'].map((p) => root.path(p));
+  const roBase = root.path('/run/cos-agent');
+  const stale = (mp: string): boolean => {
+    if (own.some((o) => mp === o || mp.startsWith(`${o}/`))) return true;
+    const m = new RegExp(`^${roBase.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/${RO_PREFIX}(\\d+)-[^/]+(/|$)`).exec(mp);
+    return m !== null && !alive(Number(m[1]));
+  };
+  const mounts = (await readMounts()).filter((m) => stale(m.mountPoint)).sort((a, b) => b.mountPoint.length - a.mountPoint.length);
+  for (const m of mounts) {
+    try {
+      await unmount(deps.runner, m.mountPoint).catch(() => unmount(deps.runner, m.mountPoint, { lazy: true }));
+      report.unmounted.push(m.mountPoint);
+      if (path.dirname(m.mountPoint) === roBase) await rmdir(m.mountPoint).catch(() => undefined);
+    } catch (e) {
+      warn(`unmounting ${m.mountPoint}`, e);
+    }
+  }
+
+  // 2-4 on each slot partition.
+  for (const label of [config.labels.state, config.labels.recovery]) {
+    const dev = await findPartition(deps, label).catch(() => undefined);
+    if (dev === undefined) continue;
+    const isState = label === config.labels.state;
+    // Look first through a read-only view; mount rw only when there is something to do.
+    const view = new CleanupStack();
+    let todo: { journal: boolean; files: string[]; rwHostMount: boolean };
+    try {
+      const dir = await mountRo(deps, dev.device, view);
+      const files: string[] = [];
+      for (const f of [...TRANSITION_FILES, ...NEXT_NAMES]) if ((await inode(path.join(dir, f))) !== undefined) files.push(f);
+      const host = await hostMountOf(deps, dev.device);
+      todo = { journal: isState && (await inode(path.join(dir, JOURNAL_FILE))) !== undefined, files, rwHostMount: host !== undefined && !host.readOnly };
+    } catch (e) {
+      warn(`looking at ${label}`, e);
+      continue;
+    } finally {
+      for (const e of await view.run(false)) warn('cleanup of a read-only view', e);
+    }
+    const loops = await staleLoops(deps, dev.device);
+    if (!todo.journal && todo.files.length === 0 && !todo.rwHostMount && loops.length === 0) continue;
+
+    const scope = new CleanupStack();
+    try {
+      const dir = await mountRw(deps, dev.device, isState ? '/run/cos/state' : '/run/cos/recovery', scope, { restoreRo: true });
+      if (todo.journal) report.resumed = await finishSwitch(deps, config, dir, warn);
+      for (const loop of await staleLoops(deps, dev.device, dir)) {
+        try {
+          await detachLoop(deps.runner, loop);
+          report.detached.push(loop);
+        } catch (e) {
+          warn(`detaching ${loop}`, e);
+        }
+      }
+      for (const f of TRANSITION_FILES) {
+        if ((await inode(path.join(dir, f))) === undefined) continue;
+        await rm(path.join(dir, f), { force: true });
+        report.removed.push(path.join(dir, f));
+      }
+      const named = new Set<number>();
+      for (const f of SLOT_FILES) {
+        const ino = await inode(path.join(dir, f));
+        if (ino !== undefined) named.add(ino);
+      }
+      for (const f of NEXT_NAMES) {
+        const ino = await inode(path.join(dir, f));
+        if (ino === undefined) continue;
+        if (named.has(ino)) {
+          await rm(path.join(dir, f), { force: true });
+          report.removed.push(path.join(dir, f));
+        } else {
+          // The only name of an image, and no journal says how it got there (an older agent): kept, never deleted.
+          warn(`${path.join(dir, f)} holds an image no slot names`, new Error('kept; the slots are as they are'));
+        }
+      }
+    } catch (e) {
+      warn(`recovering ${label}`, e);
+    } finally {
+      for (const e of await scope.run(false)) warn('cleanup after recovery', e);
+    }
+  }
+
+  // The scratch tree of a squashfs recovery build (on COS_PERSISTENT, at /usr/local when mounted).
+  const tree = root.path('/usr/local/.cos-agent/recovery-tree');
+  if ((await inode(tree)) !== undefined) {
+    await rm(tree, { recursive: true, force: true }).then(() => report.removed.push(tree), (e: unknown) => warn(`removing ${tree}`, e));
+  }
+  if (report.unmounted.length + report.detached.length + report.removed.length > 0 || report.resumed !== null) {
+    log.warn({ ...report }, 'cleaned up after an interrupted run');
+  }
+  return report;
+}
+
+/**
+ * Loop devices backed by a file on this partition (by device number) that is not one of its slot images (by inode),
+ * and not mounted anywhere. `dir`: the partition mounted (to know the slot inodes); without it, any such loop whose
+ * inode matches no slot is reported from a read-only look.
+ */
+async function staleLoops(deps: AgentDeps, partition: string, dir?: string): Promise<string[]> {
+  const rdev = await stat(partition).then((s) => devNumber(s.rdev), () => undefined);
+  if (rdev === undefined) return [];
+  const slotInodes = new Set<string>();
+  if (dir !== undefined) {
+    for (const f of SLOT_FILES) {
+      const ino = await inode(path.join(dir, f));
+      if (ino !== undefined) slotInodes.add(String(ino));
+    }
+  }
+  const mounted = new Set((await readMounts()).map((m) => m.source));
+  const out: string[] = [];
+  for (const l of await listLoopDevices()) {
+    if (mounted.has(l.device)) continue;
+    const id = await loopBackingIdentity(deps.runner, l.device).catch(() => undefined);
+    const [ino, majMin] = (id ?? '').split(' ');
+    if (majMin !== rdev || ino === undefined) continue;
+    if (dir !== undefined && slotInodes.has(ino)) continue;
+    if (dir === undefined && !/transition\.(img|squashfs)( \(deleted\))?$|\(deleted\)$/.test(l.backingFile)) continue;
+    out.push(l.device);
+  }
+  return out;
+}
+
+/** Finish a committed switch from its journal: remaining steps, GRUB writes, records; then the journal goes. */
+async function finishSwitch(deps: AgentDeps, config: AgentConfig, dir: string, warn: (what: string, e: unknown) => void): Promise<'upgrade' | 'swap' | null> {
+  const journal = await readJournal(dir).catch((e: unknown) => {
+    warn('reading the switch journal', e);
+    return null;
+  });
+  if (journal === null) return null;
+  deps.log.warn({ kind: journal.kind, transaction: journal.transaction, done: journal.done, steps: journal.steps.length }, 'finishing a slot switch an interrupted run committed');
+  await runJournalSteps(deps, dir, journal);
+  if (!journal.grubDone && journal.grub !== null) {
+    const grub = journal.grub;
+    const scope = new CleanupStack();
+    try {
+      const host = await readHost(deps, config, scope, { writable: true, dirs: { state: dir } });
+      await applyGrubWrites(host, grub);
+      journal.grubDone = true;
+      await writeJournal(dir, journal);
+    } catch (e) {
+      warn('setting the GRUB variables of the interrupted switch', e);
+    } finally {
+      for (const e of await scope.run(false)) warn('cleanup after the GRUB writes', e);
+    }
+  }
+  if (!journal.recordsDone) {
+    await applyJournalRecords(dir, journal).catch((e: unknown) => warn('recording the slots of the interrupted switch', e));
+  }
+  await removeJournal(dir);
+  return journal.kind;
+}
