@@ -63,16 +63,33 @@ export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): 
     const m = new RegExp(`^${roBase.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/${RO_PREFIX}(\\d+)-[^/]+(/|$)`).exec(mp);
     return m !== null && !alive(Number(m[1]));
   };
-  const mounts = (await readMounts()).filter((m) => stale(m.mountPoint)).sort((a, b) => b.mountPoint.length - a.mountPoint.length);
-  for (const m of mounts) {
-    try {
-      await unmount(deps.runner, m.mountPoint).catch(() => unmount(deps.runner, m.mountPoint, { lazy: true }));
-      report.unmounted.push(m.mountPoint);
-      if (path.dirname(m.mountPoint) === roBase) await rmdir(m.mountPoint).catch(() => undefined);
-    } catch (e) {
-      warn(`unmounting ${m.mountPoint}`, e);
+  const unmountAll = async (which: (mp: string) => boolean, lazy: boolean): Promise<void> => {
+    const mounts = (await readMounts()).filter((m) => which(m.mountPoint)).sort((a, b) => b.mountPoint.length - a.mountPoint.length);
+    for (const m of mounts) {
+      try {
+        await unmount(deps.runner, m.mountPoint).catch((e: unknown) => {
+          if (!lazy) throw e;
+          return unmount(deps.runner, m.mountPoint, { lazy: true });
+        });
+        report.unmounted.push(m.mountPoint);
+        if (path.dirname(m.mountPoint) === roBase) await rmdir(m.mountPoint).catch(() => undefined);
+      } catch (e) {
+        warn(`unmounting ${m.mountPoint}`, e);
+      }
+    }
+  };
+  // The transition mount (and the chroot binds inside it) first; then the loop devices that held transition images
+  // (they keep the partition under them busy); then the partitions themselves, which are then free to unmount.
+  const transition = root.path('/run/cos/transition');
+  await unmountAll((mp) => mp === transition || mp.startsWith(`${transition}/`), true);
+  for (const label of [config.labels.state, config.labels.recovery]) {
+    const dev = await findPartition(deps, label).catch(() => undefined);
+    if (dev === undefined) continue;
+    for (const loop of await staleLoops(deps, dev.device)) {
+      await detachLoop(deps.runner, loop).then(() => report.detached.push(loop), (e: unknown) => warn(`detaching ${loop}`, e));
     }
   }
+  await unmountAll(stale, true);
 
   // 2-4 on each slot partition.
   for (const label of [config.labels.state, config.labels.recovery]) {

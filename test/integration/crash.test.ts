@@ -191,3 +191,34 @@ test.serial('a GRUB value that cannot fit (an 1100-character GRUB_ENTRY_NAME) fa
   t.deepEqual((await readdir(host.statePath('cOS'))).sort(), ['active.img', 'passive.img']);
   t.deepEqual(await host.leaks(), baseline);
 });
+
+for (const flavour of ['img', 'squashfs'] as const) {
+  test.serial(`a recovery upgrade (${flavour}) killed while it builds the new image: the next run removes what it left on COS_RECOVERY and COS_PERSISTENT`, async (t) => {
+    const host = await testHost(t, { recovery: flavour });
+    const baseline = await host.leaks();
+    const recoveryFile = flavour === 'img' ? 'recovery.img' : 'recovery.squashfs';
+    const before = await host.peek('COS_RECOVERY', async (dir) => (await stat(`${dir}/cOS/${recoveryFile}`)).ino);
+    const args = ['upgrade', '--recovery', '--no-verify', '--image', image('v2')];
+    if (flavour === 'img') {
+      await killWhileMounted(t, host, args);
+    } else {
+      // The squashfs is built from a scratch tree on COS_PERSISTENT: killed once the tree is there.
+      const tree = `${host.root}/usr/local/.cos-agent/recovery-tree`;
+      const child = spawn(process.execPath, [BIN, '--root', host.root, ...args], { env: { ...process.env, ...host.env, HOME: host.root }, stdio: 'ignore' });
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      const deadline = Date.now() + 60_000;
+      while (Date.now() < deadline && !(await stat(`${tree}/etc`).then(() => true, () => false))) await new Promise((res) => setTimeout(res, 10));
+      child.kill('SIGKILL');
+      await exited;
+    }
+    const r = await cosctl(host, ['rollback']);
+    t.is(r.code, 0, r.stderr);
+    t.deepEqual(await host.leaks(), baseline, 'no mount or loop device left');
+    t.deepEqual(await host.peek('COS_RECOVERY', async (dir) => (await readdir(`${dir}/cOS`)).sort()), [recoveryFile], 'only the recovery image on COS_RECOVERY');
+    t.is(await host.peek('COS_RECOVERY', async (dir) => (await stat(`${dir}/cOS/${recoveryFile}`)).ino), before, 'the recovery image is untouched');
+    t.false(await stat(`${host.root}/usr/local/.cos-agent/recovery-tree`).then(() => true, () => false), 'no scratch tree left');
+    const again = await cosctl(host, ['upgrade', '--recovery', '--no-verify', '--image', image('v2')]);
+    t.is(again.code, 0, again.stderr);
+    t.deepEqual(await host.leaks(), baseline);
+  });
+}
