@@ -228,7 +228,10 @@ test('changes to unrelated files in watched directories do not reload', async (t
   await r.write('/etc/elemental/notes.txt', 'hello\n');
   await r.write('/etc/elemental/config.d/a.yaml.swp', 'x');
   await r.write('/etc/cos-agent/keys.txt', 'x');
-  await r.write('/etc/cos-upgrade-image', 'UPGRADE_IMAGE="reg.example/os:sentinel"\n');
+  // The sentinel lands whole (written aside, renamed into place, as yip writes files): a truncate-then-write could be
+  // seen half done by a reload under load, which would be a second reload, not an unrelated one.
+  await writeFile(r.root.path('/etc/.cos-upgrade-image.new'), 'UPGRADE_IMAGE="reg.example/os:sentinel"\n');
+  await rename(r.root.path('/etc/.cos-upgrade-image.new'), r.root.path('/etc/cos-upgrade-image'));
   t.is(image(reloadOf(await r.next('reload'))), 'reg.example/os:sentinel');
   t.is(r.seen.length, 2, 'only the sentinel change reloaded');
 });
