@@ -17,8 +17,9 @@ import { CleanupStack } from '../sys/cleanup.ts';
 import { findPartition, hostMountOf, mountRo, mountRw, RO_PREFIX } from '../host/access.ts';
 import { applyGrubWrites, readHost } from '../host/bootchooser.ts';
 import type { AgentDeps } from '../host/deps.ts';
-import { detachLoop, listLoopDevices, loopBackingIdentity, readMounts, unmount } from '../partitions/index.ts';
+import { detachLoop, listLoopDevices, loopBackingIdentity, readImageIdentity, readMounts, unmount } from '../partitions/index.ts';
 import { applyJournalRecords, readJournal, removeJournal, runJournalSteps, writeJournal, JOURNAL_FILE } from './upgrade/journal.ts';
+import type { SwitchStep } from './upgrade/plan.ts';
 
 export interface RecoveryReport {
   unmounted: string[];
@@ -26,6 +27,11 @@ export interface RecoveryReport {
   removed: string[];
   /** A committed switch that was finished ('upgrade' or 'swap'), or null. */
   resumed: 'upgrade' | 'swap' | null;
+  /**
+   * What could not be put right and makes changing the slots unsafe (a committed switch that could not be finished,
+   * a `*.next` name that is the only name of an image): upgrade and rollback refuse while it is there.
+   */
+  unfinished: string | null;
   warnings: string[];
 }
 
@@ -47,7 +53,7 @@ const devNumber = (rdev: number): string => `${(rdev >> 8) & 0xfff}:${(rdev & 0x
 
 /** Undo what an interrupted run left. The caller holds the host lock. Never throws for what it cannot undo: it says so. */
 export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): Promise<RecoveryReport> {
-  const report: RecoveryReport = { unmounted: [], detached: [], removed: [], resumed: null, warnings: [] };
+  const report: RecoveryReport = { unmounted: [], detached: [], removed: [], resumed: null, warnings: [], unfinished: null };
   const { root, log } = deps;
   const warn = (what: string, e: unknown): void => {
     const message = `${what}: ${e instanceof Error ? e.message : String(e)}`;
@@ -117,7 +123,14 @@ export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): 
     const scope = new CleanupStack();
     try {
       const dir = await mountRw(deps, dev.device, isState ? '/run/cos/state' : '/run/cos/recovery', scope, { restoreRo: true });
-      if (todo.journal) report.resumed = await finishSwitch(deps, config, dir, warn);
+      if (todo.journal) {
+        try {
+          report.resumed = await finishSwitch(deps, config, dir, warn);
+        } catch (e) {
+          report.unfinished = `an interrupted slot switch could not be finished (${e instanceof Error ? e.message : String(e)}); the slots are left as they are`;
+          warn('finishing the interrupted slot switch', e);
+        }
+      }
       for (const loop of await staleLoops(deps, dev.device, dir)) {
         try {
           await detachLoop(deps.runner, loop);
@@ -145,6 +158,7 @@ export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): 
         } else {
           // The only name of an image, and no journal says how it got there (an older agent): kept, never deleted.
           warn(`${path.join(dir, f)} holds an image no slot names`, new Error('kept; the slots are as they are'));
+          report.unfinished ??= `${path.join(dir, f)} is the only name of an image (an interrupted switch): the slots are left as they are`;
         }
       }
     } catch (e) {
@@ -202,6 +216,19 @@ async function finishSwitch(deps: AgentDeps, config: AgentConfig, dir: string, w
   });
   if (journal === null) return null;
   deps.log.warn({ kind: journal.kind, transaction: journal.transaction, done: journal.done, steps: journal.steps.length }, 'finishing a slot switch an interrupted run committed');
+  // Across a reboot GRUB may have booted the image a remaining step would replace (a one-shot or a fallback chose
+  // passive.img): the running image never leaves its slot. Then the switch is abandoned where it stands: the journal
+  // goes, and a *.next name that is not the running image is dropped (the running image, in its slot, is the fallback).
+  const runningId = await runningImageId(deps, config, dir);
+  if (runningId !== null && !(await keepsRunning(dir, journal.steps.slice(journal.done), runningId))) {
+    warn('finishing the interrupted slot switch', new Error('a remaining step would replace the running image, which now holds a slot: the switch is abandoned where it stands'));
+    for (const f of NEXT_NAMES) {
+      const id = (await readImageIdentity(path.join(dir, f)).catch(() => undefined))?.id;
+      if (id !== undefined && id !== runningId) await rm(path.join(dir, f), { force: true });
+    }
+    await removeJournal(dir);
+    return null;
+  }
   await runJournalSteps(deps, dir, journal);
   if (!journal.grubDone && journal.grub !== null) {
     const grub = journal.grub;
@@ -222,4 +249,36 @@ async function finishSwitch(deps: AgentDeps, config: AgentConfig, dir: string, w
   }
   await removeJournal(dir);
   return journal.kind;
+}
+
+/** The running image's identity, as the host model records it for this boot (null: unknown). */
+async function runningImageId(deps: AgentDeps, config: AgentConfig, dir: string): Promise<string | null> {
+  const scope = new CleanupStack();
+  try {
+    return (await readHost(deps, config, scope, { dirs: { state: dir } })).facts.runningId;
+  } catch {
+    return null;
+  } finally {
+    await scope.run(false);
+  }
+}
+
+/**
+ * PURE-ish: play the remaining steps on the names' identities (labels aside) and check that some name holds the
+ * running image after every one of them.
+ */
+async function keepsRunning(dir: string, steps: readonly SwitchStep[], runningId: string): Promise<boolean> {
+  const names = new Map<string, string | null>();
+  for (const f of ['cOS/active.img', 'cOS/passive.img', 'cOS/transition.img', ...NEXT_NAMES]) {
+    const ident = await readImageIdentity(path.join(dir, f)).catch(() => undefined);
+    if (ident !== undefined) names.set(f, ident.id);
+  }
+  for (const step of steps) {
+    if (step.op === 'label') continue;
+    if (!names.has(step.from)) continue; // done already (a repeatable step)
+    names.set(step.to, names.get(step.from) ?? null);
+    if (step.op === 'rename') names.delete(step.from);
+    if (![...names.values()].includes(runningId)) return false;
+  }
+  return true;
 }

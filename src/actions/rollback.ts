@@ -46,6 +46,7 @@ export async function rollback(deps: AgentDeps, opts: RollbackOptions = {}): Pro
     // What an interrupted run left is undone (a committed switch finished) before anything is decided.
     const recovered = await recoverInterrupted(deps, config);
     warnings.push(...recovered.warnings);
+    if (recovered.unfinished !== null && opts.permanent) throw new AgentError('STATE_INVALID', `refusing to change the slots: ${recovered.unfinished}`);
     const host = await readHost(deps, config, cleanup, { writable: true });
     if (!opts.permanent) {
       const d = decideRollback(host.state);

@@ -40,7 +40,9 @@ const EQUALS = 0x3d;
 const NUL = 0x00;
 /** Sizes are whole disk sectors, since GRUB's save_env writes the file's sectors directly. */
 const SECTOR = 512;
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a name or value starting with U+FEFF keeps it (by default TextDecoder drops a leading BOM, so such a
+// value read back without it and a rewrite lost it: found by test/fuzz/grubenv.test.ts).
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 function lineOf(block: Buffer, offset: number): number {
   let line = 1;

@@ -318,6 +318,7 @@ export function decideRollback(state: BootState): { entry: GrubEntry } | { refus
  * when both images booted; with an upgrade staged in active, the swap would make the never-booted image the fallback.
  */
 export function decidePermanentRollback(state: BootState): { swap: true } | { refused: string } {
+  if (state.running === null) return { refused: 'the running image is in no slot image: the slots are left as they are' };
   if (state.failed.active || state.failed.passive) {
     const slot = state.failed.active ? 'active' : 'passive';
     return { refused: `${slot}.img holds the image boot assessment fell back from (or marked bad): swapping would boot it by default; upgrade to a good image instead` };

@@ -76,7 +76,9 @@ function parseStringMap(v: unknown, what: string, field: string): Record<string,
   const out: Record<string, string> = {};
   for (const [k, val] of Object.entries(v)) {
     if (typeof val !== 'string') throw bad(what, `${field}.${k} is not a string`);
-    out[k] = val;
+    // Defined, not assigned: a key "__proto__" (JSON.parse keeps it as a key) stays a key instead of being dropped
+    // as a prototype (found by test/fuzz/manifest.test.ts).
+    Object.defineProperty(out, k, { value: val, enumerable: true, writable: true, configurable: true });
   }
   return out;
 }

@@ -49,6 +49,11 @@ function normaliseRegistry(domain: string): string {
   return lower;
 }
 
+/** A long name shortened for a message: its start and end. */
+function displayName(name: string): string {
+  return name.length > 80 ? `${name.slice(0, 40)}…${name.slice(-30)}` : name;
+}
+
 /** Parse an image reference; throws AgentError('REFERENCE_INVALID') naming the reference and what is wrong. */
 export function parseReference(ref: string): ImageReference {
   let rest = ref;
@@ -87,6 +92,12 @@ export function parseReference(ref: string): ImageReference {
       if (!DOMAIN_RE.test(first)) throw invalid(ref, `registry ${JSON.stringify(first)} is not a valid host[:port]`);
       const port = /:([0-9]+)$/.exec(first)?.[1];
       if (port !== undefined && (Number(port) < 1 || Number(port) > 65535)) throw invalid(ref, `port ${port} is out of range`);
+      // A one-label host told from a Docker Hub namespace only by its capitals (`Reg/os`) is refused: lower-cased
+      // (as registries.conf and auth.json match it) it would be written `reg/os`, which names Docker Hub (found by
+      // test/fuzz/manifest.test.ts).
+      if (!first.includes('.') && !first.includes(':') && first.toLowerCase() !== 'localhost' && !first.startsWith('[')) {
+        throw invalid(ref, `registry ${JSON.stringify(first)} is a host name only by its capitals: write it in lower case with a domain or a port (e.g. ${first.toLowerCase()}:443)`);
+      }
       registry = normaliseRegistry(first);
       repository = rest.slice(slash + 1);
     }
@@ -100,6 +111,10 @@ export function parseReference(ref: string): ImageReference {
     }
   }
   if (registry === DOCKER_HUB && !repository.includes('/')) repository = `library/${repository}`;
+  // The name as formatReference writes it (what docker checks too): `nginx` of 250 characters is
+  // docker.io/library/nginx…, too long to parse back (found by test/fuzz/manifest.test.ts).
+  const full = `${registry}/${repository}`;
+  if (full.length > NAME_MAX) throw invalid(ref, `the name ${JSON.stringify(displayName(full))} is longer than ${NAME_MAX} characters`);
   if (tag === undefined && digest === undefined) tag = 'latest';
 
   const out: ImageReference = { registry, repository };

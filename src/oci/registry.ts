@@ -306,6 +306,14 @@ export interface ReferrersResponse {
   pages: Buffer[];
 }
 
+/** What a ranged read of a blob found (`RegistryClient.probeBlob`). */
+export interface BlobProbe {
+  /** The bytes read: fewer than asked when the blob ends first, empty past its end; undefined when not readable. */
+  bytes: Buffer | undefined;
+  /** The blob's size as the registry states it (Content-Range total, or Content-Length of a whole answer). */
+  total: number | undefined;
+}
+
 /** Statuses by which a registry says it has no referrers API (go-containerregistry falls back on 400, 404, 406). */
 const NO_REFERRERS_API_STATUSES: readonly number[] = [400, 404, 405, 406];
 /** Most referrers pages followed through Link headers (a loop or a flood stops there: fewer candidates, never more trust). */
@@ -513,6 +521,62 @@ export class RegistryClient {
       try {
         return await readAll(ex.body, end - start + 1, () => new AgentError('REGISTRY_ERROR', `${what}: more bytes than asked for`));
       } catch (e) {
+        throw this.#mapNetworkError(e, ref, what);
+      }
+    });
+  }
+
+  /**
+   * A few bytes of a blob by HTTP Range, with the blob's real size as the registry states it, so a caller can check
+   * the descriptor before trusting what it reads (e.g. a gzip trailer read at `desc.size - 4`). The range is NOT
+   * clipped to `desc.size` (the registry clips it to what it has). NOT digest-checked: for estimates only.
+   * - 206: the bytes, and the total of its `Content-Range: bytes a-b/total` (undefined for `*`); bytes undefined when
+   *   the range starts elsewhere than asked;
+   * - 416: no bytes (an empty buffer) and the total its Content-Range states: the blob ends before `start`;
+   * - 200 (the registry ignored Range): the total is its Content-Length; the bytes are read from the body when
+   *   `start` is 0 (the rest of the body is not downloaded), else undefined.
+   * Errors as for every request (REGISTRY_*, after retries).
+   */
+  async probeBlob(ref: ImageReference, desc: Descriptor, start: number, length: number): Promise<BlobProbe> {
+    if (!isDigest(desc.digest)) throw new AgentError('MANIFEST_INVALID', `blob ${desc.digest}: not a valid digest`);
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(length) || start < 0 || length <= 0) return { bytes: Buffer.alloc(0), total: undefined };
+    const end = start + length - 1;
+    const what = `blob ${desc.digest} of ${ref.registry}/${ref.repository} (bytes ${start}-${end})`;
+    return this.#withRetries(what, undefined, async () => {
+      const ex = await this.#exchange(ref, `blobs/${desc.digest}`, { range: `bytes=${start}-${end}` }, what, undefined, [416]);
+      const contentRange = headerString(ex.headers['content-range'])?.trim() ?? '';
+      const sizeOf = (s: string | undefined): number | undefined => (s !== undefined && /^\d{1,15}$/.test(s) ? Number(s) : undefined);
+      try {
+        if (ex.status === 416) {
+          ex.body.destroy();
+          return { bytes: Buffer.alloc(0), total: sizeOf(/^bytes \*\/(\d+)$/.exec(contentRange)?.[1]) };
+        }
+        if (ex.status === 206) {
+          const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(contentRange);
+          const total = sizeOf(m?.[3]);
+          if (m === null || Number(m[1]) !== start) {
+            ex.body.destroy();
+            return { bytes: undefined, total };
+          }
+          const bytes = await readAll(ex.body, length, () => new AgentError('REGISTRY_ERROR', `${what}: more bytes than asked for`));
+          return { bytes, total };
+        }
+        const total = ex.status === 200 ? sizeOf(headerString(ex.headers['content-length'])?.trim()) : undefined;
+        if (ex.status !== 200 || start !== 0) {
+          ex.body.destroy();
+          return { bytes: undefined, total };
+        }
+        const chunks: Buffer[] = [];
+        let n = 0;
+        for await (const chunk of ex.body) {
+          chunks.push(chunk as Buffer);
+          n += (chunk as Buffer).length;
+          if (n >= length) break;
+        }
+        ex.body.destroy();
+        return { bytes: Buffer.concat(chunks).subarray(0, length), total };
+      } catch (e) {
+        ex.body.destroy();
         throw this.#mapNetworkError(e, ref, what);
       }
     });

@@ -84,7 +84,7 @@ export function layerCompression(mediaType: string): LayerCompression {
 }
 
 /** What the first bytes of a blob look like: gzip (1f 8b), zstd (frame or skippable frame magic), else tar. */
-function sniff(head: Buffer): LayerCompression {
+export function sniffCompression(head: Buffer): LayerCompression {
   if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
   if (head.length >= 4) {
     const m = head.readUInt32LE(0);
@@ -659,7 +659,7 @@ export async function applyLayer(compressed: Readable, mediaType: string, target
     let total = 0;
     let head: Buffer | null = Buffer.alloc(0);
     const checkMagic = (bytes: Buffer, atEnd: boolean): boolean => {
-      const found = sniff(bytes);
+      const found = sniffCompression(bytes);
       if (found === compression) return true;
       if (atEnd && bytes.length === 0 && compression === 'none') return true;
       fail(new AgentError('UNPACK_FAILED', `layer with media type ${JSON.stringify(mediaType)} is not ${compression === 'none' ? 'an uncompressed tar' : compression} (it looks like ${bytes.length === 0 ? 'an empty blob' : found === 'none' ? 'uncompressed data' : found})`));

@@ -222,3 +222,35 @@ for (const flavour of ['img', 'squashfs'] as const) {
     t.deepEqual(await host.leaks(), baseline);
   });
 }
+
+test.serial('a switch cut off by a power loss, then a reboot into passive: finishing it would replace the running image, so it is abandoned where it stands', async (t) => {
+  const host = await testHost(t);
+  const baseline = await host.leaks();
+  const passive = await ino(host, 'cOS/passive.img');
+  // Killed after step 2 of 5: active.img is the new image, passive.next the old active, passive.img untouched.
+  await crashAt(t, host, ['upgrade', '--no-verify', '--image', image('v2')], 'switch:3');
+  // The "reboot": GRUB picked the fallback (passive.img), /run starts empty.
+  const { rm, writeFile } = await import('node:fs/promises');
+  const { cosCmdline } = await import('../helpers/cos-host.ts');
+  // (Only the boot's records: a view the killed run had mounted there stays, as recovery must handle it.)
+  await rm(`${host.root}/run/cos-agent/booted.json`, { force: true });
+  await writeFile(`${host.root}/proc/cmdline`, cosCmdline('passive', 'img'));
+  await run('mount', ['-o', 'remount,ro', `${host.root}/run/initramfs/cos-state`]).catch(() => undefined);
+
+  const r = await cosctl(host, ['mark-good']);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stderr, /would replace the running image, which now holds a slot: the switch is abandoned/);
+  t.is(await ino(host, 'cOS/passive.img'), passive, 'the running image kept its slot');
+  t.deepEqual((await readdir(host.statePath('cOS'))).sort(), ['active.img', 'passive.img']);
+  const doc = await cosStatus(host);
+  t.is(doc.status.booted?.slot, 'passive');
+  t.is(doc.status.booted?.version, '0.8.9');
+  t.deepEqual(await host.leaks(), baseline);
+});
+
+test.serial('upgrade --recovery while booted from recovery is refused: the recovery image is the running system', async (t) => {
+  const host = await testHost(t, { booted: 'recovery' });
+  const r = await cosctl(host, ['upgrade', '--recovery', '--no-verify', '--image', image('v2')]);
+  t.is(r.code, 5, r.stderr);
+  t.regex(r.stderr, /the recovery image is the running system/);
+});

@@ -7,7 +7,7 @@ import type { AgentDeps, Progress } from '../../host/deps.ts';
 import type { RegistryClient } from '../../oci/registry.ts';
 import { formatReference, type parseReference } from '../../oci/reference.ts';
 import type { ResolvedImage } from '../../oci/types.ts';
-import { applyLayer } from '../../oci/unpack.ts';
+import { applyLayer, sniffCompression } from '../../oci/unpack.ts';
 import { layerCompression } from '../../oci/manifest.ts';
 import { gzipIsize, probeRange, zstdContentSize } from './size.ts';
 import { hasErrno } from './errors.ts';
@@ -46,26 +46,75 @@ export async function pullInto(
       if (hasErrno(e, 'ENOSPC')) {
         throw new AgentError('IMAGE_TOO_LARGE', `the image ${formatReference(ref)} does not fit in the ${sizeMiB} MiB slot image (DEFAULT_IMAGE_SIZE): out of space while applying ${layer.digest}`, { cause: e });
       }
-      throw withContext(`pulling ${formatReference(ref)}`, e);
+      // Named by the layer, unless the error already names it (the blob stream's own errors do).
+      const where = e instanceof Error && e.message.includes(layer.digest) ? '' : `, layer ${i + 1}/${layers.length} ${layer.digest}`;
+      throw withContext(`pulling ${formatReference(ref)}${where}`, e);
     }
   }
 }
 
-/** The rootfs size from each layer's own trailer or header (see size.ts); null when any layer can't be estimated. */
+/** Bytes read from the start of each layer: its magic, and a zstd frame header in full (at most 18 bytes). */
+const HEAD_BYTES = 18;
+
+/** What the first bytes of a blob are, for messages: hex and what they look like. */
+function describeHead(head: Buffer): string {
+  if (head.length === 0) return 'nothing (the blob is empty)';
+  const hex = [...head.subarray(0, 8)].map((b) => b.toString(16).padStart(2, '0')).join(' ');
+  const found = sniffCompression(head);
+  const looks = found === 'gzip' ? 'gzip' : found === 'zstd' ? 'zstd' : 'neither gzip nor zstd';
+  return `${hex}${head.length > 8 ? ' …' : ''} (${looks})`;
+}
+
+/**
+ * The rootfs size from each layer's own trailer or header (see size.ts); null when any layer can't be estimated.
+ * What is read is checked before it is believed, so a lying manifest is refused for what it is, never as a rootfs too
+ * large for the slot:
+ * - the blob's real size (the total of the Range answer) must be the manifest's, else DIGEST_MISMATCH naming the
+ *   layer and both sizes (a trailer read at the declared size minus 4 would be bytes from elsewhere);
+ * - its first bytes must be the magic of its media type (gzip 1f 8b, zstd 28 b5 2f fd or a skippable frame, neither
+ *   for a plain tar), else UNPACK_FAILED naming the layer, its media type and what the bytes are (applyLayer would
+ *   refuse it the same way, after the slot is prepared);
+ * - a size its format cannot reach for the compressed size is no estimate (size.ts).
+ * A registry that fails or does not state the blob's size gives no estimate: the pull says what is wrong.
+ */
 export async function estimateRootfs(registry: RegistryClient, ref: ReturnType<typeof parseReference>, image: ResolvedImage): Promise<number | null> {
-  let total = 0;
-  for (const layer of image.manifest.layers) {
+  const layers = image.manifest.layers;
+  let total: number | null = 0;
+  for (const [i, layer] of layers.entries()) {
     const compression = layerCompression(layer.mediaType);
     if (compression === undefined) return null;
-    const range = probeRange(compression, layer.size);
-    if (range === undefined) {
-      total += layer.size;
+    const what = `layer ${i + 1}/${layers.length} ${layer.digest} of ${formatReference(ref)}`;
+    const checkSize = (real: number | undefined): void => {
+      if (real !== undefined && real !== layer.size) {
+        throw new AgentError('DIGEST_MISMATCH', `${what}: the blob is ${real} bytes on the registry, but the manifest says ${layer.size}`);
+      }
+    };
+    const head = await registry.probeBlob(ref, layer, 0, HEAD_BYTES).catch(() => undefined);
+    if (head === undefined) return null;
+    checkSize(head.total);
+    if (head.bytes !== undefined && sniffCompression(head.bytes) !== compression) {
+      const expected = compression === 'none' ? 'an uncompressed tar' : compression;
+      throw new AgentError('UNPACK_FAILED', `${what}: media type ${JSON.stringify(layer.mediaType)} says ${expected}, but the blob starts with ${describeHead(head.bytes)}`);
+    }
+    // Without the real size, a trailer read at the declared size minus 4 may be anything: no estimate.
+    if (head.total === undefined || head.bytes === undefined) {
+      total = null;
       continue;
     }
-    const bytes = await registry.readBlobRange(ref, layer, range[0], range[1]).catch(() => undefined);
-    const n = bytes === undefined ? undefined : compression === 'gzip' ? gzipIsize(bytes, layer.size) : zstdContentSize(bytes);
-    if (n === undefined) return null;
-    total += n;
+    let n: number | undefined;
+    if (compression === 'none') {
+      n = layer.size;
+    } else if (compression === 'zstd') {
+      n = zstdContentSize(head.bytes, layer.size);
+    } else {
+      const range = probeRange(compression, layer.size) as [number, number];
+      const tail = await registry.probeBlob(ref, layer, range[0], range[1]).catch(() => undefined);
+      if (tail === undefined) return null;
+      checkSize(tail.total);
+      n = tail.bytes?.length === 4 ? gzipIsize(tail.bytes, layer.size) : undefined;
+    }
+    if (n === undefined) total = null;
+    else if (total !== null) total += n;
   }
   return total;
 }

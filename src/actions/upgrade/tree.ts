@@ -3,7 +3,8 @@
  * COS_PERSISTENT for a squashfs recovery: scratch space is never on COS_STATE), its skeleton, the host binds of the
  * chroot hook, and sealing it into the transition file (unmount + e2fsck, or mksquashfs).
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { lstatSync } from 'node:fs';
+import { mkdir, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError } from '../../model/errors.ts';
 import type { AgentConfig } from '../../model/config.ts';
@@ -151,7 +152,14 @@ export async function withChrootBinds(deps: AgentDeps, treeDir: string, fn: () =
   }
   // Skeleton dirs first (dev before dev/pts), then any bind target that is not one of them.
   const dirs = new Map<string, number>(SKELETON);
-  for (const [, inside] of binds) if (!dirs.has(inside)) dirs.set(inside, 0o755);
+  // A bind target the image does not have and that is no skeleton dir (dev/pts) is made for the hook and removed
+  // after it: the staged image stays exactly what the OCI image holds (plus the skeleton).
+  const madeDirs: string[] = [];
+  for (const [, inside] of binds) {
+    if (dirs.has(inside)) continue;
+    dirs.set(inside, 0o755);
+    if (!lexists(path.join(treeDir, inside))) madeDirs.push(inside);
+  }
   for (const [inside, mode] of dirs) ensureImageDir(treeDir, inside, { mode, log: deps.log });
   const made: Mount[] = [];
   try {
@@ -163,5 +171,16 @@ export async function withChrootBinds(deps: AgentDeps, treeDir: string, fn: () =
     await fn();
   } finally {
     for (const m of made.reverse()) await m.close();
+    for (const inside of madeDirs.reverse()) await rmdir(verifiedImageDir(treeDir, inside)).catch((e: unknown) => deps.log.warn({ dir: inside, err: String(e) }, 'could not remove a bind target made for the hook'));
+  }
+}
+
+/** The name exists (a link counts, whatever it points at). */
+function lexists(p: string): boolean {
+  try {
+    lstatSync(p);
+    return true;
+  } catch {
+    return false;
   }
 }

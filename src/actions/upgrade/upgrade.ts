@@ -349,6 +349,7 @@ async function lock(run: UpgradeRun): Promise<void> {
 async function recover(run: UpgradeRun): Promise<void> {
   const r = await recoverInterrupted(run.deps, run.config);
   run.warnings.push(...r.warnings);
+  if (r.unfinished !== null) throw new AgentError('STATE_INVALID', `refusing to change the slots: ${r.unfinished}`);
   if (r.resumed !== null) run.warnings.push(`an interrupted ${r.resumed === 'swap' ? 'permanent rollback' : 'upgrade'} was finished first`);
 }
 
@@ -455,6 +456,13 @@ async function plan(run: UpgradeRun): Promise<void> {
   // we rewrite after the switch: a corrupt one fails the upgrade here, before anything is written).
   run.host = opts.recovery ? null : await readHost(deps, config, run.cleanup, { writable: true, dirs: { state: partDir } });
   const bootState = run.host?.state ?? before.state;
+  // The running image must be in a slot before any slot changes (rule 1): a host where it is not is refused.
+  if ((before.boot.bootedFrom === 'active' || before.boot.bootedFrom === 'passive') && bootState.running === null) {
+    throw new AgentError('STATE_INVALID', `refusing to change the slots: the running image (booted from ${before.boot.bootedFrom}) is in no slot image`);
+  }
+  if (opts.recovery && bootState.running === 'recovery') {
+    throw new AgentError('NOT_SUPPORTED', 'booted from recovery, the recovery image is the running system: upgrade the recovery slot from active or passive');
+  }
   run.plan = planUpgrade({ target: opts.recovery ? 'recovery' : 'system', bootState, bootedFrom: before.boot.bootedFrom, upgradeFailure: before.facts.upgradeFailure, recoveryFlavour: flavour, labels: config.labels });
   if (run.plan.keepPassiveReason) run.log.info({ reason: run.plan.keepPassiveReason }, 'passive slot kept');
 }
@@ -462,7 +470,9 @@ async function plan(run: UpgradeRun): Promise<void> {
 /** Leftovers of an interrupted run never block a new one; this run's own are removed when it stops before the commit. */
 async function cleanLeftovers(run: UpgradeRun): Promise<void> {
   const { partDir } = run;
-  for (const f of STALE_FILES) await rm(path.join(partDir, f), { force: true });
+  // Recovery (the recover step) removed what an interrupted run left, or refused to go on: only a transition file of
+  // this flavour can be here now. A *.next name is never removed blindly (it may be the only name of an image).
+  for (const f of STALE_FILES.filter((n) => n.includes('transition'))) await rm(path.join(partDir, f), { force: true });
   const transitionPath = path.join(partDir, run.plan.transitionFile);
   run.transitionPath = transitionPath;
   // Before the commit only: after it, the journal names the transition image until its rename is done.

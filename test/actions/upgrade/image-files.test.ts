@@ -221,13 +221,17 @@ test('withChrootBinds: bind targets that are links to host paths become director
   const before = await listing(s.host);
   const runner = new RecordingRunner();
   let during: string[] = [];
+  let ptsDuring = false;
   await withChrootBinds(deps(path.join(s.host, 'root'), runner), s.image, async () => {
     during = [...runner.commands];
+    ptsDuring = (await lstat(path.join(s.image, 'dev/pts'))).isDirectory();
   });
   const binds = await hostBinds();
   t.deepEqual(during, binds.map((b) => `mount -o bind ${b} ${s.image}${b}`));
   t.deepEqual(runner.commands.slice(binds.length), [...binds].reverse().map((b) => `umount ${s.image}${b}`));
-  for (const d of ['proc', 'sys', 'dev', 'dev/pts', 'run', 'tmp', 'boot', 'oem', 'usr/local']) t.true((await lstat(path.join(s.image, d))).isDirectory(), d);
+  for (const d of ['proc', 'sys', 'dev', 'run', 'tmp', 'boot', 'oem', 'usr/local']) t.true((await lstat(path.join(s.image, d))).isDirectory(), d);
+  t.true(ptsDuring, 'dev/pts was a directory of the image while the hook ran');
+  t.false(await lstat(path.join(s.image, 'dev/pts')).then(() => true, () => false), 'and is removed after it: the image stays as the OCI image made it');
   t.deepEqual(await listing(s.host), before, 'nothing made on the host');
 });
 
