@@ -2,6 +2,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { createCosHost, type CosHost, type CosHostOptions } from './cos-host.ts';
 import type { HostStatusDocument } from '../../src/model/host.ts';
@@ -119,4 +120,18 @@ export async function testHost(t: { teardown: (fn: () => Promise<void>) => void 
   const host = await createCosHost({ ...opts, files: { ...SMALL_SLOTS, ...opts.files } });
   t.teardown(() => host.close());
   return host;
+}
+
+/** What a refused upgrade must leave as it was: the slot files, their bytes and labels, the GRUB blocks, COS_STATE ro. */
+export interface SlotSnapshot { files: string[]; active: string; passive: string; labels: string[]; grub: string[]; ro: boolean }
+
+export async function slotSnapshot(host: CosHost): Promise<SlotSnapshot> {
+  return {
+    files: (await readdir(host.statePath('cOS'))).sort(),
+    active: await sha256File(host.statePath('cOS/active.img')),
+    passive: await sha256File(host.statePath('cOS/passive.img')),
+    labels: [await imageLabel(host.statePath('cOS/active.img')), await imageLabel(host.statePath('cOS/passive.img'))],
+    grub: [await sha256File(host.statePath('grub_oem_env')), await sha256File(host.statePath('boot_assessment'))],
+    ro: (await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'),
+  };
 }

@@ -116,21 +116,7 @@ test.serial('two crashes in a row inside switches, then a clean run', async (t) 
 test.serial('killed while the transition image is mounted: the next run unmounts, detaches and removes it, and COS_STATE ends read-only', async (t) => {
   const host = await testHost(t);
   const baseline = await host.leaks();
-  const transition = `${host.root}/run/cos/transition`;
-  const child = spawn(process.execPath, [BIN, '--root', host.root, 'upgrade', '--no-verify', '--image', image('v2')], {
-    env: { ...process.env, ...host.env, HOME: host.root },
-    stdio: 'ignore',
-  });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const deadline = Date.now() + 60_000;
-  let mounted = false;
-  while (!mounted && Date.now() < deadline) {
-    mounted = (await readFileSafe('/proc/self/mountinfo')).includes(` ${transition} `);
-    if (!mounted) await new Promise((res) => setTimeout(res, 10));
-  }
-  t.true(mounted, 'the transition image was mounted');
-  child.kill('SIGKILL');
-  await exited;
+  await killWhileMounted(t, host, ['upgrade', '--no-verify', '--image', image('v2')]);
   const left = await host.leaks();
   t.true(left.mounts.length > baseline.mounts.length, 'the crash left the transition mount');
   t.false((await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'), 'and COS_STATE read-write');

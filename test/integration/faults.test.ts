@@ -10,7 +10,7 @@ import { createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos
 import { startRegistry, freePort, type TestRegistry } from '../helpers/registry.ts';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
-import { cosctl, imageLabel, mountOptions, sha256File, type CliResult } from '../helpers/cosctl.ts';
+import { cosctl, type CliResult, slotSnapshot } from '../helpers/cosctl.ts';
 import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
 import type { ErrorCode } from '../../src/model/errors.ts';
 
@@ -42,18 +42,7 @@ test.after.always(async () => {
   await authReg?.stop();
 });
 
-interface Snapshot { files: string[]; active: string; passive: string; labels: string[]; grub: string[]; ro: boolean }
-
-async function snapshot(host: CosHost): Promise<Snapshot> {
-  return {
-    files: (await readdir(host.statePath('cOS'))).sort(),
-    active: await sha256File(host.statePath('cOS/active.img')),
-    passive: await sha256File(host.statePath('cOS/passive.img')),
-    labels: [await imageLabel(host.statePath('cOS/active.img')), await imageLabel(host.statePath('cOS/passive.img'))],
-    grub: [await sha256File(host.statePath('grub_oem_env')), await sha256File(host.statePath('boot_assessment'))],
-    ro: (await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'),
-  };
-}
+const snapshot = slotSnapshot;
 
 /** Runs cosctl upgrade on a fresh host and checks: the exit code of `code`, one stderr line matching `names`, and
  * nothing changed: both slots byte-identical, labels, GRUB env, COS_STATE read-only, no mounts or loops left. */

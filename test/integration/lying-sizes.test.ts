@@ -14,16 +14,16 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
-import { createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos-host.ts';
+import { createCosHost, type CosHostOptions } from '../helpers/cos-host.ts';
 import { startRegistry, uploadImage, type TestRegistry } from '../helpers/registry.ts';
 import { startFaultProxy } from '../helpers/fault-proxy.ts';
 import { makeTar } from '../helpers/oci-layout.ts';
 import { osTree } from '../helpers/os-image.ts';
-import { cosctl, imageLabel, mountOptions, sha256File, type CliResult } from '../helpers/cosctl.ts';
+import { cosctl, type CliResult, slotSnapshot } from '../helpers/cosctl.ts';
 import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
 import { AgentError, type ErrorCode } from '../../src/model/errors.ts';
 import { RegistryClient } from '../../src/oci/registry.ts';
@@ -252,18 +252,7 @@ test('probeBlob states the blob\'s real size: the Content-Range total of a 206, 
 // ---------------------------------------------------------------------------------------------------------------
 // End to end: the real cosctl on a loop-device host
 
-interface Snapshot { files: string[]; active: string; passive: string; labels: string[]; grub: string[]; ro: boolean }
-
-async function snapshot(host: CosHost): Promise<Snapshot> {
-  return {
-    files: (await readdir(host.statePath('cOS'))).sort(),
-    active: await sha256File(host.statePath('cOS/active.img')),
-    passive: await sha256File(host.statePath('cOS/passive.img')),
-    labels: [await imageLabel(host.statePath('cOS/active.img')), await imageLabel(host.statePath('cOS/passive.img'))],
-    grub: [await sha256File(host.statePath('grub_oem_env')), await sha256File(host.statePath('boot_assessment'))],
-    ro: (await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'),
-  };
-}
+const snapshot = slotSnapshot;
 
 /** cosctl upgrade on a fresh host: the exit code of `code`, one stderr line matching `names`, nothing changed. */
 async function refused(t: ExecutionContext, code: ErrorCode, names: RegExp, name: string, opts: CosHostOptions = {}): Promise<CliResult> {
