@@ -15,11 +15,12 @@ import path from 'node:path';
 import type { AgentConfig } from '../model/config.ts';
 import { CleanupStack } from '../sys/cleanup.ts';
 import { findPartition, hostMountOf, mountRo, mountRw, RO_PREFIX } from '../host/access.ts';
-import { applyGrubWrites, readHost } from '../host/bootchooser.ts';
+import { applyGrubWrites, readHost, readHostOnce, SLOT_FILES } from '../host/bootchooser.ts';
+import { processAlive } from '../host/lock.ts';
 import type { AgentDeps } from '../host/deps.ts';
 import { detachLoop, listLoopDevices, loopBackingIdentity, readImageIdentity, readMounts, unmount } from '../partitions/index.ts';
 import { applyJournalRecords, readJournal, removeJournal, runJournalSteps, writeJournal, JOURNAL_FILE } from './upgrade/journal.ts';
-import type { SwitchStep } from './upgrade/plan.ts';
+import { NEXT_NAMES, TRANSITION_FILES, type SwitchStep } from './upgrade/plan.ts';
 
 export interface RecoveryReport {
   unmounted: string[];
@@ -35,18 +36,7 @@ export interface RecoveryReport {
   warnings: string[];
 }
 
-const TRANSITION_FILES = ['cOS/transition.img', 'cOS/transition.squashfs'];
-const NEXT_NAMES = ['cOS/passive.next', 'cOS/active.next'];
-const SLOT_FILES = ['cOS/active.img', 'cOS/passive.img', 'cOS/recovery.img', 'cOS/recovery.squashfs'];
-
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-};
+const SLOT_NAMES: readonly string[] = Object.values(SLOT_FILES).flat();
 
 const inode = (p: string): Promise<number | undefined> => stat(p).then((s) => s.ino, () => undefined);
 const devNumber = (rdev: number): string => `${(rdev >> 8) & 0xfff}:${(rdev & 0xff) | ((rdev >> 12) & 0xfff00)}`;
@@ -67,7 +57,7 @@ export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): 
   const stale = (mp: string): boolean => {
     if (own.some((o) => mp === o || mp.startsWith(`${o}/`))) return true;
     const m = new RegExp(`^${roBase.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/${RO_PREFIX}(\\d+)-[^/]+(/|$)`).exec(mp);
-    return m !== null && !alive(Number(m[1]));
+    return m !== null && !processAlive(Number(m[1]));
   };
   const unmountAll = async (which: (mp: string) => boolean, lazy: boolean): Promise<void> => {
     const mounts = (await readMounts()).filter((m) => which(m.mountPoint)).sort((a, b) => b.mountPoint.length - a.mountPoint.length);
@@ -88,19 +78,21 @@ export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): 
   // (they keep the partition under them busy); then the partitions themselves, which are then free to unmount.
   const transition = root.path('/run/cos/transition');
   await unmountAll((mp) => mp === transition || mp.startsWith(`${transition}/`), true);
+  const partitions: Array<{ label: string; device: string }> = [];
   for (const label of [config.labels.state, config.labels.recovery]) {
     const dev = await findPartition(deps, label).catch(() => undefined);
-    if (dev === undefined) continue;
-    for (const loop of await staleLoops(deps, dev.device)) {
+    if (dev !== undefined) partitions.push({ label, device: dev.device });
+  }
+  for (const { device } of partitions) {
+    for (const loop of await staleLoops(deps, device)) {
       await detachLoop(deps.runner, loop).then(() => report.detached.push(loop), (e: unknown) => warn(`detaching ${loop}`, e));
     }
   }
   await unmountAll(stale, true);
 
-  // 2-4 on each slot partition.
-  for (const label of [config.labels.state, config.labels.recovery]) {
-    const dev = await findPartition(deps, label).catch(() => undefined);
-    if (dev === undefined) continue;
+  // 2, 4 and 5 on each slot partition.
+  for (const { label, device } of partitions) {
+    const dev = { device };
     const isState = label === config.labels.state;
     // Look first through a read-only view; mount rw only when there is something to do.
     const view = new CleanupStack();
@@ -117,8 +109,7 @@ export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): 
     } finally {
       for (const e of await view.run(false)) warn('cleanup of a read-only view', e);
     }
-    const loops = await staleLoops(deps, dev.device);
-    if (!todo.journal && todo.files.length === 0 && !todo.rwHostMount && loops.length === 0) continue;
+    if (!todo.journal && todo.files.length === 0 && !todo.rwHostMount) continue;
 
     const scope = new CleanupStack();
     try {
@@ -131,21 +122,13 @@ export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): 
           warn('finishing the interrupted slot switch', e);
         }
       }
-      for (const loop of await staleLoops(deps, dev.device, dir)) {
-        try {
-          await detachLoop(deps.runner, loop);
-          report.detached.push(loop);
-        } catch (e) {
-          warn(`detaching ${loop}`, e);
-        }
-      }
       for (const f of TRANSITION_FILES) {
         if ((await inode(path.join(dir, f))) === undefined) continue;
         await rm(path.join(dir, f), { force: true });
         report.removed.push(path.join(dir, f));
       }
       const named = new Set<number>();
-      for (const f of SLOT_FILES) {
+      for (const f of SLOT_NAMES) {
         const ino = await inode(path.join(dir, f));
         if (ino !== undefined) named.add(ino);
       }
@@ -180,30 +163,19 @@ export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): 
 }
 
 /**
- * Loop devices backed by a file on this partition (by device number) that is not one of its slot images (by inode),
- * and not mounted anywhere. `dir`: the partition mounted (to know the slot inodes); without it, any such loop whose
- * inode matches no slot is reported from a read-only look.
+ * Loop devices that held a transition image (by the backing file's name, or a deleted file) on this partition (by
+ * the backing file's device number: never by path, which another host's disk may share), and are not mounted. The
+ * name is checked before losetup is asked, so unrelated loop devices cost nothing.
  */
-async function staleLoops(deps: AgentDeps, partition: string, dir?: string): Promise<string[]> {
+async function staleLoops(deps: AgentDeps, partition: string): Promise<string[]> {
   const rdev = await stat(partition).then((s) => devNumber(s.rdev), () => undefined);
   if (rdev === undefined) return [];
-  const slotInodes = new Set<string>();
-  if (dir !== undefined) {
-    for (const f of SLOT_FILES) {
-      const ino = await inode(path.join(dir, f));
-      if (ino !== undefined) slotInodes.add(String(ino));
-    }
-  }
   const mounted = new Set((await readMounts()).map((m) => m.source));
   const out: string[] = [];
   for (const l of await listLoopDevices()) {
-    if (mounted.has(l.device)) continue;
+    if (mounted.has(l.device) || !/transition\.(img|squashfs)( \(deleted\))?$|\(deleted\)$/.test(l.backingFile)) continue;
     const id = await loopBackingIdentity(deps.runner, l.device).catch(() => undefined);
-    const [ino, majMin] = (id ?? '').split(' ');
-    if (majMin !== rdev || ino === undefined) continue;
-    if (dir !== undefined && slotInodes.has(ino)) continue;
-    if (dir === undefined && !/transition\.(img|squashfs)( \(deleted\))?$|\(deleted\)$/.test(l.backingFile)) continue;
-    out.push(l.device);
+    if ((id ?? '').split(' ')[1] === rdev) out.push(l.device);
   }
   return out;
 }
@@ -253,14 +225,7 @@ async function finishSwitch(deps: AgentDeps, config: AgentConfig, dir: string, w
 
 /** The running image's identity, as the host model records it for this boot (null: unknown). */
 async function runningImageId(deps: AgentDeps, config: AgentConfig, dir: string): Promise<string | null> {
-  const scope = new CleanupStack();
-  try {
-    return (await readHost(deps, config, scope, { dirs: { state: dir } })).facts.runningId;
-  } catch {
-    return null;
-  } finally {
-    await scope.run(false);
-  }
+  return readHostOnce(deps, config, { dirs: { state: dir } }).then((h) => h.facts.runningId, () => null);
 }
 
 /**

@@ -16,7 +16,7 @@ import type { InstallState } from '../model/state.ts';
 import { applyGrubEnvChanges, parseGrubEnvBlock, readGrubEnvFile, serializeGrubEnv, updateGrubEnvFile } from '../grub/index.ts';
 import { findMountAt, readImageIdentity, readMounts, syncFs } from '../partitions/index.ts';
 import { readOptionalText, writeFileAtomic } from '../sys/files.ts';
-import type { CleanupStack } from '../sys/cleanup.ts';
+import { CleanupStack } from '../sys/cleanup.ts';
 import { findPartition, hostMountOf, mountRo, mountRw } from './access.ts';
 import { parseCmdline, type BootInfo } from './cmdline.ts';
 import type { AgentDeps } from './deps.ts';
@@ -150,6 +150,16 @@ export async function readHost(deps: AgentDeps, config: AgentConfig, cleanup: Cl
     labels: { active: config.labels.active, passive: config.labels.passive },
   };
   return { boot, facts, state: deriveBootState(facts), dirs, records, files };
+}
+
+/** readHost in a scope of its own: the read-only mounts it made are undone before it returns (their errors logged). */
+export async function readHostOnce(deps: AgentDeps, config: AgentConfig, opts: Omit<ReadHostOptions, 'writable'> = {}): Promise<HostView> {
+  const scope = new CleanupStack();
+  try {
+    return await readHost(deps, config, scope, opts);
+  } finally {
+    for (const e of await scope.run(false)) deps.log.warn({ err: e.message }, 'cleanup after reading the host failed');
+  }
 }
 
 /**

@@ -11,7 +11,8 @@ export interface Lock {
   release(): Promise<void>;
 }
 
-function alive(pid: number): boolean {
+/** The process exists (EPERM: it does, under another user). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -44,7 +45,7 @@ export async function acquireLock(file: string, what: string): Promise<Lock> {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       const [pidText, holderWhat] = (await readFile(file, 'utf8').catch(() => '')).split('\n');
       const pid = Number.parseInt(pidText ?? '', 10);
-      if (Number.isInteger(pid) && pid > 0 && alive(pid)) {
+      if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) {
         throw new AgentError('BUSY', `another operation is running (${holderWhat || 'unknown'}, pid ${pid}); lock ${file}`);
       }
       // No pid in it: written by something else, or torn by a crash of an older version. Taken over only once it is

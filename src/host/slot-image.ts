@@ -5,8 +5,7 @@
 import type { AgentConfig } from '../model/config.ts';
 import type { ImageEntry } from '../model/state.ts';
 import type { AgentDeps } from './deps.ts';
-import { CleanupStack } from '../sys/cleanup.ts';
-import { readHost } from './bootchooser.ts';
+import { readHostOnce } from './bootchooser.ts';
 import { recordFor } from './boot-model.ts';
 
 export interface SlotImage {
@@ -22,14 +21,9 @@ export interface SlotImage {
 
 /** What the target slot (active, or recovery) holds; read-only, mounts undone. */
 export async function readSlotImage(deps: AgentDeps, config: AgentConfig, recovery: boolean): Promise<SlotImage> {
-  const cleanup = new CleanupStack();
-  try {
-    const host = await readHost(deps, config, cleanup);
-    const slot = recovery ? 'recovery' : 'active';
-    const entry = recordFor(host.facts, slot).record;
-    const f = host.files[slot];
-    return { entry, digest: entry?.digest ?? entry?.sourceMetadata?.digest ?? null, present: f.present, file: f.present ? f.file : null };
-  } finally {
-    for (const e of await cleanup.run(false)) deps.log.warn({ err: e.message }, 'cleanup after reading the slot failed');
-  }
+  const host = await readHostOnce(deps, config);
+  const slot = recovery ? 'recovery' : 'active';
+  const entry = recordFor(host.facts, slot).record;
+  const f = host.files[slot];
+  return { entry, digest: entry?.digest ?? entry?.sourceMetadata?.digest ?? null, present: f.present, file: f.present ? f.file : null };
 }

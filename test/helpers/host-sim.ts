@@ -29,7 +29,7 @@ import {
   type HostFacts,
   type SlotFacts,
 } from '../../src/host/boot-model.ts';
-import { alreadyStaged, planUpgrade, STALE_FILES, swapSteps, upgradeSwitchSteps, type SwitchStep } from '../../src/actions/upgrade/plan.ts';
+import { alreadyStaged, planUpgrade, swapSteps, TRANSITION_FILES, upgradeSwitchSteps, type SwitchStep } from '../../src/actions/upgrade/plan.ts';
 import { emptyState, formatStateDate, markOnBoot, rotateOnUpgrade, swapOnRollback } from '../../src/host/state-file.ts';
 import { DEFAULT_LABELS } from '../../src/model/config.ts';
 import type { BootedFrom, SlotName } from '../../src/model/host.ts';
@@ -243,8 +243,8 @@ function upgrade(w: World, a: { version: string; force: boolean; healthy: boolea
   // 6-7. COS_STATE rw, the model again, the plan.
   const host = readHost(w);
   const plan = planUpgrade({ target: 'system', bootState: host.state, bootedFrom: before.facts.bootedFrom, upgradeFailure, recoveryFlavour: 'img', labels: LABELS });
-  // 8. Leftovers.
-  for (const f of STALE_FILES) w.names.delete(f);
+  // 8. Leftovers (transition files only: a *.next name is never removed blindly).
+  for (const f of TRANSITION_FILES) w.names.delete(f);
   // 9. The transition image, neutrally labelled.
   const ino = w.nextIno++;
   w.inodes.set(ino, { uuid: `uuid-${ino}`, label: 'COS_TRANSITION', version: a.version, digest, healthy: a.healthy });
@@ -306,7 +306,6 @@ function rollbackPermanent(w: World): string {
   const d = decidePermanentRollback(host.state);
   if ('refused' in d) throw new Refused(`refused: ${d.refused}`);
   for (const f of ['cOS/active.img', 'cOS/passive.img']) if (!w.names.has(f)) throw new Refused(`refused: ${f} is missing`);
-  for (const f of STALE_FILES) w.names.delete(f);
   for (const step of swapSteps(LABELS)) applyStep(w, step);
   applyGrubWrites(w, permanentRollbackWrites(host.facts));
   if (w.state.partitions['state'] !== undefined) w.state = swapOnRollback(w.state, LABELS);

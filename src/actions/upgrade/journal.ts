@@ -5,19 +5,19 @@
  * the next run (resumeSwitch), never undone or "started over": during a switch the old active may exist only as
  * `passive.next`, and a swap has moments where both names point at one image.
  *
- * Steps are re-run from the last one recorded as done, each in a form that is safe to repeat: a rename whose source is
- * gone and whose target exists was done; a link is rm + link; a label is idempotent.
+ * Steps are re-run from the last one recorded as done, each in its repeatable form (switch.ts applySwitchStep).
  */
-import { link, readFile, rename, rm, stat } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError } from '../../model/errors.ts';
 import type { Labels } from '../../model/config.ts';
 import type { GrubWrites } from '../../host/boot-model.ts';
 import { readStateFile, rotateOnUpgrade, swapOnRollback, writeStateFile, type RotateOptions } from '../../host/state-file.ts';
 import type { AgentDeps } from '../../host/deps.ts';
-import { readImageIdentity, setExt2Label, syncFs } from '../../partitions/index.ts';
+import { readImageIdentity } from '../../partitions/index.ts';
 import { fsyncDir, writeFileAtomic } from '../../sys/files.ts';
 import type { SwitchStep } from './plan.ts';
+import { applySwitchStep } from './switch.ts';
 
 export const JOURNAL_FILE = 'cOS/switch.journal';
 
@@ -67,40 +67,13 @@ export async function removeJournal(partDir: string): Promise<void> {
   await fsyncDir(path.join(partDir, 'cOS'));
 }
 
-const exists = (p: string): Promise<boolean> => stat(p).then(() => true, () => false);
-
-/** One step, in its repeatable form. */
-async function applyStep(deps: AgentDeps, partDir: string, step: SwitchStep): Promise<void> {
-  const at = (f: string): string => path.join(partDir, f);
-  if (step.op === 'label') {
-    // Labelling a name that a later step already renamed away was done before that rename.
-    if (!(await exists(at(step.file)))) return;
-    await setExt2Label(deps.runner, at(step.file), step.label);
-    await syncFs(at(step.file));
-  } else if (step.op === 'link') {
-    if (!(await exists(at(step.from)))) {
-      if (await exists(at(step.to))) return;
-      throw new AgentError('STATE_INVALID', `switch step link ${step.from} -> ${step.to}: neither name exists`);
-    }
-    await rm(at(step.to), { force: true });
-    await link(at(step.from), at(step.to));
-  } else {
-    if (!(await exists(at(step.from)))) {
-      if (await exists(at(step.to))) return;
-      throw new AgentError('STATE_INVALID', `switch step rename ${step.from} -> ${step.to}: neither name exists`);
-    }
-    await rename(at(step.from), at(step.to));
-  }
-  await syncFs(at('cOS'));
-}
-
 /**
  * Run the journal's remaining steps, recording progress after each; `onStep` after each (tests kill here). Throws on
  * a step that cannot be done; the journal then still says where it stopped.
  */
 export async function runJournalSteps(deps: AgentDeps, partDir: string, j: SwitchJournal, onStep?: (done: number) => void): Promise<void> {
   while (j.done < j.steps.length) {
-    await applyStep(deps, partDir, j.steps[j.done] as SwitchStep);
+    await applySwitchStep(deps, partDir, j.steps[j.done] as SwitchStep, { repeatable: true });
     j.done++;
     await writeJournal(partDir, j);
     onStep?.(j.done);

@@ -4,7 +4,7 @@
  */
 import type { BootedFrom } from '../../model/host.ts';
 import type { Labels } from '../../model/config.ts';
-import { decideSystemUpgrade, ENTRY_OF, type BootState } from '../../host/boot-model.ts';
+import { decideSystemUpgrade, type BootState } from '../../host/boot-model.ts';
 
 export type UpgradeTarget = 'system' | 'recovery';
 export type RecoveryFlavour = 'squashfs' | 'img';
@@ -136,13 +136,8 @@ export function swapSteps(labels: Labels): SwitchStep[] {
   ];
 }
 
-/** Leftovers of an interrupted switch or staging, removed before a new one starts. */
-export const STALE_FILES: readonly string[] = [
-  'cOS/transition.img',
-  'cOS/transition.squashfs',
-  'cOS/passive.next',
-  'cOS/active.next',
-];
+/** Transition images: what staging builds before the switch (leftovers of an interrupted run are removed). */
+export const TRANSITION_FILES: readonly string[] = ['cOS/transition.img', 'cOS/transition.squashfs'];
 
-/** The GRUB menu entry ids of cos-layout.md 4.2 (host/boot-model.ts owns them). */
-export const GRUB_ENTRY: typeof ENTRY_OF = ENTRY_OF;
+/** The second names a switch gives images; one may be the only name of an image after a crash (never removed blindly). */
+export const NEXT_NAMES: readonly string[] = ['cOS/passive.next', 'cOS/active.next'];

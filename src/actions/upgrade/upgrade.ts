@@ -18,9 +18,9 @@ import type { SlotName, UpgradeResult, Verification } from '../../model/host.ts'
 import { CleanupStack } from '../../sys/cleanup.ts';
 import { acquireLock } from '../../host/lock.ts';
 import { loadActionConfig } from '../../host/config.ts';
-import { alreadyStaged, planUpgrade, STALE_FILES, upgradeSwitchSteps, type RecoveryFlavour, type UpgradePlan } from './plan.ts';
+import { alreadyStaged, planUpgrade, TRANSITION_FILES, upgradeSwitchSteps, type RecoveryFlavour, type UpgradePlan } from './plan.ts';
 import { readStateFile, rotateOnUpgrade, writeStateFile, type RotateOptions } from '../../host/state-file.ts';
-import { applyGrubWrites, checkGrubWrites, readHost, type HostView } from '../../host/bootchooser.ts';
+import { applyGrubWrites, checkGrubWrites, readHost, readHostOnce, type HostView } from '../../host/bootchooser.ts';
 import { recordFor, systemUpgradeWrites, type GrubWrites } from '../../host/boot-model.ts';
 import type { ImageEntry } from '../../model/state.ts';
 import { removeJournal, runJournalSteps, writeJournal, type SwitchJournal } from './journal.ts';
@@ -358,7 +358,7 @@ async function recover(run: UpgradeRun): Promise<void> {
  * Read-only, its mounts undone at once: COS_STATE is mounted rw only after verification.
  */
 async function readHostBefore(run: UpgradeRun): Promise<void> {
-  run.before = await readHostScoped(run.deps, run.config);
+  run.before = await readHostOnce(run.deps, run.config);
   const { boot } = run.before;
   run.log.info({ bootedFrom: boot.bootedFrom, running: run.before.state.running, staged: run.before.state.staged, upgradeFailure: run.before.facts.upgradeFailure, target: run.target }, 'starting upgrade');
 }
@@ -472,7 +472,7 @@ async function cleanLeftovers(run: UpgradeRun): Promise<void> {
   const { partDir } = run;
   // Recovery (the recover step) removed what an interrupted run left, or refused to go on: only a transition file of
   // this flavour can be here now. A *.next name is never removed blindly (it may be the only name of an image).
-  for (const f of STALE_FILES.filter((n) => n.includes('transition'))) await rm(path.join(partDir, f), { force: true });
+  for (const f of TRANSITION_FILES) await rm(path.join(partDir, f), { force: true });
   const transitionPath = path.join(partDir, run.plan.transitionFile);
   run.transitionPath = transitionPath;
   // Before the commit only: after it, the journal names the transition image until its rename is done.
@@ -712,16 +712,6 @@ function stagedOutcome(run: UpgradeRun): UpgradeOutcome {
 /** What every hook is told: the transaction, the target, whether hook errors fail the upgrade. */
 function hookContext(run: UpgradeRun): { transaction: string; target: 'system' | 'recovery'; strict: boolean } {
   return { transaction: run.transaction, target: run.plan.target, strict: run.config.strict };
-}
-
-/** The host model read in its own cleanup scope (read-only mounts undone before returning). */
-async function readHostScoped(deps: AgentDeps, config: AgentConfig): Promise<HostView> {
-  const scope = new CleanupStack();
-  try {
-    return await readHost(deps, config, scope);
-  } finally {
-    for (const e of await scope.run(false)) deps.log.warn({ err: e.message }, 'cleanup after reading the host failed');
-  }
 }
 
 /** Record an upgrade's outcome (this boot and COS_PERSISTENT), retried; returns what could not be recorded. */
