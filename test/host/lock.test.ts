@@ -92,3 +92,17 @@ test('a lock file without a pid is held while fresh (another process may be taki
   await lock.release();
   t.deepEqual(await readdir(path.dirname(file)), [], 'the private names used to link the lock into place are gone');
 });
+
+test('a stale lock found by many at once is taken over by exactly one of them; the others are BUSY, no name is left', async (t) => {
+  const file = await lockFile(t);
+  await acquireLock(file, 'placeholder').then((l) => l.release());
+  for (let round = 0; round < 20; round++) {
+    await writeFile(file, `${await deadPid()}\nupgrade of a crashed run\n`);
+    const results = await Promise.allSettled(Array.from({ length: 8 }, (_v, i) => acquireLock(file, `contender ${i}`)));
+    const won = results.filter((r): r is PromiseFulfilledResult<Awaited<ReturnType<typeof acquireLock>>> => r.status === 'fulfilled');
+    t.is(won.length, 1, `round ${round}: one holder`);
+    for (const r of results) if (r.status === 'rejected') t.is((r.reason as AgentError).code, 'BUSY');
+    await won[0]?.value.release();
+    t.deepEqual(await readdir(path.dirname(file)), [], `round ${round}: no lock, temp or stale name left`);
+  }
+});
