@@ -1,8 +1,9 @@
 /**
  * Recovery from an interrupted run (issue 9): every action, with the host lock held, and cosd at start, first finds
  * and undoes what a crashed run left, in this order:
- *  1. mounts under the agent's own mount points (the transition mount and its chroot binds, /run/cos/{state,
- *     recovery,oem,persistent}, private read-only views of processes that are gone), deepest first;
+ *  1. mounts under the agent's own mount points (host/mount-points.ts: the transition mount and its chroot binds,
+ *     the slot partitions; never elemental's /run/cos/*, where a concurrent `elemental upgrade` mounts), and the
+ *     private read-only views of processes that are gone, deepest first;
  *  2. a committed switch (its journal on COS_STATE) is finished: remaining steps, GRUB writes, records;
  *  3. loop devices backed by files on COS_STATE / COS_RECOVERY that no slot image is (a transition image, usually
  *     deleted already), matched by device number and inode, never by path;
@@ -21,6 +22,7 @@ import type { AgentDeps } from '../host/deps.ts';
 import { detachLoop, listLoopDevices, loopBackingIdentity, readImageIdentity, readMounts, unmount } from '../partitions/index.ts';
 import { applyJournalRecords, readJournal, removeJournal, runJournalSteps, writeJournal, JOURNAL_FILE } from './upgrade/journal.ts';
 import { NEXT_NAMES, TRANSITION_FILES, type SwitchStep } from './upgrade/plan.ts';
+import { MOUNT_BASE, MOUNT_POINTS } from '../host/mount-points.ts';
 
 export interface RecoveryReport {
   unmounted: string[];
@@ -52,7 +54,7 @@ export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): 
   };
 
   // 1. Mounts.
-  const own = ['/run/cos/transition', '/run/cos/state', '/run/cos/recovery', '/run/cos/oem', '/run/cos/persistent'].map((p) => root.path(p));
+  const own = [root.path(MOUNT_BASE)];
   const roBase = root.path('/run/cos-agent');
   const stale = (mp: string): boolean => {
     if (own.some((o) => mp === o || mp.startsWith(`${o}/`))) return true;
@@ -76,7 +78,7 @@ export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): 
   };
   // The transition mount (and the chroot binds inside it) first; then the loop devices that held transition images
   // (they keep the partition under them busy); then the partitions themselves, which are then free to unmount.
-  const transition = root.path('/run/cos/transition');
+  const transition = root.path(MOUNT_POINTS.transition);
   await unmountAll((mp) => mp === transition || mp.startsWith(`${transition}/`), true);
   const partitions: Array<{ label: string; device: string }> = [];
   for (const label of [config.labels.state, config.labels.recovery]) {
@@ -113,7 +115,7 @@ export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): 
 
     const scope = new CleanupStack();
     try {
-      const dir = await mountRw(deps, dev.device, isState ? '/run/cos/state' : '/run/cos/recovery', scope, { restoreRo: true });
+      const dir = await mountRw(deps, dev.device, isState ? MOUNT_POINTS.state : MOUNT_POINTS.recovery, scope, { restoreRo: true });
       if (todo.journal) {
         try {
           report.resumed = await finishSwitch(deps, config, dir, warn);

@@ -22,6 +22,7 @@ import { parseCmdline, type BootInfo } from './cmdline.ts';
 import type { AgentDeps } from './deps.ts';
 import { deriveBootState, type BootState, type GrubWrites, type HostFacts, type SlotFacts } from './boot-model.ts';
 import { readStateFile } from './state-file.ts';
+import { MOUNT_POINTS } from './mount-points.ts';
 
 export const SLOT_FILES: Record<SlotName, readonly string[]> = {
   active: ['cOS/active.img'],
@@ -88,14 +89,14 @@ export async function readHost(deps: AgentDeps, config: AgentConfig, cleanup: Cl
     return rw ? mountRw(deps, dev.device, fallback, cleanup, { restoreRo: true }) : mountRo(deps, dev.device, cleanup);
   };
   const dirs = { ...opts.dirs };
-  dirs.state ??= await partDir(config.labels.state, '/run/cos/state', writable);
-  dirs.recovery ??= await partDir(config.labels.recovery, '/run/cos/recovery', false).catch(() => undefined);
+  dirs.state ??= await partDir(config.labels.state, MOUNT_POINTS.state, writable);
+  dirs.recovery ??= await partDir(config.labels.recovery, MOUNT_POINTS.recovery, false).catch(() => undefined);
   if (dirs.oem === undefined) {
     const dev = await findPartition(deps, config.labels.oem).catch(() => undefined);
     if (dev !== undefined) {
       const host = await hostMountOf(deps, dev.device);
       if (host !== undefined && (!writable || !host.readOnly)) dirs.oem = host.dir;
-      else dirs.oem = writable ? await mountRw(deps, dev.device, '/run/cos/oem', cleanup) : await mountRo(deps, dev.device, cleanup);
+      else dirs.oem = writable ? await mountRw(deps, dev.device, MOUNT_POINTS.oem, cleanup) : await mountRo(deps, dev.device, cleanup);
     }
   }
 

@@ -17,6 +17,7 @@ import type { UpgradePlan } from './plan.ts';
 import { rootfsMiB } from './size.ts';
 import { mapNoSpace } from './errors.ts';
 import { ensureImageDir, verifiedImageDir } from './image-files.ts';
+import { MOUNT_POINTS } from '../../host/mount-points.ts';
 
 /** Where the new image's tree is, and the mount of the transition image that holds it (null: a scratch dir). */
 export interface Tree {
@@ -59,7 +60,7 @@ export async function prepareTree(
     if (!mounts.some((m) => m.mountPoint === scratchBase)) {
       const dev = await findPartition(deps, config.labels.persistent).catch(() => undefined);
       if (dev === undefined) throw new AgentError('NO_SPACE', 'no COS_PERSISTENT partition for the recovery squashfs scratch tree');
-      scratchBase = await mountRw(deps, dev.device, '/run/cos/persistent', cleanup);
+      scratchBase = await mountRw(deps, dev.device, MOUNT_POINTS.persistent, cleanup);
     }
     const tree = path.join(scratchBase, '.cos-agent', 'recovery-tree');
     await rm(tree, { recursive: true, force: true });
@@ -95,7 +96,7 @@ export async function prepareTree(
   await preallocate(runner, transitionPath, bytes);
   // A neutral label while it is mounted, so two filesystems never carry COS_ACTIVE at once (cos-layout.md 2.5 #6).
   await mkfsExt2(runner, transitionPath, { label: 'COS_TRANSITION' });
-  const mnt = root.path('/run/cos/transition');
+  const mnt = root.path(MOUNT_POINTS.transition);
   await mkdir(mnt, { recursive: true });
   const m = await mountImage(runner, transitionPath, mnt);
   cleanup.push(`unmount ${mnt}`, () => m.close());

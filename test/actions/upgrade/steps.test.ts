@@ -172,8 +172,8 @@ withDevice('booted from active: every step in order, each command in its step, a
   t.is(out.nextBoot?.slot, 'active');
 
   const binds = await chrootBinds();
-  const transition = '<root>/run/cos/transition';
-  const slot = '<root>/run/cos/state/cOS';
+  const transition = '<root>/run/cos-agent/mnt/transition';
+  const slot = '<root>/run/cos-agent/mnt/state/cOS';
   t.deepEqual(run.events, [
     'step:config',
     'step:lock',
@@ -189,7 +189,7 @@ withDevice('booted from active: every step in order, each command in its step, a
     'step:estimate',
     'step:verify',
     'step:mount-slot-partition',
-    '$ mount <COS_STATE> <root>/run/cos/state',
+    '$ mount <COS_STATE> <root>/run/cos-agent/mnt/state',
     'step:plan',
     'step:clean-leftovers',
     'step:prepare-transition',
@@ -227,7 +227,7 @@ withDevice('booted from active: every step in order, each command in its step, a
     'step:record-state',
     'step:read-back',
     // Cleanup: COS_STATE unmounted (the transition mount is already gone).
-    '$ umount <root>/run/cos/state',
+    '$ umount <root>/run/cos-agent/mnt/state',
   ]);
   t.is(await slotFiles(run.host), 'cOS: active.img=N(COS_ACTIVE) passive.img=A(COS_PASSIVE)');
   const oemEnv = await readGrubEnvFile(run.host.statePath('grub_oem_env'));
@@ -243,10 +243,10 @@ withDevice('booted from passive: the same steps, and the switch is one relabel a
   t.deepEqual(run.steps, ALL_STEPS);
   t.false(out.rotated);
   t.regex(out.keepPassiveReason ?? '', /booted from passive/);
-  const slot = '<root>/run/cos/state/cOS';
+  const slot = '<root>/run/cos-agent/mnt/state/cOS';
   t.deepEqual(between(run.events, 'seal', 'grub'), [
     'step:seal',
-    '$ umount <root>/run/cos/transition',
+    '$ umount <root>/run/cos-agent/mnt/transition',
     '$ losetup --list --noheadings --output BACK-INO,BACK-MAJ:MIN /dev/loop7000',
     '$ losetup -d /dev/loop7000',
     `$ e2fsck -f -n ${slot}/transition.img`,
@@ -291,7 +291,7 @@ withDevice('a failing hook stops the steps there: no commit-switch, the binds, t
   t.deepEqual(run.steps, ALL_STEPS.slice(0, ALL_STEPS.indexOf('hook:after-upgrade-chroot') + 1));
   t.false(run.events.includes('commit'));
   const binds = await chrootBinds();
-  const transition = '<root>/run/cos/transition';
+  const transition = '<root>/run/cos-agent/mnt/transition';
   t.deepEqual(between(run.events, 'hook:after-upgrade-chroot'), [
     'step:hook:after-upgrade-chroot',
     ...binds.map((b) => `$ mount -o bind ${b} ${transition}${b}`),
@@ -301,7 +301,7 @@ withDevice('a failing hook stops the steps there: no commit-switch, the binds, t
     `$ umount ${transition}`,
     '$ losetup --list --noheadings --output BACK-INO,BACK-MAJ:MIN /dev/loop7000',
     '$ losetup -d /dev/loop7000',
-    '$ umount <root>/run/cos/state',
+    '$ umount <root>/run/cos-agent/mnt/state',
   ]);
   t.false(run.host.kernel.commands.some((c) => c[0] === 'tune2fs' || c[0] === 'e2fsck'));
   t.is(await slotFiles(run.host), before, 'transition.img removed, active and passive untouched');
@@ -325,7 +325,7 @@ withDevice('a cancel that arrives as commit-switch starts is honoured: no commit
   t.deepEqual(run.steps, ALL_STEPS.slice(0, ALL_STEPS.indexOf('commit-switch') + 1));
   // The image was sealed (e2fsck ran) but never relabelled; the cleanup unmounts COS_STATE.
   t.true(run.host.kernel.commands.some((c) => c[0] === 'e2fsck'));
-  t.deepEqual(between(run.events, 'commit-switch'), ['step:commit-switch', '$ umount <root>/run/cos/state']);
+  t.deepEqual(between(run.events, 'commit-switch'), ['step:commit-switch', '$ umount <root>/run/cos-agent/mnt/state']);
   t.is(await slotFiles(run.host), before);
   t.deepEqual(run.host.kernel.leaks(), { mounts: [], loops: [] });
   const record = JSON.parse(await readFile(path.join(run.host.root, 'run/cos-agent/last-upgrade.json'), 'utf8')) as { result: string; cancelled: boolean };

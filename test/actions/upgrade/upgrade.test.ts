@@ -75,7 +75,7 @@ test.serial('hooks run in order through one interface; after-upgrade-chroot sees
   t.regex(String(seen.osRelease), /VERSION="2\.0\.0"/);
   t.like(seen, { proc: true, sys: true, dev: true, oem: true, usrLocal: true });
   // The binds are gone afterwards, with the transition mount.
-  const after = (await readMounts()).map((m) => m.mountPoint).filter((m) => m.startsWith(`${host.root}/run/cos/transition`));
+  const after = (await readMounts()).map((m) => m.mountPoint).filter((m) => m.startsWith(`${host.root}/run/cos-agent/mnt/transition`));
   t.deepEqual(after, []);
   // Progress: phases in order, download bytes monotonic and ending at the compressed size.
   const phases = progress.map((p) => p.operation).filter((op, i, a) => a[i - 1] !== op);
