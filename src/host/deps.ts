@@ -6,6 +6,8 @@ import type { HookRunner } from './hooks.ts';
 import type { RegistryClientOptions } from '../oci/types.ts';
 import type { ConfigSnapshot } from '../config/load.ts';
 
+import type { TestHooks } from '../sys/crash.ts';
+
 export interface AgentDeps {
   root: SysRoot;
   runner: Runner;
@@ -31,7 +33,7 @@ export interface AgentDeps {
    * Test-only seam (crash injection, AGENT_TEST_CRASH_AT in the composition roots): called at named points of a
    * switch, where a test kills the process. Inert (undefined) on real hosts.
    */
-  testHooks?: { onSwitchStep?: (done: number) => void };
+  testHooks?: TestHooks;
 }
 
 export type Operation = 'idle' | 'checking' | 'downloading' | 'verifying' | 'staging' | 'hooks' | 'finalizing' | 'rebooting';

@@ -13,6 +13,8 @@ export interface CliResult {
   code: number;
   stdout: string;
   stderr: string;
+  /** The signal that ended cosctl (a crash test's SIGKILL), else null. */
+  signal: NodeJS.Signals | null;
 }
 
 export interface CosctlOptions {
@@ -56,7 +58,8 @@ export function cosctl(host: CosHost, args: readonly string[], env: Record<strin
       ...(cwd !== undefined ? { cwd } : {}),
     }, (err, stdout, stderr) => {
       const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
-      resolve({ code, stdout, stderr });
+      const signal = err ? ((err as { signal?: NodeJS.Signals | null }).signal ?? null) : null;
+      resolve({ code, stdout, stderr, signal });
     });
     // Under a pty, `script` forwards its stdin to the terminal: give it none (EOF) rather than an open pipe.
     if (opts.tty === true) child.stdin?.end();

@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import type { CosHost } from '../helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
-import { cosctl, cosStatus, imageCat, imageLabel, mountOptions, testHost } from '../helpers/cosctl.ts';
+import { cosctl, cosStatus, grubList, imageCat, imageLabel, mountOptions, testHost } from '../helpers/cosctl.ts';
 
 const run = promisify(execFile);
 const BIN = fileURLToPath(new URL('../../bin/cosctl.js', import.meta.url));
@@ -72,6 +72,8 @@ for (const n of [0, 1, 2, 3, 4, 5]) {
     await crashAt(t, host, ['upgrade', '--no-verify', '--image', image('v2')], `switch:${n}`);
     await entriesBoot(t, host, `after the crash at step ${n}`);
     t.deepEqual(await readdir(host.statePath('cOS')).then((l) => l.includes('switch.journal')), true, 'the switch journal says a switch is committed');
+    // Armed before the first rename: a reboot right here boots whichever image active.img names tentatively.
+    t.is((await grubList(host.statePath('boot_assessment'))).get('enable_boot_assessment'), 'yes', 'boot assessment is armed already');
 
     const next = await cosctl(host, ['upgrade', '--no-verify', '--image', image('v1')]);
     t.is(next.code, 0, next.stderr);
@@ -131,7 +133,7 @@ test.serial('killed while the transition image is mounted: the next run unmounts
 
 /** Start cosctl upgrade and SIGKILL it as soon as its transition image is mounted. */
 async function killWhileMounted(t: ExecutionContext, host: CosHost, args: string[]): Promise<void> {
-  const transition = `${host.root}/run/cos/transition`;
+  const transition = `${host.root}/run/cos-agent/mnt/transition`;
   const child = spawn(process.execPath, [BIN, '--root', host.root, ...args], { env: { ...process.env, ...host.env, HOME: host.root }, stdio: 'ignore' });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const deadline = Date.now() + 60_000;
@@ -239,4 +241,19 @@ test.serial('upgrade --recovery while booted from recovery is refused: the recov
   const r = await cosctl(host, ['upgrade', '--recovery', '--no-verify', '--image', image('v2')]);
   t.is(r.code, 5, r.stderr);
   t.regex(r.stderr, /the recovery image is the running system/);
+});
+
+test.serial("what elemental mounts at /run/cos/* (a concurrent `elemental upgrade`) is not the agent's: recovery leaves it mounted", async (t) => {
+  const host = await testHost(t);
+  const { mkdir } = await import('node:fs/promises');
+  const theirs = `${host.root}/run/cos/transition`;
+  await mkdir(theirs, { recursive: true });
+  await run('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'elemental-transition', theirs]);
+  t.teardown(() => run('umount', [theirs]).then(() => undefined, () => undefined));
+  // Killed while its own transition image is mounted, so the next run has something of its own to recover.
+  await killWhileMounted(t, host, ['upgrade', '--no-verify', '--image', image('v2')]);
+  const r = await cosctl(host, ['rollback']);
+  t.is(r.code, 0, r.stderr);
+  t.true((await readFileSafe('/proc/self/mountinfo')).includes(` ${theirs} `), "elemental's mount is still there");
+  t.false((await readFileSafe('/proc/self/mountinfo')).includes(` ${host.root}/run/cos-agent/mnt/transition `), "the agent's own is gone");
 });

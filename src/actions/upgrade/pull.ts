@@ -33,6 +33,7 @@ export async function pullInto(
     const onBytes = (layerBytes: number): void => {
       const now = before + layerBytes;
       progress({ operation: 'downloading', message, bytesDone: now, bytesTotal: total, percent: total > 0 ? Math.floor((now * 100) / total) : 0 });
+      deps.testHooks?.onPullBytes?.(now, total);
     };
     // Announced before the first byte: a slow registry shows as downloading, not as the step before.
     onBytes(0);

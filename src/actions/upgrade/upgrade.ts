@@ -21,7 +21,7 @@ import { loadActionConfig } from '../../host/config.ts';
 import { alreadyStaged, planUpgrade, TRANSITION_FILES, upgradeSwitchSteps, type RecoveryFlavour, type UpgradePlan } from './plan.ts';
 import { readStateFile, rotateOnUpgrade, writeStateFile, type RotateOptions } from '../../host/state-file.ts';
 import { applyGrubWrites, checkGrubWrites, readHost, readHostOnce, type HostView } from '../../host/bootchooser.ts';
-import { recordFor, systemUpgradeWrites, type GrubWrites } from '../../host/boot-model.ts';
+import { grubVerbs, recordFor, systemUpgradeWrites, type GrubWrites } from '../../host/boot-model.ts';
 import type { ImageEntry } from '../../model/state.ts';
 import { removeJournal, runJournalSteps, writeJournal, type SwitchJournal } from './journal.ts';
 import { recoverInterrupted } from '../recover.ts';
@@ -43,6 +43,7 @@ import { estimateRootfs, pullInto } from './pull.ts';
 import { makeSkeleton, prepareTree, sealTree, withChrootBinds, type Tree } from './tree.ts';
 import { readImageOsRelease } from './image-files.ts';
 import { hookError } from './errors.ts';
+import { MOUNT_POINTS } from '../../host/mount-points.ts';
 
 export { hasErrno, mapNoSpace } from './errors.ts';
 
@@ -302,6 +303,7 @@ async function runSteps(run: UpgradeRun, steps: readonly UpgradeStep[]): Promise
     for (const step of steps) {
       run.log.debug({ step: step.name }, 'upgrade step');
       run.opts.onStep?.(step.name);
+      run.deps.testHooks?.onStep?.(step.name);
       if ((await step.run(run)) === 'stop') break;
     }
     failed = false;
@@ -441,7 +443,7 @@ async function verify(run: UpgradeRun): Promise<void> {
 async function mountSlotPartition(run: UpgradeRun): Promise<void> {
   const { deps, opts, config } = run;
   const part = await findPartition(deps, opts.recovery ? config.labels.recovery : config.labels.state);
-  run.partDir = await mountRw(deps, part.device, opts.recovery ? '/run/cos/recovery' : '/run/cos/state', run.cleanup, { restoreRo: true });
+  run.partDir = await mountRw(deps, part.device, opts.recovery ? MOUNT_POINTS.recovery : MOUNT_POINTS.state, run.cleanup, { restoreRo: true });
 }
 
 /** Plan: rotate or keep passive (host model); the recovery flavour is what is on disk (file name and magic, cos-layout.md 8 #9). */
@@ -578,10 +580,16 @@ async function commitSwitch(run: UpgradeRun): Promise<void> {
       records: { kind: 'rotate', options: rotateOptions(run) },
     };
     await writeJournal(partDir, run.journal);
-    deps.testHooks?.onSwitchStep?.(0);
   }
   run.committed = true;
   opts.onCommit?.();
+  // Boot assessment is armed before the first rename: a power cut anywhere in the switch, then a reboot into the
+  // new active, boots it tentatively, with the fallback behind it. (An old active that boots armed instead is an
+  // image that booted before; the finished switch re-arms for the new one.)
+  if (run.grubWrites !== null && host !== null) {
+    await run.after('arming boot assessment before the switch', () => applyGrubWrites(host, grubVerbs.arm()));
+  }
+  if (run.journal !== null) deps.testHooks?.onSwitchStep?.(0);
   run.progress({ operation: 'finalizing', message: 'switching slots' });
   // A step that fails is retried from where it stopped: a half-done switch is never undone by deleting names (the
   // old active may exist only as passive.next at that moment); a crash is finished by the next run from the journal.
@@ -653,7 +661,7 @@ async function recordState(run: UpgradeRun): Promise<void> {
   if (opts.recovery) {
     await run.after('mounting COS_STATE for its state.yaml', async () => {
       const statePart = await findPartition(deps, config.labels.state).catch(() => undefined);
-      if (statePart) stateFiles.push(path.join(await mountRw(deps, statePart.device, '/run/cos/state', run.cleanup, { restoreRo: true }), 'state.yaml'));
+      if (statePart) stateFiles.push(path.join(await mountRw(deps, statePart.device, MOUNT_POINTS.state, run.cleanup, { restoreRo: true }), 'state.yaml'));
     });
   }
   const options = rotateOptions(run);
