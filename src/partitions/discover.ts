@@ -7,6 +7,7 @@ import path from 'node:path';
 import { AgentError, CommandError } from '../model/errors.ts';
 import type { Runner } from '../sys/runner.ts';
 import { parseBlkidExport, toBlockDevice, type BlockDevice } from './blkid.ts';
+import { findMountOf, readMounts } from './mount.ts';
 
 export type { BlockDevice } from './blkid.ts';
 
@@ -82,9 +83,11 @@ async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T
 }
 
 /**
- * The device carrying filesystem label `label`: /dev/disk/by-label/<label> when present (and among `candidates`, if
- * given), else a blkid probe of every candidate (default: every device in /proc/partitions).
- * None -> AgentError('DEVICE_NOT_FOUND'); several -> AgentError('DEVICE_AMBIGUOUS') naming them.
+ * The device carrying filesystem label `label`, found by a blkid probe of every candidate (default: every device in
+ * /proc/partitions). udev's /dev/disk/by-label link names only one device even when two carry the label (a second
+ * cOS disk, install media), so it is not trusted alone: it is used only for a device blkid cannot read.
+ * Several devices with the label: the one the running system uses is taken (see pickRunning), else
+ * AgentError('DEVICE_AMBIGUOUS') naming them. None -> AgentError('DEVICE_NOT_FOUND').
  */
 export async function findDeviceByLabel(
   runner: Runner,
@@ -96,23 +99,8 @@ export async function findDeviceByLabel(
   // The same device named twice (a node and a symlink to it) must not look like two devices with the label.
   const resolved = await Promise.all(given.map(resolveOr));
   const candidates = given.filter((_d, i) => resolved.indexOf(resolved[i] as string) === i);
-  const resolvedCandidates = opts.candidates ? new Set(resolved) : undefined;
 
-  // 1. udev's symlink.
-  const link = path.join(devDir, 'disk', 'by-label', encodeByLabelName(label));
-  const target = await realpath(link).catch(() => undefined);
-  if (target !== undefined && (resolvedCandidates === undefined || resolvedCandidates.has(target))) {
-    const probed = await probeDevice(runner, target).then(
-      (d) => d ?? null,
-      () => undefined,
-    );
-    if (probed === undefined) return { device: target, label }; // blkid cannot read it: trust udev
-    if (probed !== null && probed.label === label) return { ...probed, device: target };
-    // A stale link (relabelled or wiped since udev ran): fall through to probing.
-  }
-
-  // 2. Probe the candidates.
-  const failures: string[] = [];
+  const failures: Array<{ device: string; why: string }> = [];
   const probed = await mapLimited(candidates, PROBE_CONCURRENCY, async (dev) => {
     try {
       return await probeDevice(runner, dev);
@@ -123,21 +111,64 @@ export async function findDeviceByLabel(
           : err instanceof AgentError && err.code === 'DEVICE_NOT_FOUND'
             ? 'no such device'
             : String(err);
-      failures.push(`${dev} (${why})`);
+      failures.push({ device: dev, why });
       return undefined;
     }
   });
   const matches = probed.filter((d): d is BlockDevice => d !== undefined && d.label === label);
   if (matches.length === 1) return matches[0] as BlockDevice;
   if (matches.length > 1) {
+    const running = await pickRunning(matches);
+    if (running !== undefined) return running;
     throw new AgentError(
       'DEVICE_AMBIGUOUS',
-      `several block devices carry the label ${label}: ${matches.map((d) => d.device).join(', ')}`,
+      `several block devices carry the label ${label}: ${matches.map((d) => d.device).join(', ')}, and none of them is the one the running system uses`,
     );
   }
+  // Nothing readable carries it: udev's link, when it names a candidate blkid could not read, is believed.
+  const target = await realpath(path.join(devDir, 'disk', 'by-label', encodeByLabelName(label))).catch(() => undefined);
+  const unreadable = failures.find((f) => f.why !== 'no such device' && resolveOrSync(f.device, resolved, given) === target);
+  if (target !== undefined && unreadable !== undefined) return { device: unreadable.device, label };
   const scope = opts.candidates ? `among ${candidates.join(', ') || 'no candidates'}` : `among the ${candidates.length} block devices`;
-  const unprobed = failures.length > 0 ? `; could not probe ${failures.join(', ')}` : '';
+  const unprobed = failures.length > 0 ? `; could not probe ${failures.map((f) => `${f.device} (${f.why})`).join(', ')}` : '';
   throw new AgentError('DEVICE_NOT_FOUND', `no block device carries the label ${label} (${scope}${unprobed})`);
+}
+
+/** The resolved path of `device`, one of `given` (resolved in the same order). */
+function resolveOrSync(device: string, resolved: readonly string[], given: readonly string[]): string | undefined {
+  return resolved[given.indexOf(device)];
+}
+
+/**
+ * Of several devices carrying one label, the one the running system uses: the only one mounted, else the only one on
+ * a disk that holds a mounted filesystem (the disk the system booted from: its initrd mounted COS_STATE, COS_OEM and
+ * COS_PERSISTENT there). undefined when that does not single one out.
+ */
+async function pickRunning(matches: readonly BlockDevice[]): Promise<BlockDevice | undefined> {
+  const mounts = await readMounts();
+  const mounted = matches.filter((d) => findMountOf(d.device, mounts) !== undefined);
+  if (mounted.length === 1) return mounted[0];
+  if (mounted.length > 1) return undefined;
+  const usedDisks = new Set<string>();
+  for (const m of mounts) {
+    if (m.majorMinor === undefined) continue;
+    const disk = await parentDisk(`/sys/dev/block/${m.majorMinor}`);
+    if (disk !== undefined) usedDisks.add(disk);
+  }
+  const onUsed: BlockDevice[] = [];
+  for (const d of matches) {
+    const disk = await parentDisk(`/sys/class/block/${path.basename(await resolveOr(d.device))}`);
+    if (disk !== undefined && usedDisks.has(disk)) onUsed.push(d);
+  }
+  return onUsed.length === 1 ? onUsed[0] : undefined;
+}
+
+/** The whole disk a sysfs block entry belongs to (itself when it is not a partition); undefined without sysfs. */
+async function parentDisk(sysEntry: string): Promise<string | undefined> {
+  const real = await realpath(sysEntry).catch(() => undefined);
+  if (real === undefined) return undefined;
+  const isPartition = await stat(path.join(real, 'partition')).then(() => true, () => false);
+  return path.basename(isPartition ? path.dirname(real) : real);
 }
 
 /** Partitions of a whole disk ('/dev/loop3' -> ['/dev/loop3p1', ...]), by partition number, from sysfs. */

@@ -75,27 +75,33 @@ test('when two candidates carry the same label, it throws DEVICE_AMBIGUOUS namin
   t.regex(err?.message ?? '', new RegExp(label));
 });
 
-test('a /dev/disk/by-label link is used when present (udev hosts)', async (t) => {
+test('a /dev/disk/by-label link is not trusted alone: udev names one device, a second one with the label is found and the label is ambiguous', async (t) => {
   const dir = await tempDir(t);
   const label = uniqueLabel();
-  const loop = await labelledLoop(t, dir, label);
+  const linked = await labelledLoop(t, dir, label);
+  const other = await labelledLoop(t, dir, label);
   const devDir = path.join(dir, 'dev');
   await mkdir(path.join(devDir, 'disk/by-label'), { recursive: true });
-  await symlink(loop.device, path.join(devDir, 'disk/by-label', label));
-  // The fake devDir has no device nodes, so only the link can have found it.
-  const dev = await findDeviceByLabel(runner, label, { devDir });
-  t.is(dev.device, loop.device);
-  t.is(dev.fstype, 'ext4');
+  await symlink(linked.device, path.join(devDir, 'disk/by-label', label));
+  const err = await t.throwsAsync(findDeviceByLabel(runner, label, { devDir, candidates: [linked.device, other.device] }));
+  t.is((err as AgentError).code, 'DEVICE_AMBIGUOUS');
+  t.regex(err?.message ?? '', new RegExp(`${linked.device}.*${other.device}`));
 });
 
-test('a by-label link whose name udev escaped (space) is found', async (t) => {
+test('of two devices carrying the label, the one the running system has mounted is taken (a second cOS disk attached)', async (t) => {
   const dir = await tempDir(t);
-  const label = `a b${uniqueLabel('').slice(0, 6)}`;
-  const loop = await labelledLoop(t, dir, label);
-  const devDir = path.join(dir, 'dev');
-  await mkdir(path.join(devDir, 'disk/by-label'), { recursive: true });
-  await symlink(loop.device, path.join(devDir, 'disk/by-label', encodeByLabelName(label)));
-  t.is((await findDeviceByLabel(runner, label, { devDir })).device, loop.device);
+  const label = uniqueLabel();
+  const attached = await labelledLoop(t, dir, label);
+  const running = await labelledLoop(t, dir, label);
+  const mnt = path.join(dir, 'mnt');
+  await mkdir(mnt);
+  await sh(['mount', '-o', 'ro', running.device, mnt]);
+  const dev = await findDeviceByLabel(runner, label, { candidates: [attached.device, running.device] });
+  t.is(dev.device, running.device);
+  await sh(['umount', mnt]);
+  // Neither mounted (and both on disks without a mounted filesystem): ambiguous again.
+  const err = await t.throwsAsync(findDeviceByLabel(runner, label, { candidates: [attached.device, running.device] }));
+  t.is((err as AgentError).code, 'DEVICE_AMBIGUOUS');
 });
 
 test('a by-label link pointing outside the candidates is ignored and the candidates are probed', async (t) => {
