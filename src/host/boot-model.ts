@@ -237,8 +237,10 @@ export function deriveBootState(facts: HostFacts): BootState {
   const failed = { active: failedImage('active'), passive: failedImage('passive') };
   // Known to have booted: the running image; an image whose record is `good` or has no result; an image nothing is
   // recorded for on a host whose records carry no identities (elemental's). Not: a failed image, an image the agent
-  // staged that has not run since, or an image the records do not know although they name images (staged, its
-  // record never written).
+  // staged that has not run since, an image the records do not know although they name images (staged, its record
+  // never written), or an elemental-recorded active that elemental's boot assessment sentinel says was never tried.
+  const armedUntried = yes(facts.grub.assessment, 'enable_boot_assessment') && !yes(facts.grub.assessment, 'boot_assessment_tentative')
+    && !yes(facts.grub.assessment, AGENT_ASSESSMENT);
   const booted = (slot: AbSlot): boolean => {
     if (!facts.slots[slot].present) return false;
     if (running === slot) return true;
@@ -247,6 +249,10 @@ export function deriveBootState(facts: HostFacts): BootState {
     if (id !== null && facts.bootedIds?.includes(id) === true) return true;
     const { record, match } = recordFor(facts, slot);
     if (match === 'unknown') return false;
+    // A record without an identity (elemental's) proves nothing about its image; elemental's own sentinel does: it
+    // arms boot assessment when it stages active, and the first boot of active clears it (08_boot_assessment.yaml).
+    // Armed by elemental (not by the agent), never tried, and active not running: an upgrade that never booted.
+    if (slot === 'active' && record !== null && record.uuid === undefined && armedUntried) return false;
     return record === null || record.upgradeResult !== 'staged';
   };
   const bootedBefore = { active: booted('active'), passive: booted('passive') };
@@ -355,6 +361,13 @@ export interface GrubWrites {
   assessment?: Record<string, string | null>;
 }
 
+/**
+ * Set in COS_STATE/boot_assessment by every write of the agent's (GRUB ignores it): from then on an armed assessment
+ * may be the agent's own (a swap keeps it armed for an image that booted), so elemental's sentinel no longer says
+ * "staged, never tried" about a record without an identity (deriveBootState).
+ */
+export const AGENT_ASSESSMENT = 'cos_agent_assessment';
+
 export const grubVerbs = {
   /** Boot `entry` once (GRUB clears next_entry when it takes it). */
   setOneShot: (entry: GrubEntry): GrubWrites => ({ user: { next_entry: entry } }),
@@ -369,13 +382,13 @@ export const grubVerbs = {
     return { ...(Object.keys(user).length > 0 ? { user } : {}), ...(Object.keys(oem).length > 0 ? { oem } : {}) };
   },
   /** Boot assessment armed for the next boot of active (tentative cleared: kairos#4303). */
-  arm: (): GrubWrites => ({ assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: '' } }),
+  arm: (): GrubWrites => ({ assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: '', [AGENT_ASSESSMENT]: 'yes' } }),
   /** The running active image is good: boot assessment disarmed. */
-  markGood: (): GrubWrites => ({ assessment: { enable_boot_assessment: '', boot_assessment_tentative: '' } }),
+  markGood: (): GrubWrites => ({ assessment: { enable_boot_assessment: '', boot_assessment_tentative: '', [AGENT_ASSESSMENT]: 'yes' } }),
   /** The running active image is bad: the next boot falls back with upgrade_failure. */
-  markBad: (): GrubWrites => ({ assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: 'yes' } }),
+  markBad: (): GrubWrites => ({ assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: 'yes', [AGENT_ASSESSMENT]: 'yes' } }),
   /** A fresh assessment cycle (after a permanent swap). */
-  resetTentative: (): GrubWrites => ({ assessment: { boot_assessment_tentative: '' } }),
+  resetTentative: (): GrubWrites => ({ assessment: { boot_assessment_tentative: '', [AGENT_ASSESSMENT]: 'yes' } }),
   /** The menu's display name, from the new image's GRUB_ENTRY_NAME. */
   brand: (name: string | null): GrubWrites => ({ oem: { default_menu_entry: name } }),
 };

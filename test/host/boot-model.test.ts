@@ -110,7 +110,28 @@ test('the GRUB writes of an upgrade: a pending one-shot and a saved_entry elsewh
   t.deepEqual(systemUpgradeWrites(hostFacts({ user: { next_entry: 'fallback', saved_entry: 'fallback' } }), 'cOS 2'), {
     oem: { default_menu_entry: 'cOS 2' },
     user: { next_entry: null, saved_entry: null },
-    assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: '' },
+    assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: '', cos_agent_assessment: 'yes' },
   });
   t.deepEqual(systemUpgradeWrites(hostFacts({ user: { saved_entry: 'cos' } }), null).user, undefined, 'nothing to write to /oem/grubenv');
+});
+
+test("elemental's records carry no identity: an active it staged (boot assessment armed, never tried) did not boot, so it is neither the fallback nor swapped in", (t) => {
+  const legacy = { digest: 'sha256:x' };
+  // Elemental upgraded (active = new, never booted; passive = the running image), then the host was rebooted into passive.
+  const f = hostFacts({
+    bootedFrom: 'passive',
+    slots: { active: { record: legacy }, passive: { record: legacy } },
+    assessment: { enable_boot_assessment: 'yes' },
+  });
+  const s = deriveBootState(f);
+  t.deepEqual(s.bootedBefore, { active: false, passive: true });
+  const swap = decidePermanentRollback(s);
+  t.true('refused' in swap && /never booted/.test(swap.refused), 'no swap that makes it the fallback');
+  // Booted from recovery: the upgrade replaces active and keeps passive (the image that booted).
+  const fromRecovery = deriveBootState(hostFacts({ bootedFrom: 'recovery', slots: { active: { record: legacy }, passive: { record: legacy } }, assessment: { enable_boot_assessment: 'yes' } }));
+  t.false(decideSystemUpgrade(fromRecovery, { bootedFrom: 'recovery', upgradeFailure: false }).rotate);
+  // Once active was tried (tentative) or the sentinel is cleared by its boot, the record is taken as it is.
+  t.true(deriveBootState(hostFacts({ bootedFrom: 'passive', slots: { active: { record: legacy }, passive: { record: legacy } } })).bootedBefore.active);
+  // Armed by the agent (a swap keeps assessment armed for an image that booted): the sentinel is not elemental's.
+  t.true(deriveBootState(hostFacts({ bootedFrom: 'passive', slots: { active: { record: legacy }, passive: { record: legacy } }, assessment: { enable_boot_assessment: 'yes', cos_agent_assessment: 'yes' } })).bootedBefore.active);
 });
