@@ -16,8 +16,9 @@
 # is created if missing but its mode is left alone). Owners are whoever runs it (root, or fakeroot in a package
 # build). Idempotent: a second run leaves the same tree.
 #
-# NOT installed here: the program itself (bin/cosd.js, bin/cosctl.js, the dist/ bundle, the Node.js runtime) and
-# /usr/bin/cosd, which the unit's ExecStart= names. That is a later packaging issue.
+# NOT installed here: the program itself (the dist/ bundles, the Node.js runtime) and the launchers /usr/sbin/cosd
+# (which the unit's ExecStart= names) and /usr/bin/cosctl. scripts/package.ts (`npm run package`) runs this script
+# into its staging tree and adds those, making the tarball a derivative image unpacks at /.
 #
 # Usage: packaging/install.sh DESTDIR
 set -euo pipefail

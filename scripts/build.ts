@@ -1,7 +1,9 @@
 /**
  * Builds what ships: the daemon as one ESM bundle whose job code sits in lazily loaded chunks (dist/cosd/main.mjs),
  * and the cron helper next to it (dist/cosd/cron-next.mjs, run by src/sys/cron.ts). `npm run build`; the tests and
- * the benchmark build first and run the bundle, as systemd/cosd.service does.
+ * the benchmark build first and run the bundle, as systemd/cosd.service does. The CLI is bundled the same way into
+ * dist/cosctl/cli.mjs (exports `main`, like dist/cosd/main.mjs), for the package (scripts/package.ts), which runs
+ * both bundles on its own Node runtime without node_modules.
  *
  * Idle memory (bench/daemon.ts, target <= 60 MB RSS): run from the TypeScript sources cosd idles near 100 MB, as
  * this bundle near 58 MB. One plugin helps: two dependencies import node:crypto when loaded, for paths the idle
@@ -16,6 +18,7 @@ import { build, type Plugin } from 'esbuild';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const out = path.join(repo, 'dist/cosd');
+const cliOut = path.join(repo, 'dist/cosctl');
 
 /** Packages whose `crypto` import is made lazy, with the names they import (ESM) or `*` (CommonJS require). */
 const LAZY_CRYPTO: Record<string, 'cjs' | readonly string[]> = {
@@ -42,20 +45,27 @@ const lazyCrypto: Plugin = {
   },
 };
 
-await rm(out, { recursive: true, force: true });
-await build({
-  entryPoints: [path.join(repo, 'src/main.ts'), path.join(repo, 'src/cron-next.ts')],
-  bundle: true,
-  platform: 'node',
-  format: 'esm',
-  target: 'node24',
-  splitting: true,
-  outdir: out,
-  outExtension: { '.js': '.mjs' },
-  logLevel: 'warning',
-  // optional native modules of dbus-next's X11 address lookup and its unix-socket fd passing: never used
-  external: ['x11', 'usocket'],
-  // CommonJS dependencies call require(); an ESM bundle has none of its own
-  banner: { js: "import { createRequire as __cosdRequire } from 'node:module'; const require = __cosdRequire(import.meta.url);" },
-  plugins: [lazyCrypto],
-});
+/** One ESM bundle of `entries` into `outdir` (emptied first), job code split into lazily loaded chunks. */
+async function bundle(entries: readonly string[], outdir: string): Promise<void> {
+  await rm(outdir, { recursive: true, force: true });
+  await build({
+    entryPoints: entries.map((e) => path.join(repo, e)),
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node24',
+    splitting: true,
+    outdir,
+    outExtension: { '.js': '.mjs' },
+    logLevel: 'warning',
+    // optional native modules of dbus-next's X11 address lookup and its unix-socket fd passing: never used
+    external: ['x11', 'usocket'],
+    // CommonJS dependencies call require(); an ESM bundle has none of its own
+    banner: { js: "import { createRequire as __cosdRequire } from 'node:module'; const require = __cosdRequire(import.meta.url);" },
+    plugins: [lazyCrypto],
+  });
+}
+
+await bundle(['src/main.ts', 'src/cron-next.ts'], out);
+// cosctl never computes a schedule (only the daemon's scheduler runs the cron helper), so no cron-next.mjs there.
+await bundle(['src/cli.ts'], cliOut);

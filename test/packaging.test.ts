@@ -7,7 +7,7 @@
  *     the installed system-services dir as <servicedir> lists io.costoolkit.Agent1 as activatable, and lets root (only)
  *     own the name; the example polkit drop-in is a bus config dbus-daemon loads;
  *   - the unit: `systemd-analyze verify` offline, in a root made of the installed tree, the host's units (dbus.socket,
- *     the targets) and a stub /usr/bin/cosd (the program itself is not installed by install.sh). systemd 252 only
+ *     the targets) and a stub /usr/sbin/cosd (the program itself is not installed by install.sh). systemd 252 only
  *     warns about unknown keys and bad values (exit 0), so "valid" means exit 0 AND no diagnostics at all; broken
  *     copies of the unit prove that this check fails on a real error.
  */
@@ -224,7 +224,7 @@ test('the unit is Type=dbus on io.costoolkit.Agent1, and the activation file han
 /**
  * `systemd-analyze verify` of `unit` offline: in a fresh root holding the installed tree, the host's units (what
  * cosd.service refers to: dbus.socket, local-fs.target, multi-user.target, and the default dependencies) and, unless
- * `stub` is false, an executable stub /usr/bin/cosd for ExecStart=. `clean`: exit 0 and not one diagnostic.
+ * `stub` is false, an executable stub /usr/sbin/cosd for ExecStart=. `clean`: exit 0 and not one diagnostic.
  */
 async function verify(t: ExecutionContext, dest: string, unit: string, stub = true): Promise<RunResult & { clean: boolean }> {
   const root = await tempDir(t, 'cos-pkg-verify-');
@@ -232,8 +232,8 @@ async function verify(t: ExecutionContext, dest: string, unit: string, stub = tr
   await cp('/usr/lib/systemd/system', path.join(root, 'usr/lib/systemd/system'), { recursive: true, verbatimSymlinks: true, force: false });
   await writeFile(path.join(root, UNIT), unit);
   if (stub) {
-    await mkdir(path.join(root, 'usr/bin'), { recursive: true });
-    await writeFile(path.join(root, 'usr/bin/cosd'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+    await mkdir(path.join(root, 'usr/sbin'), { recursive: true });
+    await writeFile(path.join(root, 'usr/sbin/cosd'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
   }
   const r = await run('systemd-analyze', ['verify', '--man=no', `--root=${root}`, path.join(root, UNIT)], { SYSTEMD_COLORS: '0', SYSTEMD_PAGER: 'cat' });
   return { ...r, clean: r.code === 0 && r.stdout === '' && r.stderr === '' };
@@ -248,7 +248,7 @@ test('systemd-analyze verify passes the installed unit without a single diagnost
   t.true(r.clean);
 });
 
-/** A broken copy: `edit` applied to the installed unit (null: the unit as installed, but no stub /usr/bin/cosd). */
+/** A broken copy: `edit` applied to the installed unit (null: the unit as installed, but no stub /usr/sbin/cosd). */
 const broken = test.macro(async (t, edit: ((unit: string) => string) | null, diagnostic: RegExp) => {
   const dest = await install(t);
   const unit = await readFile(path.join(dest, UNIT), 'utf8');
@@ -262,4 +262,4 @@ const broken = test.macro(async (t, edit: ((unit: string) => string) | null, dia
 test('systemd-analyze verify catches a misspelled directive (Tpye=dbus)', broken, (u) => u.replace(/^Type=dbus$/m, 'Tpye=dbus'), /Unknown key 'Tpye'/);
 test('systemd-analyze verify catches an invalid value (Type=dbuss)', broken, (u) => u.replace(/^Type=dbus$/m, 'Type=dbuss'), /Failed to parse service type/);
 test('systemd-analyze verify catches Type=dbus without BusName=', broken, (u) => u.replace(/^BusName=.*\n/m, ''), /no D-Bus service name/);
-test('systemd-analyze verify catches a missing ExecStart= binary (no stub /usr/bin/cosd)', broken, null, /\/usr\/bin\/cosd is not executable/);
+test('systemd-analyze verify catches a missing ExecStart= binary (no stub /usr/sbin/cosd)', broken, null, /\/usr\/sbin\/cosd is not executable/);
