@@ -13,7 +13,7 @@ import { CleanupStack } from '../sys/cleanup.ts';
 import { loadActionConfig } from '../host/config.ts';
 import { acquireLock } from '../host/lock.ts';
 import { markOnBoot, readStateFile, writeStateFile } from '../host/state-file.ts';
-import { applyGrubWrites, readHost } from '../host/bootchooser.ts';
+import { applyGrubWrites, installBootAssessment, readHost } from '../host/bootchooser.ts';
 import { decideMark } from '../host/boot-model.ts';
 import { recoverInterrupted } from './recover.ts';
 import type { AgentDeps } from '../host/deps.ts';
@@ -42,7 +42,11 @@ export async function markBooted(deps: AgentDeps, good: boolean): Promise<MarkOu
     if ('refused' in d) throw new AgentError('NOT_SUPPORTED', d.refused);
     const { slot } = d;
     const changed = d.writes !== null;
-    if (d.writes !== null) await applyGrubWrites(host, d.writes);
+    if (d.writes !== null) {
+      // What is marked must be what GRUB acts on: the boot-assessment script and its env blocks are on disk first.
+      await installBootAssessment(host.dirs);
+      await applyGrubWrites(host, d.writes);
+    }
     else deps.log.info({ running: host.state.running, staged: host.state.staged }, 'mark-good: boot assessment left as it is (the image under assessment is not the running one)');
     const dir = host.dirs.state;
     if (slot !== null && dir !== undefined) {

@@ -62,11 +62,19 @@ function renderHuman(doc: HostStatusDocument): string {
     lines.push(slotLine(st.slots[name], st.booted?.slot === name, st.staged?.slot === name));
   }
   lines.push(nextBootLine(st.nextBoot));
-  lines.push(`Boot assessment: ${st.bootAssessment.enabled ? (st.bootAssessment.tentative ? 'armed, tentative boot in progress' : 'armed') : 'off'}`);
+  lines.push(`Boot assessment: ${assessmentText(st.bootAssessment)}`);
   if (doc.spec.image) lines.push(`Upgrade source: ${show(doc.spec.image.image)}${doc.spec.verify ? '' : ' (signature verification OFF)'}`);
   const last = st.lastUpgrade;
   if (last) {
     lines.push(`Last upgrade: ${last.result} (${last.target}, ${last.image !== null ? show(last.image) : '-'}, ${show(last.finishedAt, TEXT_LIMITS.echo)})${last.error ? `: ${show(last.error, TEXT_LIMITS.message)}` : ''}`);
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** "armed, 3 tries left" / "armed, last try" / "armed, tries used up: the next boot falls back" / "off". */
+function assessmentText(a: HostStatusDocument['status']['bootAssessment']): string {
+  if (!a.enabled) return 'off';
+  if (a.triesLeft === null) return a.tentative ? 'armed, tentative boot in progress' : 'armed';
+  if (a.triesLeft === 0) return 'armed, tries used up: the next boot of active falls back';
+  return a.triesLeft === 1 ? 'armed, last try' : `armed, ${a.triesLeft} tries left`;
 }

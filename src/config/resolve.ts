@@ -39,12 +39,15 @@ import {
 } from '../model/config.ts';
 import { displayText, TEXT_LIMITS, utf8Length } from '../model/text.ts';
 import { AgentError, ConfigError } from '../model/errors.ts';
+import { DEFAULT_TRIES, MAX_TRIES, validTries } from '../model/boot-assessment.ts';
 import type { DotenvEntry } from './dotenv.ts';
 
 /** The typed value of every setting a source can provide. Keys double as AgentConfig origin paths where they match. */
 export interface SettingValues {
   /** UPGRADE_IMAGE, validated; interpreted with channelUpgrades at resolve time. */
   upgradeImage: string;
+  /** BOOT_ASSESSMENT_TRIES (cos-agent): boots of active before GRUB falls back, 1..9. */
+  bootAssessmentTries: number;
   recoveryImage: string;
   channelUpgrades: boolean;
   /** v0.0.15 `docker-image`. */
@@ -111,7 +114,8 @@ type Conv =
   | 'dir'
   | 'uri'
   | 'fs-system'
-  | 'fs-recovery';
+  | 'fs-recovery'
+  | 'tries';
 interface KeySpec {
   readonly setting: SettingName;
   readonly conv: Conv;
@@ -145,6 +149,7 @@ const FLAT: Readonly<Record<string, KeySpec>> = {
   'docker-image': { setting: 'dockerImage', conv: 'oci' },
   directory: { setting: 'directory', conv: 'dir' },
   'squash-compression': { setting: 'squashCompression', conv: 'words' },
+  'boot-assessment-tries': { setting: 'bootAssessmentTries', conv: 'tries' },
 };
 
 /** Keys taken from /etc/os-release (normalised). */
@@ -319,6 +324,11 @@ function convert(conv: Conv, raw: string | string[], w: Where): SettingValues[Se
       else if (BOOL_FALSE.test(v)) b = false;
       else fail(w, `expected a boolean (true/false/yes/no/1/0), got ${JSON.stringify(v)}`);
       return conv === 'bool' ? b : !b;
+    }
+    case 'tries': {
+      const n = /^\d+$/.test(v) ? Number(v) : NaN;
+      if (!validTries(n)) fail(w, `expected the boots of active before the fallback, 1 to ${MAX_TRIES}, got ${JSON.stringify(v)}`);
+      return n;
     }
     case 'posint': {
       const n = /^\d+$/.test(v) ? Number(v) : NaN;
@@ -607,6 +617,7 @@ export function resolveConfig(layers: readonly ConfigLayer[]): AgentConfig {
     upgradeRecovery,
     channelUpgrades,
     imageSizeMiB: getOrNull('imageSizeMiB', 'imageSizeMiB'),
+    bootAssessmentTries: get('bootAssessmentTries', 'bootAssessmentTries', DEFAULT_TRIES),
     ...(recoveryImageSizeMiB !== undefined ? { recoveryImageSizeMiB } : {}),
     ...(systemFs !== undefined ? { systemFs } : {}),
     ...(recoveryFs !== undefined ? { recoveryFs } : {}),

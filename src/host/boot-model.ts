@@ -17,6 +17,8 @@
 import type { BootedFrom, SlotName } from '../model/host.ts';
 import type { ImageEntry } from '../model/state.ts';
 
+import { DEFAULT_TRIES, nextTries, TRIES_VAR, type AssessmentScript } from './boot-assessment.ts';
+
 export type GrubEntry = 'cos' | 'fallback' | 'recovery';
 export type AbSlot = 'active' | 'passive';
 
@@ -65,6 +67,11 @@ export interface HostFacts {
   bootedIds?: readonly string[];
   slots: Record<SlotName, SlotFacts>;
   grub: GrubEnvs;
+  /**
+   * Whose COS_STATE/grub_boot_assessment GRUB sources (host/boot-assessment.ts): the agent's (N tries), cOS's (one
+   * try) or none. Absent: cOS's, as on every cOS host.
+   */
+  assessmentScript?: AssessmentScript;
   /** Labels GRUB's entries expect (COS_ACTIVE, COS_PASSIVE). */
   labels: { active: string; passive: string };
 }
@@ -98,7 +105,11 @@ export interface BootState {
   bootedBefore: Record<AbSlot, boolean>;
   /** Whether each A/B slot holds an image that was tried and failed (boot assessment fell back from it, mark-bad). */
   failed: Record<AbSlot, boolean>;
-  assessment: { enabled: boolean; tentative: boolean };
+  /**
+   * Boot assessment: armed (enabled), the next boot of active is its last try (tentative: after it, the fallback), and
+   * the boots of active left before the fallback (null when not armed; 0 once tentative: the next boot falls back).
+   */
+  assessment: { enabled: boolean; tentative: boolean; triesLeft: number | null };
   /** A pending one-shot choice (`next_entry`). */
   oneShot: GrubEntry | null;
 }
@@ -135,7 +146,7 @@ export function labelMatches(facts: Pick<HostFacts, 'slots' | 'labels'>, slot: S
  * sourced (it is on every cOS host; tests may evaluate without it).
  */
 export function evaluateGrub(
-  facts: Pick<HostFacts, 'slots' | 'labels' | 'grub'>,
+  facts: Pick<HostFacts, 'slots' | 'labels' | 'grub' | 'assessmentScript'>,
   assessmentInstalled = true,
 ): { next: NextBoot; writes: { user: Record<string, string>; assessment: Record<string, string> } } {
   const env = new Map<string, string>([...facts.grub.oem, ...facts.grub.user]);
@@ -155,7 +166,8 @@ export function evaluateGrub(
     reason = saved !== null && saved !== 'cos' ? 'saved-entry' : 'default';
   }
   let upgradeFailure = false;
-  if (assessmentInstalled) {
+  const script = assessmentInstalled ? (facts.assessmentScript ?? 'cos') : 'none';
+  if (script !== 'none') {
     for (const [k, v] of facts.grub.assessment) env.set(k, v);
     if ((yes(env, 'enable_boot_assessment') || yes(env, 'enable_boot_assessment_always')) && !selected) {
       if (yes(env, 'boot_assessment_tentative')) {
@@ -163,7 +175,10 @@ export function evaluateGrub(
         reason = 'boot-assessment';
         upgradeFailure = true;
       } else {
-        writes.assessment['boot_assessment_tentative'] = 'yes';
+        // The agent's script counts down boot_assessment_tries first; cOS's (and the agent's last try) sets tentative.
+        const next = script === 'agent' ? nextTries(env.get(TRIES_VAR)) : null;
+        if (next !== null) writes.assessment[TRIES_VAR] = next;
+        else writes.assessment['boot_assessment_tentative'] = 'yes';
       }
     }
   }
@@ -212,6 +227,17 @@ export function runningSlot(facts: Pick<HostFacts, 'bootedFrom' | 'runningId' | 
   const holders = (['active', 'passive', 'recovery'] as const).filter((s) => slots[s].present && slots[s].id === runningId);
   if (holders.includes(bootedFrom)) return bootedFrom;
   return holders[0] ?? null;
+}
+
+/** PURE: boot assessment as GRUB's script will act on it at the next boot of active. */
+export function assessmentState(facts: Pick<HostFacts, 'grub' | 'assessmentScript'>): BootState['assessment'] {
+  const a = facts.grub.assessment;
+  const enabled = yes(a, 'enable_boot_assessment') || yes(facts.grub.user, 'enable_boot_assessment_always');
+  const tentative = yes(a, 'boot_assessment_tentative');
+  if (!enabled || (facts.assessmentScript ?? 'cos') === 'none') return { enabled, tentative, triesLeft: null };
+  if (tentative) return { enabled, tentative, triesLeft: 0 };
+  const next = (facts.assessmentScript ?? 'cos') === 'agent' ? nextTries(a.get(TRIES_VAR)) : null;
+  return { enabled, tentative, triesLeft: next === null ? 1 : Number(next) + 1 };
 }
 
 /** PURE: one model of the host, derived from the facts. */
@@ -277,7 +303,7 @@ export function deriveBootState(facts: HostFacts): BootState {
     rollback,
     bootedBefore,
     failed,
-    assessment: { enabled: yes(facts.grub.assessment, 'enable_boot_assessment'), tentative: yes(facts.grub.assessment, 'boot_assessment_tentative') },
+    assessment: assessmentState(facts),
     oneShot,
   };
 }
@@ -382,9 +408,11 @@ export const grubVerbs = {
     return { ...(Object.keys(user).length > 0 ? { user } : {}), ...(Object.keys(oem).length > 0 ? { oem } : {}) };
   },
   /** Boot assessment armed for the next boot of active (tentative cleared: kairos#4303). */
-  arm: (): GrubWrites => ({ assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: '', [AGENT_ASSESSMENT]: 'yes' } }),
+  arm: (tries: number = DEFAULT_TRIES): GrubWrites => ({
+    assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: '', [TRIES_VAR]: String(tries), [AGENT_ASSESSMENT]: 'yes' },
+  }),
   /** The running active image is good: boot assessment disarmed. */
-  markGood: (): GrubWrites => ({ assessment: { enable_boot_assessment: '', boot_assessment_tentative: '', [AGENT_ASSESSMENT]: 'yes' } }),
+  markGood: (): GrubWrites => ({ assessment: { enable_boot_assessment: '', boot_assessment_tentative: '', [TRIES_VAR]: '', [AGENT_ASSESSMENT]: 'yes' } }),
   /** The running active image is bad: the next boot falls back with upgrade_failure. */
   markBad: (): GrubWrites => ({ assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: 'yes', [AGENT_ASSESSMENT]: 'yes' } }),
   /** A fresh assessment cycle (after a permanent swap). */
@@ -416,8 +444,8 @@ export function applyWrites(env: ReadonlyMap<string, string>, w: Record<string, 
 }
 
 /** PURE: the GRUB writes of a successful system upgrade: the new active boots next, armed, under its name. */
-export function systemUpgradeWrites(facts: Pick<HostFacts, 'grub'>, entryName: string | null): GrubWrites {
-  return mergeWrites(grubVerbs.brand(entryName), grubVerbs.setPrimary(facts), grubVerbs.arm());
+export function systemUpgradeWrites(facts: Pick<HostFacts, 'grub'>, entryName: string | null, tries: number = DEFAULT_TRIES): GrubWrites {
+  return mergeWrites(grubVerbs.brand(entryName), grubVerbs.setPrimary(facts), grubVerbs.arm(tries));
 }
 
 /** PURE: the GRUB writes of a permanent rollback: no pending choice, a fresh assessment cycle. */

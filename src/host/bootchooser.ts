@@ -23,6 +23,7 @@ import type { AgentDeps } from './deps.ts';
 import { deriveBootState, type BootState, type GrubWrites, type HostFacts, type SlotFacts } from './boot-model.ts';
 import { readStateFile } from './state-file.ts';
 import { MOUNT_POINTS } from './mount-points.ts';
+import { bootAssessmentScript, grubcustomWithHook, scriptKind } from './boot-assessment.ts';
 
 export const SLOT_FILES: Record<SlotName, readonly string[]> = {
   active: ['cOS/active.img'],
@@ -138,6 +139,7 @@ export async function readHost(deps: AgentDeps, config: AgentConfig, cleanup: Cl
     user: await env(dirs.oem, 'grubenv'),
   };
 
+  const assessmentScript = dirs.state === undefined ? 'none' : scriptKind(await readOptionalText(path.join(dirs.state, 'grub_boot_assessment')));
   const booted = await bootRecord(deps, cmdlineText, boot, slots);
   const bootedIds = ((await readOptionalText(deps.root.path(BOOTED_IMAGES)).catch(() => undefined)) ?? '').split('\n').filter((l) => l !== '');
   const facts: HostFacts = {
@@ -148,6 +150,7 @@ export async function readHost(deps: AgentDeps, config: AgentConfig, cleanup: Cl
     failedId: upgradeFailure ? booted.activeId : null,
     slots,
     grub,
+    assessmentScript,
     labels: { active: config.labels.active, passive: config.labels.passive },
   };
   return { boot, facts, state: deriveBootState(facts), dirs, records, files };
@@ -263,4 +266,37 @@ export async function checkGrubWrites(view: Pick<HostView, 'dirs'>, writes: Grub
       throw e;
     }
   }
+}
+
+/**
+ * The GRUB side of boot assessment on disk, installed or brought up to date the way cOS's 08_boot_assessment does
+ * (host/boot-assessment.ts): COS_STATE/grub_boot_assessment holds the agent's script (N tries), COS_STATE/grubcustom
+ * sources it (an existing grubcustom is extended, never replaced), and the env blocks GRUB's save_env writes into
+ * exist (GRUB cannot create a file): COS_STATE/boot_assessment and COS_OEM/grubenv (so cOS's grub.cfg never prints
+ * "no such device: /grubenv"). `dirs`: the partitions mounted read-write. Returns the files it wrote.
+ */
+export async function installBootAssessment(dirs: { state?: string; oem?: string }): Promise<string[]> {
+  const changed: string[] = [];
+  const put = async (file: string, text: string): Promise<void> => {
+    await writeFileAtomic(file, text);
+    changed.push(file);
+  };
+  if (dirs.state !== undefined) {
+    const script = path.join(dirs.state, 'grub_boot_assessment');
+    const want = bootAssessmentScript();
+    if ((await readOptionalText(script)) !== want) await put(script, want);
+    const custom = path.join(dirs.state, 'grubcustom');
+    const hooked = grubcustomWithHook(await readOptionalText(custom));
+    if (hooked !== null) await put(custom, hooked);
+  }
+  const blocks: Array<[string | undefined, string]> = [[dirs.state, 'boot_assessment'], [dirs.oem, 'grubenv']];
+  for (const [dir, name] of blocks) {
+    if (dir === undefined) continue;
+    const file = path.join(dir, name);
+    if ((await stat(file).catch(() => undefined)) !== undefined) continue;
+    await updateGrubEnvFile(file, {}, { create: true });
+    changed.push(file);
+  }
+  for (const dir of [dirs.state, dirs.oem]) if (dir !== undefined && changed.some((f) => f.startsWith(`${dir}/`))) await syncFs(dir);
+  return changed;
 }

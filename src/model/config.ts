@@ -65,6 +65,11 @@ export interface AgentConfig {
    * file it replaces (3072 MiB, elemental's `ImgSize`, when there is none), grown to fit the rootfs either way.
    */
   imageSizeMiB: number | null;
+  /**
+   * `BOOT_ASSESSMENT_TRIES` / `boot-assessment-tries` (cos-agent's own key): boots of a new active GRUB allows before
+   * it falls back to passive (1..9, default 3; cOS gives one).
+   */
+  bootAssessmentTries: number;
   /** `upgrade.recovery-system.size`, MiB; absent = `imageSizeMiB`. */
   recoveryImageSizeMiB?: number;
   /** `upgrade.system.fs` (ext2|ext3|ext4); absent = ext2 as elemental. */

@@ -96,7 +96,8 @@ export interface HostStatusDocument {
       upgradeFailure: boolean;
       then?: { entry: string; slot: SlotName | null };
     };
-    bootAssessment: { enabled: boolean; tentative: boolean };
+    /** Boot assessment (host/boot-model.ts assessmentState): armed, last try, boots of active left (null: not armed). */
+    bootAssessment: { enabled: boolean; tentative: boolean; triesLeft: number | null };
     lastUpgrade: UpgradeResult | null;
   };
 }

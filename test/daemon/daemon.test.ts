@@ -19,7 +19,7 @@ function doc(status: Partial<HostStatusDocument['status']> = {}): HostStatusDocu
     spec: { image: null, verify: true },
     status: {
       bootedFrom: 'active', upgradeFailure: false, booted: slots.active, staged: null, rollback: slots.passive, slots,
-      nextBoot: { entry: 'cos', oneShot: false, slot: 'active', reason: 'default', upgradeFailure: false }, bootAssessment: { enabled: false, tentative: false }, lastUpgrade: null, ...status,
+      nextBoot: { entry: 'cos', oneShot: false, slot: 'active', reason: 'default', upgradeFailure: false }, bootAssessment: { enabled: false, tentative: false, triesLeft: null }, lastUpgrade: null, ...status,
     },
   };
 }
@@ -32,8 +32,8 @@ test('a healthy host: every present slot is good; unknown values become empty st
 });
 
 test('active is tentative while boot assessment is armed or under way, and when an upgrade is staged', (t) => {
-  t.is(slotSummaries(doc({ bootAssessment: { enabled: true, tentative: false } })).active.state, 'tentative');
-  t.is(slotSummaries(doc({ bootAssessment: { enabled: true, tentative: true } })).active.state, 'tentative');
+  t.is(slotSummaries(doc({ bootAssessment: { enabled: true, tentative: false, triesLeft: 1 } })).active.state, 'tentative');
+  t.is(slotSummaries(doc({ bootAssessment: { enabled: true, tentative: true, triesLeft: 0 } })).active.state, 'tentative');
   const staged = doc();
   staged.status.staged = staged.status.slots.active;
   t.is(slotSummaries(staged).active.state, 'tentative');
@@ -58,7 +58,7 @@ test('a missing image file is absent, whatever boot assessment says', (t) => {
 test('the config summary carries the effective settings and key paths, nothing else', (t) => {
   const config: AgentConfig = {
     upgradeSource: { kind: 'oci', ref: 'reg/os:v2', uri: 'oci:reg/os:v2' },
-    upgradeRecovery: false, channelUpgrades: false, imageSizeMiB: 3072, labels: { ...DEFAULT_LABELS }, verify: false,
+    upgradeRecovery: false, channelUpgrades: false, imageSizeMiB: 3072, bootAssessmentTries: 3, labels: { ...DEFAULT_LABELS }, verify: false,
     verifyDisabledBy: '/etc/cos/config:3 (NO_VERIFY)',
     cosign: { enabled: true, publicKeyLocations: ['/etc/cos/key.pub'], experimental: false, repository: 'reg/sigs' },
     cloudInitPaths: [], strict: true, reboot: true, poweroff: false, origins: { upgradeSource: '/etc/cos-upgrade-image:1 (UPGRADE_IMAGE)' },

@@ -19,6 +19,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SpawnRunner, type Runner } from '../../src/sys/runner.ts';
+import { cosBootAssessment } from './grub-script.ts';
 import {
   attachLoop,
   diskPartitions,
@@ -401,6 +402,10 @@ export async function createCosHost(opts: CosHostOptions = {}): Promise<CosHost>
         await editenv(oemEnv, 'create');
         await editenv(oemEnv, 'set', 'default_menu_entry=cOS');
         await editenv(path.join(trees.state, 'boot_assessment'), 'create');
+        // As cOS's 08_boot_assessment installs them (after-install): grubcustom sources grub_boot_assessment.
+        const cosAssessment = cosBootAssessment();
+        await put(path.join(trees.state, 'grubcustom'), cosAssessment.grubcustom);
+        await put(path.join(trees.state, 'grub_boot_assessment'), cosAssessment.grubBootAssessment);
         await put(path.join(trees.state, 'grub2/grub.cfg'), GRUB_CFG);
       })(),
     ]);

@@ -35,6 +35,7 @@ import { DEFAULT_LABELS } from '../../src/model/config.ts';
 import type { BootedFrom, SlotName } from '../../src/model/host.ts';
 import type { ImageEntry, InstallState } from '../../src/model/state.ts';
 import { boot as grubBoot, cosAssessmentFiles, cosDisk, envOf, readCmdline, type GrubBoot, type GrubFile, type GrubWorld } from './grub-script.ts';
+import { bootAssessmentScript, GRUBCUSTOM_HOOK } from '../../src/host/boot-assessment.ts';
 
 const LABELS = DEFAULT_LABELS;
 
@@ -58,6 +59,8 @@ export interface World {
   oemEnv: Map<string, string>;
   /** COS_STATE /boot_assessment. */
   assessment: Map<string, string>;
+  /** COS_STATE /grub_boot_assessment is the agent's (N tries; installBootAssessment), not cOS's (one try). */
+  agentScript: boolean;
   /** COS_STATE state.yaml. */
   state: InstallState;
   /** The inode of the running image. */
@@ -117,6 +120,7 @@ export function newWorld(): World {
     grubenv: null,
     oemEnv: new Map([['default_menu_entry', 'cOS']]),
     assessment: new Map(),
+    agentScript: false,
     state: emptyState(),
     running: 1,
     bootedFrom: 'active',
@@ -152,6 +156,7 @@ export function snapshot(w: World): string {
     grubenv: w.grubenv === null ? null : [...w.grubenv],
     oemEnv: [...w.oemEnv],
     assessment: [...w.assessment],
+    agentScript: w.agentScript,
     state: w.state,
     running: w.running,
     bootedFrom: w.bootedFrom,
@@ -180,6 +185,7 @@ export function factsOf(w: World): HostFacts {
     bootedIds: [...w.agentBooted],
     slots: { active: slot('active'), passive: slot('passive'), recovery: slot('recovery') },
     grub: { oem: new Map(w.oemEnv), user: new Map(w.grubenv ?? []), assessment: new Map(w.assessment) },
+    assessmentScript: w.agentScript ? 'agent' : 'cos',
     labels: { active: LABELS.active, passive: LABELS.passive },
   };
 }
@@ -262,7 +268,8 @@ function upgrade(w: World, a: { version: string; force: boolean; healthy: boolea
   const haveActive = w.names.has('cOS/active.img');
   const rotatedId = host.facts.slots.active.id;
   for (const step of upgradeSwitchSteps(plan, LABELS, { active: haveActive })) applyStep(w, step);
-  // 15. GRUB.
+  // 15. GRUB (the agent's boot-assessment script installed first, as commitSwitch does).
+  w.agentScript = true;
   applyGrubWrites(w, systemUpgradeWrites(host.facts, `cOS ${a.version}`));
   // 16. state.yaml.
   const date = tick(w);
@@ -318,7 +325,10 @@ function mark(w: World, good: boolean): string {
   if ('refused' in d) throw new Refused(`refused: ${d.refused}`);
   const { slot } = d;
   const changed = d.writes !== null;
-  if (d.writes !== null) applyGrubWrites(w, d.writes);
+  if (d.writes !== null) {
+    w.agentScript = true;
+    applyGrubWrites(w, d.writes);
+  }
   if (slot !== null) {
     const id = host.facts.slots[slot].id;
     if (w.state.partitions['state'] !== undefined || id !== null) w.state = markOnBoot(w.state, slot, good ? 'good' : 'failed', id);
@@ -336,7 +346,9 @@ export function grubWorld(w: World): GrubWorld {
   const state = new Map<string, GrubFile>([
     ['/grub_oem_env', { env: new Map(w.oemEnv) }],
     ['/boot_assessment', { env: new Map(w.assessment) }],
-    ...cosAssessmentFiles(),
+    ...(w.agentScript
+      ? ([['/grubcustom', { text: GRUBCUSTOM_HOOK }], ['/grub_boot_assessment', { text: bootAssessmentScript() }]] as Array<[string, GrubFile]>)
+      : cosAssessmentFiles()),
   ]);
   for (const [name, ino] of w.names) state.set(`/${name}`, { image: { label: (w.inodes.get(ino) as Inode).label, tag: ino } });
   const recovery = new Map<string, GrubFile>([['/cOS/recovery.img', { image: { label: (w.inodes.get(w.recovery) as Inode).label, tag: w.recovery } }]]);

@@ -181,15 +181,15 @@ test('mark-good after an upgrade, before the reboot, keeps the staged upgrade ar
   t.is(w.assessment.get('enable_boot_assessment'), 'yes');
   t.is(readHost(w).state.staged, 'active');
   const [rebooted] = steps(t, w, [REBOOT]);
-  t.regex(rebooted ?? '', /^cos\(ino 4\):panic fallback\(ino 1\):booted\+upgrade_failure$/);
+  t.regex(rebooted ?? '', /^cos\(ino 4\):panic cos\(ino 4\):panic cos\(ino 4\):panic fallback\(ino 1\):booted\+upgrade_failure$/);
   t.is(w.running, 1);
   t.true(w.upgradeFailure);
 });
 
-test('upgrade, reboot into a bad image, fallback with upgrade_failure, upgrade again: passive is kept', (t) => {
+test('upgrade, reboot into a bad image (its 3 tries, the default), fallback with upgrade_failure, upgrade again: passive is kept', (t) => {
   const w = newWorld();
   const [, fell] = steps(t, w, [up('1.0', false), REBOOT]);
-  t.regex(fell ?? '', /^cos\(ino 4\):panic fallback\(ino 1\):booted\+upgrade_failure$/);
+  t.regex(fell ?? '', /^cos\(ino 4\):panic cos\(ino 4\):panic cos\(ino 4\):panic fallback\(ino 1\):booted\+upgrade_failure$/);
   t.is(w.bootedFrom, 'passive');
   t.true(w.upgradeFailure);
   t.is(nextBoot(w).entry, 'fallback', 'without an upgrade, GRUB keeps falling back (tentative stays set)');

@@ -20,7 +20,7 @@ import { acquireLock } from '../../host/lock.ts';
 import { loadActionConfig } from '../../host/config.ts';
 import { alreadyStaged, planUpgrade, TRANSITION_FILES, upgradeSwitchSteps, type RecoveryFlavour, type UpgradePlan } from './plan.ts';
 import { readStateFile, rotateOnUpgrade, writeStateFile, type RotateOptions } from '../../host/state-file.ts';
-import { applyGrubWrites, checkGrubWrites, readHost, readHostOnce, type HostView } from '../../host/bootchooser.ts';
+import { applyGrubWrites, checkGrubWrites, installBootAssessment, readHost, readHostOnce, type HostView } from '../../host/bootchooser.ts';
 import { grubVerbs, recordFor, systemUpgradeWrites, type GrubWrites } from '../../host/boot-model.ts';
 import type { ImageEntry } from '../../model/state.ts';
 import { removeJournal, runJournalSteps, writeJournal, type SwitchJournal } from './journal.ts';
@@ -570,7 +570,11 @@ async function commitSwitch(run: UpgradeRun): Promise<void> {
   // Everything that completes the switch is decided and checked before it: a GRUB value that cannot be written (too
   // long for the block) fails the upgrade here, with nothing switched.
   if (p.updateGrub && host !== null) {
-    run.grubWrites = systemUpgradeWrites(host.facts, run.osRelease.get('GRUB_ENTRY_NAME') ?? null);
+    // The GRUB side of boot assessment (the N-tries script, the grubcustom hook, the env blocks) is installed or
+    // brought up to date first: arming it means nothing to a GRUB that does not source it.
+    const installed = await installBootAssessment(host.dirs);
+    if (installed.length > 0) run.log.info({ files: installed }, 'boot assessment installed on disk');
+    run.grubWrites = systemUpgradeWrites(host.facts, run.osRelease.get('GRUB_ENTRY_NAME') ?? null, config.bootAssessmentTries);
     await checkGrubWrites(host, run.grubWrites);
   }
   run.checkAbort();
@@ -587,7 +591,7 @@ async function commitSwitch(run: UpgradeRun): Promise<void> {
   // new active, boots it tentatively, with the fallback behind it. (An old active that boots armed instead is an
   // image that booted before; the finished switch re-arms for the new one.)
   if (run.grubWrites !== null && host !== null) {
-    await run.after('arming boot assessment before the switch', () => applyGrubWrites(host, grubVerbs.arm()));
+    await run.after('arming boot assessment before the switch', () => applyGrubWrites(host, grubVerbs.arm(config.bootAssessmentTries)));
   }
   if (run.journal !== null) deps.testHooks?.onSwitchStep?.(0);
   run.progress({ operation: 'finalizing', message: 'switching slots' });
