@@ -324,8 +324,9 @@ export class AgentDaemon implements AgentPort {
 
   /**
    * What a crashed run (of cosd or of an in-process cosctl) left is undone before the first status read: stale
-   * mounts and loop devices, a committed switch finished. Under the host lock; skipped when someone holds it (their
-   * run does the same). Never stops the daemon from starting: what it cannot do is logged.
+   * mounts and loop devices, a committed switch finished; and /oem/grubenv is created when missing. Under the host
+   * lock; skipped when someone holds it (their run does the same). Never stops the daemon from starting: what it
+   * cannot do is logged.
    */
   private async recoverAtStart(): Promise<void> {
     const deps = this.jobDeps;
@@ -341,6 +342,13 @@ export class AgentDaemon implements AgentPort {
       await recoverInterrupted(deps, snapshot.config);
     } catch (e) {
       this.log.error({ err: e instanceof Error ? e.message : String(e) }, 'recovery at start failed');
+    }
+    try {
+      const { ensureOemGrubenv } = await import('../host/bootchooser.ts');
+      const created = await ensureOemGrubenv(deps, snapshot.config);
+      if (created !== null) this.log.info({ file: created }, 'created the empty GRUB environment block /oem/grubenv');
+    } catch (e) {
+      this.log.error({ err: e instanceof Error ? e.message : String(e) }, 'creating /oem/grubenv failed');
     } finally {
       await held.release();
     }

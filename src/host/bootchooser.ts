@@ -300,3 +300,23 @@ export async function installBootAssessment(dirs: { state?: string; oem?: string
   for (const dir of [dirs.state, dirs.oem]) if (dir !== undefined && changed.some((f) => f.startsWith(`${dir}/`))) await syncFs(dir);
   return changed;
 }
+
+/**
+ * COS_OEM/grubenv exists from the agent's first run (cosd's start): created empty, in GRUB's format, when missing, so
+ * cOS's grub.cfg never prints "no such device: /grubenv" (cos-layout.md section 8, item 11). Returns the file created,
+ * or null when it was there (or there is no COS_OEM).
+ */
+export async function ensureOemGrubenv(deps: AgentDeps, config: AgentConfig): Promise<string | null> {
+  const dev = await findPartition(deps, config.labels.oem).catch(() => undefined);
+  if (dev === undefined) return null;
+  const scope = new CleanupStack();
+  try {
+    const look = await mountRo(deps, dev.device, scope);
+    if ((await stat(path.join(look, 'grubenv')).catch(() => undefined)) !== undefined) return null;
+    const dir = await mountRw(deps, dev.device, MOUNT_POINTS.oem, scope);
+    const changed = await installBootAssessment({ oem: dir });
+    return changed[0] ?? null;
+  } finally {
+    for (const e of await scope.run(false)) deps.log.warn({ err: e.message }, 'cleanup after creating /oem/grubenv failed');
+  }
+}

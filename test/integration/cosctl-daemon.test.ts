@@ -361,3 +361,11 @@ test.serial('cosctl upgrade --image of 100 KB is refused before it reaches cosd:
   t.false(r.stderr.includes('zzzz'));
   t.false(cosd.logs.some((l) => l.msg === 'job started'));
 });
+
+test.serial("cosd's first start creates /oem/grubenv, empty and in GRUB's format (cOS's grub.cfg never prints \"no such device: /grubenv\")", async (t) => {
+  const { host, cosd } = await daemonHost(t);
+  await cosd.waitForLog((l) => l.msg === 'created the empty GRUB environment block /oem/grubenv');
+  const file = path.join(host.root, 'oem/grubenv');
+  t.is((await stat(file)).size, 1024);
+  t.deepEqual(await grubList(file), new Map());
+});
