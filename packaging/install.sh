@@ -2,6 +2,7 @@
 # Installs cosd's system-integration files into DESTDIR (a staging root for a package build, or / on a host):
 #
 #   systemd/cosd.service                  -> DESTDIR/usr/lib/systemd/system/cosd.service
+#   systemd/cos-agent-healthcheck.service -> DESTDIR/usr/lib/systemd/system/cos-agent-healthcheck.service
 #   packaging/io.costoolkit.Agent1.conf    -> DESTDIR/usr/share/dbus-1/system.d/io.costoolkit.Agent1.conf
 #   packaging/io.costoolkit.Agent1.service -> DESTDIR/usr/share/dbus-1/system-services/io.costoolkit.Agent1.service
 #   src/dbus/interface.xml                 -> DESTDIR/usr/share/dbus-1/interfaces/io.costoolkit.Agent1.xml
@@ -11,8 +12,12 @@
 #                                             (opt-in bus drop-in for polkit delegation: an example, NOT put into
 #                                             system.d; the administrator copies it there to delegate)
 #   README.md                              -> DESTDIR/usr/share/doc/cos-agent/README.md
+#   packaging/check/required.d/00-cosd-running
+#                                          -> DESTDIR/usr/lib/cos-agent/check/required.d/00-cosd-running (0755: the
+#                                             shipped required health check), and the empty
+#                                             DESTDIR/usr/lib/cos-agent/check/wanted.d
 #
-# Files get mode 0644, the directories the script creates or passes through under DESTDIR get 0755 (DESTDIR itself
+# Files get mode 0644 (the health check 0755), the directories the script creates or passes through under DESTDIR get 0755 (DESTDIR itself
 # is created if missing but its mode is left alone). Owners are whoever runs it (root, or fakeroot in a package
 # build). Idempotent: a second run leaves the same tree.
 #
@@ -51,9 +56,14 @@ put() {
 }
 
 put systemd/cosd.service                   usr/lib/systemd/system/cosd.service
+put systemd/cos-agent-healthcheck.service  usr/lib/systemd/system/cos-agent-healthcheck.service
 put packaging/io.costoolkit.Agent1.conf    usr/share/dbus-1/system.d/io.costoolkit.Agent1.conf
 put packaging/io.costoolkit.Agent1.service usr/share/dbus-1/system-services/io.costoolkit.Agent1.service
 put src/dbus/interface.xml                 usr/share/dbus-1/interfaces/io.costoolkit.Agent1.xml
 put packaging/io.costoolkit.agent1.policy  usr/share/polkit-1/actions/io.costoolkit.agent1.policy
 put packaging/io.costoolkit.Agent1.polkit.conf usr/share/doc/cos-agent/examples/io.costoolkit.Agent1.polkit.conf
 put README.md                              usr/share/doc/cos-agent/README.md
+# Health checks (cosctl health-check): the vendor directories, and the one check the package ships.
+mkdir_0755 usr/lib/cos-agent/check/wanted.d
+put packaging/check/required.d/00-cosd-running usr/lib/cos-agent/check/required.d/00-cosd-running
+chmod 0755 -- "$dest/usr/lib/cos-agent/check/required.d/00-cosd-running"

@@ -19,6 +19,8 @@ import type { Backend } from './cli/backend.ts';
 import { localBackend } from './cli/local.ts';
 import { connectDaemon } from './cli/remote.ts';
 import { progressRenderer } from './cli/progress.ts';
+import { runHealthChecks } from './actions/health.ts';
+import { checkTimeoutMs, renderHealthReport, reportError } from './actions/health-plan.ts';
 
 export interface CliIo {
   stdout: NodeJS.WritableStream;
@@ -37,6 +39,8 @@ const USAGE = `usage: cosctl [--root DIR] [--no-daemon] [--verbose] <command>
   verify IMAGE [--json]                              check an image's signatures under the host's policy, stage nothing
   cancel                                             cancel the running upgrade (before the slot switch)
   mark-good | mark-bad                               tell boot assessment the booted system is good, or bad
+  health-check [--json] [--no-reboot]                run the health checks (greenboot layout), mark the boot good or
+                                                     bad, and reboot into the fallback on failure (root, in-process)
 cosctl talks to the daemon (cosd) when it runs, and runs the action itself otherwise or with --no-daemon.`;
 
 function usage(msg: string): AgentError {
@@ -70,6 +74,7 @@ const COMMANDS: Record<string, readonly string[]> = {
   cancel: [],
   'mark-good': [],
   'mark-bad': [],
+  'health-check': ['json', 'no-reboot'],
 };
 
 async function run(argv: readonly string[], io: CliIo): Promise<number> {
@@ -93,6 +98,7 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
         json: { type: 'boolean' },
         yaml: { type: 'boolean' },
         watch: { type: 'boolean' },
+        'no-reboot': { type: 'boolean' },
       },
     });
   } catch (e) {
@@ -139,15 +145,15 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
 
   const backend = (values['no-daemon'] ? null : await connectDaemon(io.env, deps)) ?? localBackend(deps);
   try {
-    return await dispatch(command, operand, values, backend, io);
+    return await dispatch(command, operand, values, backend, io, deps);
   } finally {
     await backend.close();
   }
 }
 
-type Values = Partial<Record<'image' | 'json' | 'yaml' | 'watch' | 'recovery' | 'no-verify' | 'force' | 'reboot' | 'permanent', string | boolean>>;
+type Values = Partial<Record<'image' | 'json' | 'yaml' | 'watch' | 'recovery' | 'no-verify' | 'force' | 'reboot' | 'permanent' | 'no-reboot', string | boolean>>;
 
-async function dispatch(command: string, operand: string | undefined, values: Values, backend: Backend, io: CliIo): Promise<number> {
+async function dispatch(command: string, operand: string | undefined, values: Values, backend: Backend, io: CliIo, deps: AgentDeps): Promise<number> {
   const out = (s: string): void => {
     io.stdout.write(s);
   };
@@ -231,6 +237,16 @@ async function dispatch(command: string, operand: string | undefined, values: Va
           ? 'Marked good: the running image. Boot assessment stays armed for the upgrade staged in active.\n'
           : 'Marked good: boot assessment disarmed.\n');
       warn(res.warnings);
+      return EXIT_OK;
+    }
+    case 'health-check': {
+      // In-process whatever the backend (it runs at boot, before or beside cosd); it marks the boot, so root only.
+      if (process.getuid?.() !== 0) throw new AgentError('ACCESS_DENIED', 'health-check marks the boot good or bad (and may reboot): run it as root');
+      const report = await runHealthChecks(deps, { timeoutMs: checkTimeoutMs(io.env), noReboot: values['no-reboot'] === true });
+      out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderHealthReport(report));
+      if (report.mark.result === 'done') warn(report.mark.warnings);
+      const err = reportError(report);
+      if (err !== null) throw err;
       return EXIT_OK;
     }
     default: {

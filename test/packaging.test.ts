@@ -24,6 +24,8 @@ const REPO = fileURLToPath(new URL('..', import.meta.url));
 const INSTALL = path.join(REPO, 'packaging/install.sh');
 const BUS_NAME = 'io.costoolkit.Agent1';
 const UNIT = 'usr/lib/systemd/system/cosd.service';
+const HEALTH_UNIT = 'usr/lib/systemd/system/cos-agent-healthcheck.service';
+const HEALTH_CHECK = 'usr/lib/cos-agent/check/required.d/00-cosd-running';
 const POLICY = 'usr/share/dbus-1/system.d/io.costoolkit.Agent1.conf';
 const SERVICES_DIR = 'usr/share/dbus-1/system-services';
 const ACTIVATION = `${SERVICES_DIR}/io.costoolkit.Agent1.service`;
@@ -33,6 +35,7 @@ const POLKIT_DROP_IN = 'usr/share/doc/cos-agent/examples/io.costoolkit.Agent1.po
 /** Installed path (relative to DESTDIR) -> source (relative to the repository). */
 const FILES: Readonly<Record<string, string>> = {
   [UNIT]: 'systemd/cosd.service',
+  [HEALTH_UNIT]: 'systemd/cos-agent-healthcheck.service',
   [POLICY]: 'packaging/io.costoolkit.Agent1.conf',
   [ACTIVATION]: 'packaging/io.costoolkit.Agent1.service',
   [INTERFACE]: 'src/dbus/interface.xml',
@@ -40,6 +43,11 @@ const FILES: Readonly<Record<string, string>> = {
   [POLKIT_DROP_IN]: 'packaging/io.costoolkit.Agent1.polkit.conf',
   'usr/share/doc/cos-agent/README.md': 'README.md',
 };
+/** Installed executables (0755), installed path -> source, and the directories installed empty. */
+const EXECUTABLES: Readonly<Record<string, string>> = {
+  [HEALTH_CHECK]: 'packaging/check/required.d/00-cosd-running',
+};
+const EMPTY_DIRS: readonly string[] = ['usr/lib/cos-agent/check/wanted.d'];
 
 interface RunResult {
   code: number;
@@ -83,19 +91,30 @@ async function tree(root: string): Promise<Record<string, string>> {
   return out;
 }
 
-/** The tree install.sh must produce: FILES at 0644 and every directory leading to them at 0755. */
+/** The tree install.sh must produce: FILES at 0644, EXECUTABLES at 0755, EMPTY_DIRS and every directory leading to them at 0755. */
 function expectedTree(): Record<string, string> {
   const out: Record<string, string> = {};
+  const parents = (p: string): void => {
+    for (let dir = path.dirname(p); dir !== '.'; dir = path.dirname(dir)) out[dir] = 'dir 755';
+  };
   for (const file of Object.keys(FILES)) {
     out[file] = 'file 644';
-    for (let dir = path.dirname(file); dir !== '.'; dir = path.dirname(dir)) out[dir] = 'dir 755';
+    parents(file);
+  }
+  for (const file of Object.keys(EXECUTABLES)) {
+    out[file] = 'file 755';
+    parents(file);
+  }
+  for (const dir of EMPTY_DIRS) {
+    out[dir] = 'dir 755';
+    parents(dir);
   }
   return out;
 }
 
 async function assertInstalled(t: ExecutionContext, dest: string): Promise<void> {
   t.deepEqual(await tree(dest), expectedTree());
-  for (const [installed, source] of Object.entries(FILES)) {
+  for (const [installed, source] of Object.entries({ ...FILES, ...EXECUTABLES })) {
     t.true((await readFile(path.join(dest, installed))).equals(await readFile(path.join(REPO, source))), `${installed} is byte-identical to ${source}`);
   }
 }
@@ -226,16 +245,16 @@ test('the unit is Type=dbus on io.costoolkit.Agent1, and the activation file han
  * cosd.service refers to: dbus.socket, local-fs.target, multi-user.target, and the default dependencies) and, unless
  * `stub` is false, an executable stub /usr/sbin/cosd for ExecStart=. `clean`: exit 0 and not one diagnostic.
  */
-async function verify(t: ExecutionContext, dest: string, unit: string, stub = true): Promise<RunResult & { clean: boolean }> {
+async function verify(t: ExecutionContext, dest: string, unit: string, stub = true, unitPath = UNIT, program = 'usr/sbin/cosd'): Promise<RunResult & { clean: boolean }> {
   const root = await tempDir(t, 'cos-pkg-verify-');
   await cp(dest, root, { recursive: true, verbatimSymlinks: true });
   await cp('/usr/lib/systemd/system', path.join(root, 'usr/lib/systemd/system'), { recursive: true, verbatimSymlinks: true, force: false });
-  await writeFile(path.join(root, UNIT), unit);
+  await writeFile(path.join(root, unitPath), unit);
   if (stub) {
-    await mkdir(path.join(root, 'usr/sbin'), { recursive: true });
-    await writeFile(path.join(root, 'usr/sbin/cosd'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+    await mkdir(path.join(root, path.dirname(program)), { recursive: true });
+    await writeFile(path.join(root, program), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
   }
-  const r = await run('systemd-analyze', ['verify', '--man=no', `--root=${root}`, path.join(root, UNIT)], { SYSTEMD_COLORS: '0', SYSTEMD_PAGER: 'cat' });
+  const r = await run('systemd-analyze', ['verify', '--man=no', `--root=${root}`, path.join(root, unitPath)], { SYSTEMD_COLORS: '0', SYSTEMD_PAGER: 'cat' });
   return { ...r, clean: r.code === 0 && r.stdout === '' && r.stderr === '' };
 }
 
@@ -263,3 +282,45 @@ test('systemd-analyze verify catches a misspelled directive (Tpye=dbus)', broken
 test('systemd-analyze verify catches an invalid value (Type=dbuss)', broken, (u) => u.replace(/^Type=dbus$/m, 'Type=dbuss'), /Failed to parse service type/);
 test('systemd-analyze verify catches Type=dbus without BusName=', broken, (u) => u.replace(/^BusName=.*\n/m, ''), /no D-Bus service name/);
 test('systemd-analyze verify catches a missing ExecStart= binary (no stub /usr/sbin/cosd)', broken, null, /\/usr\/sbin\/cosd is not executable/);
+
+/** The health-check unit: verified like cosd's (a stub /usr/bin/cosctl for ExecStart=), with its ordering and install. */
+const verifyHealth = (t: ExecutionContext, dest: string, unit: string, stub = true): ReturnType<typeof verify> =>
+  verify(t, dest, unit, stub, HEALTH_UNIT, 'usr/bin/cosctl');
+
+test('systemd-analyze verify passes the installed health-check unit without a single diagnostic', async (t) => {
+  const dest = await install(t);
+  const text = await readFile(path.join(dest, HEALTH_UNIT), 'utf8');
+  const r = await verifyHealth(t, dest, text);
+  t.is(r.code, 0, r.stderr);
+  t.is(r.stderr, '');
+  t.is(r.stdout, '');
+  t.true(r.clean);
+  // greenboot's greenboot-healthcheck.service ordering and install, plus multi-user.target (GRUB hosts pull in no
+  // boot-complete.target), after the daemon the shipped check asks.
+  const unitSection = section(text, 'Unit');
+  t.is(unitSection.Before, 'boot-complete.target');
+  t.deepEqual(unitSection.After?.split(' '), ['cosd.service', 'dbus.socket']);
+  t.like(section(text, 'Service'), { Type: 'oneshot', RemainAfterExit: 'yes', ExecStart: '/usr/bin/cosctl health-check' });
+  t.like(section(text, 'Install'), { RequiredBy: 'boot-complete.target', WantedBy: 'multi-user.target' });
+});
+
+test('systemd-analyze verify catches a broken health-check unit (a bad Type=, no /usr/bin/cosctl)', async (t) => {
+  const dest = await install(t);
+  const text = await readFile(path.join(dest, HEALTH_UNIT), 'utf8');
+  const bad = await verifyHealth(t, dest, text.replace(/^Type=oneshot$/m, 'Type=oneshoot'));
+  t.false(bad.clean);
+  t.regex(bad.stderr, /Failed to parse service type/);
+  const noProgram = await verifyHealth(t, dest, text, false);
+  t.false(noProgram.clean);
+  t.regex(noProgram.stderr, /\/usr\/bin\/cosctl is not executable/);
+});
+
+test('the shipped health check is a POSIX sh script that calls GetStatus on the agent\'s bus name', async (t) => {
+  const dest = await install(t);
+  const file = path.join(dest, HEALTH_CHECK);
+  const syntax = await run('sh', ['-n', file]);
+  t.is(syntax.code, 0, syntax.stderr);
+  const text = await readFile(file, 'utf8');
+  t.true(text.startsWith('#!/bin/sh\n'));
+  t.regex(text, new RegExp(`^exec busctl .* call ${BUS_NAME.replaceAll('.', '\\.')} /io/costoolkit/Agent1 ${BUS_NAME.replaceAll('.', '\\.')} GetStatus$`, 'm'));
+});

@@ -46,6 +46,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, { exit: number; meaning: str
   GRUBENV_CORRUPT: { exit: 50, meaning: 'a GRUB environment block is corrupt' },
   GRUBENV_OVERFLOW: { exit: 51, meaning: 'GRUB variables do not fit in the environment block' },
   STATE_INVALID: { exit: 52, meaning: 'the on-disk state is inconsistent' },
+  HEALTH_CHECK_FAILED: { exit: 60, meaning: 'a required health check failed: the boot is not good' },
 };
 
 export function exitCodeFor(code: ErrorCode | undefined): number {

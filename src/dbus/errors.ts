@@ -37,6 +37,7 @@ export const DBUS_ERROR_NAMES: Readonly<Record<ErrorCode, string>> = {
   GRUBENV_CORRUPT: 'GrubenvCorrupt',
   GRUBENV_OVERFLOW: 'GrubenvOverflow',
   STATE_INVALID: 'StateInvalid',
+  HEALTH_CHECK_FAILED: 'HealthCheckFailed',
   VERIFY_FAILED: 'VerifyFailed',
   SIGNATURE_NOT_FOUND: 'SignatureNotFound',
   SIGNATURE_DIGEST_MISMATCH: 'SignatureDigestMismatch',

@@ -39,6 +39,8 @@ export type ErrorCode =
   // state
   | 'STATE_INVALID'
   | 'NOT_SUPPORTED'
+  // boot health
+  | 'HEALTH_CHECK_FAILED' // a required health check failed: the boot is not good (cosctl health-check)
   // signatures: each names the check that failed
   | 'VERIFY_FAILED' // verification required but impossible (no policy, unreadable key or trusted root)
   | 'SIGNATURE_NOT_FOUND' // no signature of any known layout for the digest

@@ -39,6 +39,7 @@ const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 /** install.sh's files in the tarball (path -> source in the repository), as in test/packaging.test.ts. */
 const INTEGRATION_FILES: Readonly<Record<string, string>> = {
   'usr/lib/systemd/system/cosd.service': 'systemd/cosd.service',
+  'usr/lib/systemd/system/cos-agent-healthcheck.service': 'systemd/cos-agent-healthcheck.service',
   'usr/share/dbus-1/system.d/io.costoolkit.Agent1.conf': 'packaging/io.costoolkit.Agent1.conf',
   'usr/share/dbus-1/system-services/io.costoolkit.Agent1.service': 'packaging/io.costoolkit.Agent1.service',
   'usr/share/dbus-1/interfaces/io.costoolkit.Agent1.xml': 'src/dbus/interface.xml',
@@ -158,6 +159,10 @@ test('the tarball holds exactly the package: sorted, root:root, 0755/0644, one m
     entry(`${LIB}/node`, 'exe'),
     entry(`${LIB}/cosd.mjs`, 'file'),
     entry(`${LIB}/cosctl.mjs`, 'file'),
+    entry(`${LIB}/check`, 'dir'),
+    entry(`${LIB}/check/required.d`, 'dir'),
+    entry(`${LIB}/check/required.d/00-cosd-running`, 'exe'),
+    entry(`${LIB}/check/wanted.d`, 'dir'),
     entry(`${LIB}/cosd`, 'dir'),
     ...(await sourceFiles('dist/cosd')).map((f) => entry(`${LIB}/cosd/${f}`, 'file')),
     entry(`${LIB}/cosctl`, 'dir'),
@@ -183,6 +188,7 @@ test('the files are their sources: bundles, entry modules, integration files; th
     await same(`${LIB}/${dir}.mjs`, `packaging/${dir}.mjs`);
   }
   for (const [installed, source] of Object.entries(INTEGRATION_FILES)) await same(installed, source);
+  await same(`${LIB}/check/required.d/00-cosd-running`, 'packaging/check/required.d/00-cosd-running');
 
   const node = path.join(root, LIB, 'node');
   const version = await run(node, ['--version'], { env: { PATH: SYSTEM_PATH }, cwd: '/' });
@@ -317,7 +323,7 @@ test('a derivative image built by the Dockerfile snippet (umoci) holds cosd, the
   const snippet = await readSnippet();
   t.regex(snippet.add.source, new RegExp(`^cos-agent-${PKG.version.replaceAll('.', '\\.')}-linux-(amd64|arm64)\\.tar\\.gz$`), 'the snippet ADDs this version\'s tarball');
   t.is(snippet.add.dest, '/');
-  t.deepEqual(snippet.run.argv, ['systemctl', 'enable', 'cosd.service']);
+  t.deepEqual(snippet.run.argv, ['systemctl', 'enable', 'cosd.service', 'cos-agent-healthcheck.service']);
 
   const dir = await mkdtemp(path.join(tmpdir(), 'cos-derivative-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -341,12 +347,20 @@ test('a derivative image built by the Dockerfile snippet (umoci) holds cosd, the
   const inTarball = (await tarEntries(first.tarball)).filter((e) => e.type === 'file').map((e) => e.name);
   t.deepEqual(inTarball.filter((n) => added.get(n)?.type !== 'file'), []);
 
-  // The RUN layer: the symlink systemctl enable makes for WantedBy=multi-user.target, and nothing else but its dirs.
+  // The RUN layer: the symlinks systemctl enable makes (cosd: WantedBy=multi-user.target; the health checks: also
+  // RequiredBy=boot-complete.target), and nothing else but their dirs.
   const enabled = await layerEntries(layout, image.layers.run);
-  const link = enabled.find((e) => e.name === 'etc/systemd/system/multi-user.target.wants/cosd.service');
-  t.is(link?.type, 'symlink');
-  t.true(['/usr/lib/systemd/system/cosd.service', '/lib/systemd/system/cosd.service'].includes(link?.linkname ?? ''), link?.linkname ?? 'no link');
-  t.deepEqual(enabled.filter((e) => e.type !== 'directory').map((e) => e.name), ['etc/systemd/system/multi-user.target.wants/cosd.service']);
+  const links = {
+    'etc/systemd/system/multi-user.target.wants/cosd.service': 'cosd.service',
+    'etc/systemd/system/multi-user.target.wants/cos-agent-healthcheck.service': 'cos-agent-healthcheck.service',
+    'etc/systemd/system/boot-complete.target.requires/cos-agent-healthcheck.service': 'cos-agent-healthcheck.service',
+  };
+  for (const [name, unit] of Object.entries(links)) {
+    const link = enabled.find((e) => e.name === name);
+    t.is(link?.type, 'symlink', name);
+    t.true([`/usr/lib/systemd/system/${unit}`, `/lib/systemd/system/${unit}`].includes(link?.linkname ?? ''), link?.linkname ?? `no link ${name}`);
+  }
+  t.deepEqual(enabled.filter((e) => e.type !== 'directory').map((e) => e.name).sort(), Object.keys(links).sort());
 
   // The whole image, unpacked as a runtime would: the link resolves to the unit inside the image, and cosctl runs.
   const rootfs = path.join(dir, 'unpacked');
