@@ -20,6 +20,7 @@ import { localBackend } from './cli/local.ts';
 import { connectDaemon } from './cli/remote.ts';
 import { progressRenderer } from './cli/progress.ts';
 import { runHealthChecks } from './actions/health.ts';
+import { installAssessment } from './actions/boot-assessment.ts';
 import { checkTimeoutMs, renderHealthReport, reportError } from './actions/health-plan.ts';
 
 export interface CliIo {
@@ -41,6 +42,7 @@ const USAGE = `usage: cosctl [--root DIR] [--no-daemon] [--verbose] <command>
   mark-good | mark-bad                               tell boot assessment the booted system is good, or bad
   health-check [--json] [--no-reboot]                run the health checks (greenboot layout), mark the boot good or
                                                      bad, and reboot into the fallback on failure (root, in-process)
+  boot-assessment [--json]                           install or update GRUB's boot assessment (N tries) on this host
 cosctl talks to the daemon (cosd) when it runs, and runs the action itself otherwise or with --no-daemon.`;
 
 function usage(msg: string): AgentError {
@@ -75,6 +77,7 @@ const COMMANDS: Record<string, readonly string[]> = {
   'mark-good': [],
   'mark-bad': [],
   'health-check': ['json', 'no-reboot'],
+  'boot-assessment': ['json'],
 };
 
 async function run(argv: readonly string[], io: CliIo): Promise<number> {
@@ -247,6 +250,17 @@ async function dispatch(command: string, operand: string | undefined, values: Va
       if (report.mark.result === 'done') warn(report.mark.warnings);
       const err = reportError(report);
       if (err !== null) throw err;
+      return EXIT_OK;
+    }
+    case 'boot-assessment': {
+      if (process.getuid?.() !== 0) throw new AgentError('ACCESS_DENIED', 'boot-assessment writes GRUB files on COS_STATE and COS_OEM: run it as root');
+      const o = await installAssessment(deps);
+      if (values.json) {
+        out(`${JSON.stringify(o, null, 2)}\n`);
+      } else {
+        out(o.changed.length === 0 ? 'Boot assessment is installed and up to date.\n' : `Boot assessment installed: ${o.changed.map((f) => displayText(f, TEXT_LIMITS.echo)).join(', ')}.\n`);
+        out(`An upgrade gives the new image ${o.tries} ${o.tries === 1 ? 'try' : 'tries'} (BOOT_ASSESSMENT_TRIES) before GRUB falls back to passive.\n`);
+      }
       return EXIT_OK;
     }
     default: {
