@@ -14,7 +14,7 @@ import { CleanupStack } from '../sys/cleanup.ts';
 import { loadActionConfig } from '../host/config.ts';
 import { readLastResult } from '../host/records.ts';
 import { readHost, type HostView } from '../host/bootchooser.ts';
-import { recordFor } from '../host/boot-model.ts';
+import { failedUpgrade, recordFor } from '../host/boot-model.ts';
 import type { AgentDeps } from '../host/deps.ts';
 
 export async function hostStatus(deps: AgentDeps): Promise<HostStatusDocument> {
@@ -57,6 +57,7 @@ export async function hostStatus(deps: AgentDeps): Promise<HostStatusDocument> {
         },
         bootAssessment: state.assessment,
         lastUpgrade: last?.result ?? null,
+        failedUpgrade: failedOf(host, slots),
       },
     };
   } finally {
@@ -97,4 +98,12 @@ async function slotStatus(deps: AgentDeps, host: HostView, slot: SlotName): Prom
     timestamp: record?.date ?? null,
     verification: record?.verification ?? 'unknown',
   };
+}
+
+/** The upgrade boot assessment fell back from in this boot, as its slot shows it (see failedUpgrade). */
+function failedOf(host: HostView, slots: Record<SlotName, SlotStatus>): HostStatusDocument['status']['failedUpgrade'] {
+  const f = failedUpgrade(host.facts);
+  if (f === null) return null;
+  const s = slots[f.slot];
+  return { slot: f.slot, image: s.image, digest: s.imageDigest, version: s.version, uuid: f.id, triesUsed: f.triesUsed };
 }

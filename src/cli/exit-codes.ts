@@ -47,6 +47,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, { exit: number; meaning: str
   GRUBENV_OVERFLOW: { exit: 51, meaning: 'GRUB variables do not fit in the environment block' },
   STATE_INVALID: { exit: 52, meaning: 'the on-disk state is inconsistent' },
   HEALTH_CHECK_FAILED: { exit: 60, meaning: 'a required health check failed: the boot is not good' },
+  IMAGE_FAILED_BEFORE: { exit: 61, meaning: 'the image failed boot assessment on this host (--force stages it again)' },
 };
 
 export function exitCodeFor(code: ErrorCode | undefined): number {

@@ -63,6 +63,11 @@ function renderHuman(doc: HostStatusDocument): string {
   }
   lines.push(nextBootLine(st.nextBoot));
   lines.push(`Boot assessment: ${assessmentText(st.bootAssessment)}`);
+  const f = st.failedUpgrade;
+  if (f) {
+    const tries = f.triesUsed === null ? '' : ` after ${f.triesUsed} ${f.triesUsed === 1 ? 'try' : 'tries'}`;
+    lines.push(`Rolled back: ${f.image !== null ? show(f.image) : 'the image'} in ${f.slot}${f.version !== null ? ` (version ${show(f.version, TEXT_LIMITS.echo)})` : ''} failed boot assessment${tries}; it is not staged again unless --force`);
+  }
   if (doc.spec.image) lines.push(`Upgrade source: ${show(doc.spec.image.image)}${doc.spec.verify ? '' : ' (signature verification OFF)'}`);
   const last = st.lastUpgrade;
   if (last) {

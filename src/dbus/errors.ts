@@ -38,6 +38,7 @@ export const DBUS_ERROR_NAMES: Readonly<Record<ErrorCode, string>> = {
   GRUBENV_OVERFLOW: 'GrubenvOverflow',
   STATE_INVALID: 'StateInvalid',
   HEALTH_CHECK_FAILED: 'HealthCheckFailed',
+  IMAGE_FAILED_BEFORE: 'ImageFailedBefore',
   VERIFY_FAILED: 'VerifyFailed',
   SIGNATURE_NOT_FOUND: 'SignatureNotFound',
   SIGNATURE_DIGEST_MISMATCH: 'SignatureDigestMismatch',

@@ -229,6 +229,40 @@ export function runningSlot(facts: Pick<HostFacts, 'bootedFrom' | 'runningId' | 
   return holders[0] ?? null;
 }
 
+/**
+ * PURE: the upgrade boot assessment fell back from, in this boot (upgrade_failure): the slot holding the image that
+ * failed, its record, and the tries it was given (null when not armed by the agent). Null when this boot is not a
+ * fallback, or the failed image is no longer in a slot.
+ */
+export function failedUpgrade(facts: HostFacts): { slot: AbSlot; record: ImageEntry | null; id: string | null; triesUsed: number | null } | null {
+  if (!facts.upgradeFailure) return null;
+  const armed = facts.grub.assessment.get(ARMED_TRIES);
+  const triesUsed = armed !== undefined && /^[1-9]$/.test(armed) ? Number(armed) : null;
+  const slot = (['active', 'passive'] as const).find((s) => facts.slots[s].present && facts.failedId != null && facts.slots[s].id === facts.failedId)
+    ?? (facts.failedId == null && facts.slots.active.present ? 'active' : undefined);
+  if (slot === undefined) return null;
+  return { slot, record: recordFor(facts, slot).record, id: facts.slots[slot].id, triesUsed };
+}
+
+/**
+ * PURE: the digests of images that failed on this host and are still known: the one boot assessment fell back from
+ * in this boot, and any A/B slot whose record says failed (mark-bad, or a health check's last try). An upgrade to one
+ * of them is refused unless forced: it would boot-loop into the same failure.
+ */
+export function failedDigests(facts: HostFacts): string[] {
+  const out = new Set<string>();
+  const digestOf = (r: ImageEntry | null): string | null => r?.digest ?? r?.sourceMetadata?.digest ?? null;
+  const f = failedUpgrade(facts);
+  const fd = f === null ? null : digestOf(f.record);
+  if (fd !== null) out.add(fd);
+  for (const s of ['active', 'passive'] as const) {
+    const { record } = recordFor(facts, s);
+    const d = digestOf(record);
+    if (record?.upgradeResult === 'failed' && d !== null) out.add(d);
+  }
+  return [...out];
+}
+
 /** PURE: boot assessment as GRUB's script will act on it at the next boot of active. */
 export function assessmentState(facts: Pick<HostFacts, 'grub' | 'assessmentScript'>): BootState['assessment'] {
   const a = facts.grub.assessment;
@@ -393,6 +427,8 @@ export interface GrubWrites {
  * "staged, never tried" about a record without an identity (deriveBootState).
  */
 export const AGENT_ASSESSMENT = 'cos_agent_assessment';
+/** The tries an upgrade armed (GRUB ignores it; boot_assessment_tries counts down from it): "tries used" after a fallback. */
+export const ARMED_TRIES = 'cos_agent_tries';
 
 export const grubVerbs = {
   /** Boot `entry` once (GRUB clears next_entry when it takes it). */
@@ -409,7 +445,7 @@ export const grubVerbs = {
   },
   /** Boot assessment armed for the next boot of active (tentative cleared: kairos#4303). */
   arm: (tries: number = DEFAULT_TRIES): GrubWrites => ({
-    assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: '', [TRIES_VAR]: String(tries), [AGENT_ASSESSMENT]: 'yes' },
+    assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: '', [TRIES_VAR]: String(tries), [ARMED_TRIES]: String(tries), [AGENT_ASSESSMENT]: 'yes' },
   }),
   /** The running active image is good: boot assessment disarmed. */
   markGood: (): GrubWrites => ({ assessment: { enable_boot_assessment: '', boot_assessment_tentative: '', [TRIES_VAR]: '', [AGENT_ASSESSMENT]: 'yes' } }),

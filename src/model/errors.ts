@@ -41,6 +41,7 @@ export type ErrorCode =
   | 'NOT_SUPPORTED'
   // boot health
   | 'HEALTH_CHECK_FAILED' // a required health check failed: the boot is not good (cosctl health-check)
+  | 'IMAGE_FAILED_BEFORE' // the image failed boot assessment on this host; upgrading to it again needs --force
   // signatures: each names the check that failed
   | 'VERIFY_FAILED' // verification required but impossible (no policy, unreadable key or trusted root)
   | 'SIGNATURE_NOT_FOUND' // no signature of any known layout for the digest

@@ -99,5 +99,10 @@ export interface HostStatusDocument {
     /** Boot assessment (host/boot-model.ts assessmentState): armed, last try, boots of active left (null: not armed). */
     bootAssessment: { enabled: boolean; tentative: boolean; triesLeft: number | null };
     lastUpgrade: UpgradeResult | null;
+    /**
+     * This boot is a fallback (upgrade_failure): the upgrade that failed boot assessment, as its slot's record names
+     * it, and the tries it was given (null: not armed by the agent). Null otherwise.
+     */
+    failedUpgrade: { slot: 'active' | 'passive'; image: string | null; digest: string | null; version: string | null; uuid: string | null; triesUsed: number | null } | null;
   };
 }

@@ -17,7 +17,7 @@ function doc(): HostStatusDocument {
     status: {
       bootedFrom: 'active', upgradeFailure: false, booted: passive, staged: active, rollback: passive,
       slots: { active, passive, recovery: slot('recovery', { label: 'COS_SYSTEM' }) },
-      nextBoot: { entry: 'cos', oneShot: false, slot: 'active', reason: 'default', upgradeFailure: false }, bootAssessment: { enabled: true, tentative: false, triesLeft: 1 }, lastUpgrade: null,
+      nextBoot: { entry: 'cos', oneShot: false, slot: 'active', reason: 'default', upgradeFailure: false }, bootAssessment: { enabled: true, tentative: false, triesLeft: 1 }, lastUpgrade: null, failedUpgrade: null,
     },
   };
 }

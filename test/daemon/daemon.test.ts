@@ -19,7 +19,7 @@ function doc(status: Partial<HostStatusDocument['status']> = {}): HostStatusDocu
     spec: { image: null, verify: true },
     status: {
       bootedFrom: 'active', upgradeFailure: false, booted: slots.active, staged: null, rollback: slots.passive, slots,
-      nextBoot: { entry: 'cos', oneShot: false, slot: 'active', reason: 'default', upgradeFailure: false }, bootAssessment: { enabled: false, tentative: false, triesLeft: null }, lastUpgrade: null, ...status,
+      nextBoot: { entry: 'cos', oneShot: false, slot: 'active', reason: 'default', upgradeFailure: false }, bootAssessment: { enabled: false, tentative: false, triesLeft: null }, lastUpgrade: null, failedUpgrade: null, ...status,
     },
   };
 }

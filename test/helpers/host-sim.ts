@@ -20,6 +20,7 @@ import {
   decidePermanentRollback,
   decideRollback,
   deriveBootState,
+  failedDigests,
   grubVerbs,
   permanentRollbackWrites,
   recordFor,
@@ -231,8 +232,9 @@ function upgrade(w: World, a: { version: string; force: boolean; healthy: boolea
   // 5. Resolve the tag.
   if (fail?.at === 'resolve') throw new Refused('resolving the tag failed (manifest unknown)');
   const digest = `sha256:${a.version}`;
-  // 5a. Nothing to do when the active slot already holds the digest.
+  // 5a. An image that failed here is not staged again unless forced; nothing to do when active holds the digest.
   if (!a.force) {
+    if (failedDigests(before.facts).includes(digest)) throw new Refused(`refused: ${digest} failed boot assessment on this host (IMAGE_FAILED_BEFORE)`);
     const entry = recordFor(before.facts, 'active').record;
     const unchanged = alreadyStaged({
       target: 'system',

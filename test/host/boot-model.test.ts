@@ -110,7 +110,7 @@ test('the GRUB writes of an upgrade: a pending one-shot and a saved_entry elsewh
   t.deepEqual(systemUpgradeWrites(hostFacts({ user: { next_entry: 'fallback', saved_entry: 'fallback' } }), 'cOS 2'), {
     oem: { default_menu_entry: 'cOS 2' },
     user: { next_entry: null, saved_entry: null },
-    assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: '', boot_assessment_tries: '3', cos_agent_assessment: 'yes' },
+    assessment: { enable_boot_assessment: 'yes', boot_assessment_tentative: '', boot_assessment_tries: '3', cos_agent_tries: '3', cos_agent_assessment: 'yes' },
   });
   t.deepEqual(systemUpgradeWrites(hostFacts({ user: { saved_entry: 'cos' } }), null).user, undefined, 'nothing to write to /oem/grubenv');
 });

@@ -6,8 +6,8 @@
  * with grub-editenv, then the "kernel" starts: root/proc/cmdline is the booted slot's cmdline, /run/cos-agent and
  * /run/cos are emptied (a new boot; the mounts under /run/initramfs stay), /run/cos/upgrade_failure is created when the
  * cmdline has the token, and cOS's boot.before stage of 08_boot_assessment runs (a boot of active.img clears both
- * sentinels). cos-host.ts does not install /grubcustom and /grub_boot_assessment on COS_STATE; every cOS host has them
- * (08_boot_assessment after-install), so GRUB sees them here as the YAML installs them.
+ * sentinels). GRUB runs the /grubcustom and /grub_boot_assessment on COS_STATE: cOS's (cos-host.ts installs them as
+ * 08_boot_assessment's after-install does) until the agent installs its N-tries script.
  *
  * Ground truth: each image by its ext2 UUID (and inode, for messages); the set of those that booted.
  * After every step: (a) the running image is active.img or passive.img, and status says which; (b) status nextBoot
@@ -17,14 +17,14 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
-import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { cosCmdline, createCosHost, type CosHost } from '../helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { cosctl } from '../helpers/cosctl.ts';
-import { boot, cloneWorld, cosAssessmentFiles, readCmdline, type GrubBoot, type GrubFile, type GrubWorld } from '../helpers/grub-script.ts';
+import { boot, cloneWorld, readCmdline, type GrubBoot, type GrubFile, type GrubWorld } from '../helpers/grub-script.ts';
 import { mulberry32 } from '../helpers/host-sim.ts';
 import { readGrubEnvFile } from '../../src/grub/index.ts';
 import type { HostStatusDocument } from '../../src/model/host.ts';
@@ -110,7 +110,10 @@ async function readWorld(host: CosHost, recovery: ReadonlyMap<string, GrubFile>)
   const oem = new Map<string, GrubFile>();
   const grubenv = path.join(host.root, 'oem/grubenv');
   if (await exists(grubenv)) oem.set('/grubenv', await env(grubenv));
-  const state = new Map<string, GrubFile>(cosAssessmentFiles());
+  // The boot-assessment scripts as they are on the disk: cOS's as 08_boot_assessment installed them (cos-host.ts),
+  // until the agent's first upgrade or mark put its own N-tries script there.
+  const state = new Map<string, GrubFile>();
+  for (const f of ['grubcustom', 'grub_boot_assessment']) state.set(`/${f}`, { text: await readFile(host.statePath(f), 'utf8') });
   for (const f of ['grub_oem_env', 'boot_assessment']) if (await exists(host.statePath(f))) state.set(`/${f}`, await env(host.statePath(f)));
   for (const f of await readdir(host.statePath('cOS'))) {
     const id = await probe(host.statePath(`cOS/${f}`));

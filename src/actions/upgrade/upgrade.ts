@@ -21,7 +21,7 @@ import { loadActionConfig } from '../../host/config.ts';
 import { alreadyStaged, planUpgrade, TRANSITION_FILES, upgradeSwitchSteps, type RecoveryFlavour, type UpgradePlan } from './plan.ts';
 import { readStateFile, rotateOnUpgrade, writeStateFile, type RotateOptions } from '../../host/state-file.ts';
 import { applyGrubWrites, checkGrubWrites, installBootAssessment, readHost, readHostOnce, type HostView } from '../../host/bootchooser.ts';
-import { grubVerbs, recordFor, systemUpgradeWrites, type GrubWrites } from '../../host/boot-model.ts';
+import { failedDigests, grubVerbs, recordFor, systemUpgradeWrites, type GrubWrites } from '../../host/boot-model.ts';
 import type { ImageEntry } from '../../model/state.ts';
 import { removeJournal, runJournalSteps, writeJournal, type SwitchJournal } from './journal.ts';
 import { recoverInterrupted } from '../recover.ts';
@@ -382,6 +382,13 @@ async function resolve(run: UpgradeRun): Promise<void> {
 async function stopWhenAlreadyStaged(run: UpgradeRun): Promise<void | 'stop'> {
   const { opts, before, image, target } = run;
   if (opts.force) return;
+  // An image that failed boot assessment here (or was marked bad) is not staged again unless forced: that would
+  // boot-loop into the same failure (kairos#4303's other half).
+  const failed = target === 'system' ? failedDigests(before.facts) : [];
+  const hit = [image.digest, ...(image.indexDigest ? [image.indexDigest] : [])].find((d) => failed.includes(d));
+  if (hit !== undefined) {
+    throw new AgentError('IMAGE_FAILED_BEFORE', `${run.imageName} (${hit}) failed boot assessment on this host (or was marked bad); --force stages it again`);
+  }
   const slotName = opts.recovery ? 'recovery' : 'active';
   // The record of the image that is really in the slot (a stale record names another image: no digest known).
   const entry = recordFor(before.facts, slotName).record;
