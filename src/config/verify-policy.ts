@@ -62,7 +62,9 @@ export function parsePolicyFile(text: string, file: string): PolicyFile {
   const lineOf = (n: YamlNode | null | undefined): number | undefined => (n?.range ? lc.linePos(n.range[0]).line : undefined);
   if (doc.errors.length > 0) {
     const e = doc.errors[0];
-    throw new ConfigError(file, `not valid YAML: ${e?.message ?? ''}`, e?.linePos ? { line: e.linePos[0].line } : {});
+    // prettyErrors is off (the message stays one line): the line comes from the error's offset.
+    const line = e?.linePos?.[0].line ?? (e !== undefined ? lc.linePos(e.pos[0]).line : undefined);
+    throw new ConfigError(file, `not valid YAML: ${e?.message ?? ''}`, line !== undefined ? { line } : {});
   }
   const fail = (msg: string, node: YamlNode | null | undefined, key: string): never => {
     const line = lineOf(node);

@@ -116,7 +116,24 @@ function abortError(signal: AbortSignal): AgentError {
 function entryError(name: string, e: unknown): AgentError {
   if (e instanceof AgentError && (e.code === 'UNPACK_UNSAFE' || e.code === 'UNPACK_FAILED')) return e;
   if (e instanceof AgentError && e.name === 'AbortError') return e;
-  return new AgentError('UNPACK_FAILED', `applying tar entry ${JSON.stringify(name)} failed: ${messageOf(e)}`, { cause: e });
+  // The cause first and bounded: an entry name (and the path Node's errno message repeats) may be thousands of bytes,
+  // and a message trimmed in its middle must not lose what was wrong.
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  const message = shortPaths(messageOf(e));
+  const why = typeof code === 'string' && /^E[A-Z]+$/.test(code) && !message.startsWith(code) ? `${code}: ${message}` : message;
+  return new AgentError('UNPACK_FAILED', `applying tar entry ${JSON.stringify(shorten(name))} failed: ${why}`, { cause: e });
+}
+
+/** A name of at most 160 characters: its head and tail, with how much was left out. */
+function shorten(name: string, max = 160): string {
+  if (name.length <= max) return name;
+  const keep = Math.floor((max - 32) / 2);
+  return `${name.slice(0, keep)}…(${name.length - 2 * keep} characters)…${name.slice(-keep)}`;
+}
+
+/** Quoted paths inside a message (Node's errno messages: mkdir '…') shortened like names. */
+function shortPaths(message: string): string {
+  return message.replace(/'([^']{161,})'/g, (_m, p: string) => `'${shorten(p)}'`);
 }
 
 /** The content stream of one tar entry (a streamx Readable from tar-stream). */

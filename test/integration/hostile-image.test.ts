@@ -15,9 +15,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { lstat, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
@@ -25,11 +23,11 @@ import type { CosHost } from '../helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import type { TarEntry } from '../helpers/oci-layout.ts';
-import { cosctl, cosStatus, grubList, imageCat, imageLabel, mountOptions, sha256File, testHost, type CliResult } from '../helpers/cosctl.ts';
+import { cosctl, cosStatus, grubList, imageCat, testHost, type CliResult } from '../helpers/cosctl.ts';
+import { baseline, mountTable, plantCanaries, slots, untouched, type Baseline } from '../helpers/hostile.ts';
 import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
 import { upgrade } from '../../src/actions/upgrade/upgrade.ts';
 import type { HookRunner } from '../../src/host/hooks.ts';
-import { parseMountInfo } from '../../src/partitions/mountinfo.ts';
 import { SysRoot } from '../../src/sys/root.ts';
 import { SpawnRunner } from '../../src/sys/runner.ts';
 import { silentLogger } from '../../src/sys/log.ts';
@@ -56,84 +54,7 @@ async function pushHostile(extra: TarEntry[], version = '2.0.0'): Promise<string
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// What must stay untouched
-
-interface Baseline {
-  canary: string[];
-  hostEtc: string[];
-  mounts: string[];
-  leaks: { mounts: string[]; loops: string[] };
-  slots: string[];
-}
-
-/** Every entry below `dir`: path, type, mode, size, mtime and (files) content hash; symlink targets. */
-async function tree(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (rel: string): Promise<void> => {
-    const p = path.join(dir, rel);
-    const st = await lstat(p);
-    let what = `${rel} mode=${(st.mode & 0o177777).toString(8)} size=${st.size} mtime=${st.mtimeMs}`;
-    if (st.isFile()) what += ` sha256=${createHash('sha256').update(await readFile(p)).digest('hex')}`;
-    out.push(what);
-    if (st.isDirectory()) for (const e of (await readdir(p)).sort()) await walk(path.join(rel, e));
-  };
-  await walk('.');
-  return out;
-}
-
-/**
- * The mount table (/proc/self/mountinfo: mount point, fs root, source, type, options), without the scratch mounts
- * of other tests running at the same time (under the temp dir, outside this host's own).
- */
-async function mountTable(host: CosHost): Promise<string[]> {
-  const mine = path.dirname(host.root);
-  const tmp = tmpdir();
-  return parseMountInfo(await readFile('/proc/self/mountinfo', 'utf8'))
-    .filter((m) => !(m.mountPoint.startsWith(`${tmp}/`) && !(m.mountPoint === mine || m.mountPoint.startsWith(`${mine}/`))))
-    .map((m) => `${m.mountPoint} ${m.root} ${m.source} ${m.fstype} ${m.options.join(',')}`)
-    .sort();
-}
-
-async function slots(host: CosHost): Promise<string[]> {
-  return [
-    ...(await readdir(host.statePath('cOS'))).sort(),
-    await sha256File(host.statePath('cOS/active.img')),
-    await sha256File(host.statePath('cOS/passive.img')),
-    await imageLabel(host.statePath('cOS/active.img')),
-    await imageLabel(host.statePath('cOS/passive.img')),
-    await sha256File(host.statePath('grub_oem_env')),
-    await sha256File(host.statePath('boot_assessment')),
-    (await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro') ? 'COS_STATE ro' : 'COS_STATE rw',
-  ];
-}
-
-/** The canary dir in the host's root: a file, a directory with a file, an os-release with the host's own data. */
-async function plantCanaries(host: CosHost): Promise<string> {
-  const canary = path.join(host.root, 'canary');
-  await mkdir(path.join(canary, 'existing-dir'), { recursive: true });
-  await writeFile(path.join(canary, 'keep'), 'untouched\n');
-  await writeFile(path.join(canary, 'existing-dir/keep'), 'untouched\n');
-  await writeFile(path.join(canary, 'os-release'), 'NAME="host"\nVERSION="HOST-LEAK"\nGRUB_ENTRY_NAME="HOST-LEAK"\n');
-  return canary;
-}
-
-async function baseline(host: CosHost, canary: string): Promise<Baseline> {
-  return {
-    canary: await tree(canary),
-    hostEtc: await tree(path.join(host.root, 'etc')),
-    mounts: await mountTable(host),
-    leaks: await host.leaks(),
-    slots: await slots(host),
-  };
-}
-
-/** Nothing outside the image was touched: canaries, the host's /etc, the mount table, no mount or loop left. */
-async function untouched(t: ExecutionContext, host: CosHost, canary: string, before: Baseline): Promise<void> {
-  t.deepEqual(await tree(canary), before.canary, 'the canaries in the host root are untouched (nothing created, changed or removed)');
-  t.deepEqual(await tree(path.join(host.root, 'etc')), before.hostEtc, "the host's /etc is untouched");
-  t.deepEqual(await mountTable(host), before.mounts, '/proc/self/mountinfo is as it was');
-  t.deepEqual(await host.leaks(), before.leaks, 'no mount or loop device left behind');
-}
+// What must stay untouched: test/helpers/hostile.ts (canaries, the host's /etc, the mount table, leaks, the slots)
 
 interface Staged { r: CliResult; canary: string; host: CosHost }
 
