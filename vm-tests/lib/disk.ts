@@ -9,7 +9,7 @@
  * |---|------------|----------------|-------|---------|
  * | 1 | efi        | COS_GRUB       | FAT32 | EFI/BOOT/BOOTX64.EFI (standalone GRUB, grub.ts) |
  * | 2 | oem        | COS_OEM        | ext4  | grubenv (empty env block), grubmenu (test harness, grub.ts) |
- * | 3 | state      | COS_STATE      | ext4  | cOS/active.img (ext2 COS_ACTIVE), cOS/passive.img (copy of active relabelled COS_PASSIVE, as install does), grub2/grub.cfg (rendered cOS template), grub_oem_env, grubcustom, grub_boot_assessment, boot_assessment |
+ * | 3 | state      | COS_STATE      | ext4  | cOS/active.img (ext2 COS_ACTIVE), cOS/passive.img (copy of active relabelled COS_PASSIVE, as install does), grub2/grub.cfg (rendered cOS template), grub_oem_env, grubcustom, grub_boot_assessment, boot_assessment (`stateFiles` replaces any of them) |
  * | 4 | recovery   | COS_RECOVERY   | ext4  | cOS/recovery.squashfs (the same root filesystem, uncompressed: cOS uses xz, which takes minutes to build here) |
  * | 5 | persistent | COS_PERSISTENT | ext4  | empty |
  *
@@ -21,7 +21,7 @@ import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { cacheDir, cached, hashKey, removeTree, sourceOf } from './cache.ts';
 import { run } from './exec.ts';
-import { buildGrubEfi, cosOemBootFiles, cosStateBootFiles, writeBootFiles } from './grub.ts';
+import { buildGrubEfi, cosOemBootFiles, cosStateBootFiles, writeBootFiles, type BootFile } from './grub.ts';
 import { buildInitrd } from './initrd.ts';
 import { guestKernel, type GuestKernel } from './kernel.ts';
 import { prepareRootfs, rootfsKey, treeMiB, type RootfsOptions } from './rootfs.ts';
@@ -54,6 +54,9 @@ export interface CosDiskOptions {
   persistentMiB?: number;
   /** GRUB menu timeout set by the harness /grubmenu. Default 0. */
   grubTimeout?: number;
+  /** COS_STATE files that replace (same path) or add to the cOS ones of cosStateBootFiles(), e.g. the agent's own
+   * grub_boot_assessment in place of cOS's. */
+  stateFiles?: readonly BootFile[];
 }
 
 export interface CosDisk {
@@ -74,9 +77,10 @@ async function sizeMiB(file: string): Promise<number> {
 export async function buildCosDisk(opts: CosDiskOptions = {}): Promise<CosDisk> {
   const [kernel, grubEfi, rkey] = await Promise.all([guestKernel(), buildGrubEfi(), rootfsKey(opts.rootfs ?? {})]);
   const initrd = await buildInitrd(kernel);
-  const stateFiles = cosStateBootFiles();
+  const overrides = opts.stateFiles ?? [];
+  const stateFiles = [...cosStateBootFiles().filter((f) => !overrides.some((o) => o.path === f.path)), ...overrides];
   const oemFiles = cosOemBootFiles(opts.grubTimeout ?? 0);
-  const { rootfs: _rootfs, ...sizeOpts } = opts;
+  const { rootfs: _rootfs, stateFiles: _stateFiles, ...sizeOpts } = opts;
   const key = hashKey(kernel.key, initrd.key, grubEfi.key, rkey, stateFiles, oemFiles, sizeOpts, sourceOf(import.meta.url));
   const dir = await cached(`disk-${key}`, async (tmp) => {
     const work = path.join(cacheDir(), `build-disk-${process.pid}`);

@@ -9,7 +9,8 @@
  * ethernet link so the guest reaches the host at 10.0.2.2 through QEMU user networking.
  *
  * Hooks for tests: `extraTarballs` (unpacked at / in order, e.g. the project's dist/cos-agent-<v>-linux-<arch>.tar.gz),
- * `files` and `units` (written under /etc/systemd/system and enabled with `systemctl --root`).
+ * `enableUnits` (units a tarball shipped, enabled with `systemctl --root` as a Dockerfile's `RUN systemctl enable`
+ * does), `files` and `units` (written under /etc/systemd/system and enabled with `systemctl --root`).
  */
 import { mkdir, writeFile, copyFile, symlink, rm, chmod } from 'node:fs/promises';
 import path from 'node:path';
@@ -39,6 +40,9 @@ export interface RootfsOptions {
   debootstrap?: DebootstrapOptions;
   /** Tarballs unpacked at / in this order (GNU tar, compression detected; directory symlinks such as /lib kept). */
   extraTarballs?: readonly string[];
+  /** Units already in the tree (e.g. shipped by a tarball under /usr/lib/systemd/system) to enable with
+   * `systemctl --root=<tree> enable`, after the tarballs are unpacked and before `files` are written. */
+  enableUnits?: readonly string[];
   files?: readonly GuestFile[];
   units?: readonly GuestUnit[];
   /** Default cos-vm. */
@@ -61,6 +65,7 @@ export async function rootfsKey(opts: RootfsOptions): Promise<string> {
     key,
     path.basename(tarball),
     tarballs,
+    opts.enableUnits ?? [],
     (opts.files ?? []).map((f) => [f.path, hashKey(Buffer.from(f.content).toString('base64')), f.mode ?? 0o644]),
     (opts.units ?? []).map((u) => [u.name, u.content, u.enable ?? true]),
     opts.hostname ?? 'cos-vm',
@@ -103,6 +108,7 @@ export async function prepareRootfs(tree: string, kernel: GuestKernel, initrd: s
   for (const t of opts.extraTarballs ?? []) {
     await run(['tar', '--numeric-owner', '--keep-directory-symlink', '-C', tree, '-xf', t]);
   }
+  if ((opts.enableUnits ?? []).length > 0) await run(['systemctl', `--root=${tree}`, 'enable', ...(opts.enableUnits ?? [])]);
   for (const f of opts.files ?? []) {
     const dest = inTree(tree, f.path);
     await mkdir(path.dirname(dest), { recursive: true });

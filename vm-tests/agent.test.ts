@@ -1,0 +1,182 @@
+/**
+ * The real agent in a real boot: a cOS disk whose slot images are Debian + systemd + dbus with cos-agent installed
+ * from the package tarball exactly as a derivative image installs it (packaging/Dockerfile.snippet: the tarball
+ * unpacked at /, then `systemctl enable` of the units its RUN line names, done with `systemctl --root` on the tree).
+ * COS_OEM is mounted at /oem and COS_PERSISTENT at /usr/local (fstab), COS_STATE read-only at
+ * /run/initramfs/cos-state by the initrd, as on a cOS host.
+ *
+ * 1. first boot under boot assessment: before the boot the host arms it on the disk (COS_STATE/boot_assessment:
+ *    enable_boot_assessment=yes, boot_assessment_tries=3) and the disk carries the agent's own grub_boot_assessment
+ *    (bootAssessmentScript()) in place of cOS's, so GRUB counts the try down (tries=2, saved before the kernel runs)
+ *    and boots active tentatively. cOS's 08_boot_assessment `boot.before` yip stage is not in this guest: only the
+ *    agent's health check (cos-agent-healthcheck.service -> `cosctl health-check`, whose shipped check asks cosd on
+ *    the bus) can disarm it. The guest reports (lib/agent.ts): cosd under systemd and its start timestamps, its idle
+ *    RSS, the `cosctl status --json` document and the health-check unit's result; after the guest powered off the
+ *    host reads COS_STATE/boot_assessment on the disk image: marked good = enable_boot_assessment empty, the
+ *    countdown cleared.
+ */
+import test from 'ava';
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import path from 'node:path';
+import { bootAssessmentScript } from '../src/host/boot-assessment.ts';
+import { agentPackage, agentReporter, COS_FSTAB, dockerfileEnabledUnits, parseJournalJson, type AgentPackage } from './lib/agent.ts';
+import { buildCosDisk, cloneDisk, type CosDisk } from './lib/disk.ts';
+import { readGrubEnv, STATE_BOOT_ASSESSMENT, writeGrubEnv } from './lib/grubenv.ts';
+import { bootReport, bootVm, killAllVms, logDir, markerJson } from './lib/qemu.ts';
+
+const BOOT_TIMEOUT_MS = 300_000;
+
+let disk: CosDisk;
+let pkg: AgentPackage;
+let enabled: string[] = [];
+let buildSeconds = 0;
+
+test.before(async (t) => {
+  t.timeout(40 * 60_000, 'building the package and the cOS disk (debootstrap on a cold cache)');
+  const t0 = Date.now();
+  pkg = await agentPackage((l) => t.log(l));
+  enabled = await dockerfileEnabledUnits();
+  const reporter = agentReporter();
+  disk = await buildCosDisk({
+    rootfs: {
+      extraTarballs: [pkg.path],
+      enableUnits: enabled,
+      files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }],
+      units: reporter.units,
+    },
+    // the agent's N-tries script where the disk builder puts cOS's (08_boot_assessment's after-install stage)
+    stateFiles: [{ path: 'grub_boot_assessment', text: bootAssessmentScript() }],
+  });
+  buildSeconds = (Date.now() - t0) / 1000;
+  t.log(`package ${path.relative(process.cwd(), pkg.path)} sha256 ${pkg.sha256.slice(0, 16)}… (${pkg.built === null ? 'up to date in dist/' : `built: ${pkg.built}`}, ${pkg.seconds.toFixed(1)} s); enabled: ${enabled.join(' ')}; disk ${disk.key} ready after ${buildSeconds.toFixed(1)} s`);
+});
+
+test.after.always(() => {
+  killAllVms();
+});
+
+type Json = Record<string, unknown>;
+
+const obj = (v: unknown): Json => (v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Json) : {});
+
+test('first boot under boot assessment: cosd runs under systemd, status says active, the health check marks the boot good', async (t) => {
+  t.timeout(BOOT_TIMEOUT_MS + 120_000);
+  const t0 = Date.now();
+  const work = await mkdtemp(path.join(tmpdir(), 'cosvm-agent-first-boot-'));
+  t.teardown(() => rm(work, { recursive: true, force: true }));
+  const image = await cloneDisk(disk.path, path.join(work, 'disk.img'));
+
+  // arm boot assessment the way an upgrade leaves it: the next boot of active is assessed, with 3 tries
+  t.deepEqual(
+    await writeGrubEnv(image, { enable_boot_assessment: 'yes', boot_assessment_tries: '3' }, STATE_BOOT_ASSESSMENT),
+    { enable_boot_assessment: 'yes', boot_assessment_tries: '3' },
+  );
+
+  const b = await bootVm({ disk: image, workDir: work, name: 'agent-first-boot', timeoutMs: BOOT_TIMEOUT_MS, memMiB: 1024 });
+  const report = bootReport(b, 120);
+  t.log(`boot: ${(b.durationMs / 1000).toFixed(1)} s, serial log ${b.logPath}`);
+  const byKind = new Map<string, Json>();
+  for (const r of b.results) byKind.set(String(r['kind']), r);
+  const missing = ['env-before', 'cosd', 'rss', 'status', 'healthcheck', 'cosd-journal', 'done'].filter((k) => !byKind.has(k));
+  if (b.timedOut || missing.length > 0) t.fail(`the guest did not report ${missing.join(', ') || '(timed out)'}\n${report}`);
+  const envBefore = obj(byKind.get('env-before'));
+  const cosd = obj(byKind.get('cosd'));
+  const rss = obj(byKind.get('rss'));
+  const status = obj(byKind.get('status'));
+  const health = obj(byKind.get('healthcheck'));
+  const journal = parseJournalJson(String(obj(byKind.get('cosd-journal'))['json'] ?? ''));
+  const cosdJournal = journal.map((l) => `[${(l.monotonicUs / 1e6).toFixed(3)}] ${l.message}`).join('\n');
+  const done = obj(byKind.get('done'));
+  const nodeBaselineMs = Number(obj(byKind.get('node-baseline'))['us']) / 1000;
+  const diag = `${report}\n--- cosd journal (guest) ---\n${cosdJournal}\n--- health check journal (guest) ---\n${String(health['journal'] ?? '')}\n--- cosctl status stderr ---\n${String(status['stderr'] ?? '')}`;
+
+  // GRUB took the assessed boot of active: the entry and the countdown it saved before the kernel ran
+  const grub = Object.assign({}, ...markerJson(b.serial, 'COSVM-GRUB')) as Json;
+  t.is(grub['selected_entry'], '', `no one-shot entry: the assessed default entry\n${report}`);
+  t.deepEqual(obj(envBefore['vars']), { enable_boot_assessment: 'yes', boot_assessment_tries: '2' }, `GRUB counted the try down (3 -> 2) before the boot\n${report}`);
+
+  // (a) cosd under systemd
+  t.is(cosd['active'], 'active', `cosd.service active\n${diag}`);
+  t.is(cosd['nRestarts'], 0, `cosd never restarted\n${diag}`);
+  const mainPid = Number(cosd['mainPid']);
+  t.true(mainPid > 0, diag);
+  const execStart = Number(cosd['execMainStartUs']);
+  const activeEnter = Number(cosd['activeEnterUs']);
+  const inactiveExit = Number(cosd['inactiveExitUs']);
+  t.true(execStart > 0 && activeEnter >= execStart, `systemd timestamps of cosd\n${JSON.stringify(cosd)}\n${diag}`);
+  const startMs = (activeEnter - execStart) / 1000;
+  // where the start goes: cosd's own log lines (pino msg) by their journal monotonic time, from ExecMainStart
+  const milestones: Record<string, number> = {};
+  for (const l of journal) if (l.msg !== undefined && !(l.msg in milestones)) milestones[l.msg] = Math.round((l.monotonicUs - execStart) / 1000);
+
+  // (b) idle RSS
+  const samples = Array.isArray(rss['vmRssKb']) ? (rss['vmRssKb'] as unknown[]).map(Number) : [];
+  t.is(rss['pid'], mainPid, `RSS read from cosd's MainPID\n${JSON.stringify(rss)}`);
+  t.true(samples.length === 3 && samples.every((n) => Number.isFinite(n) && n > 0), `VmRSS samples ${JSON.stringify(rss)}\n${diag}`);
+  const idleRssMiB = (samples[samples.length - 1] ?? 0) / 1024;
+
+  // (c) the status document
+  t.is(status['exit'], 0, `cosctl status --json exit code\n${diag}`);
+  let doc: Json = {};
+  try {
+    doc = obj(JSON.parse(String(status['stdout'] ?? '')));
+  } catch (e) {
+    t.fail(`cosctl status --json printed no JSON document (${(e as Error).message}): ${String(status['stdout']).slice(0, 2000)}\n${diag}`);
+  }
+  const st = obj(doc['status']);
+  t.is(doc['kind'], 'CosHost', `${JSON.stringify(doc).slice(0, 3000)}`);
+  t.is(st['bootedFrom'], 'active', `status.bootedFrom\n${JSON.stringify(st)}\n${diag}`);
+  t.is(obj(st['booted'])['slot'], 'active', `status.booted.slot\n${JSON.stringify(st['booted'])}`);
+  t.is(obj(obj(st['slots'])['active'])['label'], 'COS_ACTIVE', `status.slots.active.label\n${JSON.stringify(st['slots'])}`);
+  t.is(obj(st['nextBoot'])['entry'], 'cos', `status.nextBoot.entry\n${JSON.stringify(st['nextBoot'])}`);
+  t.deepEqual(st['bootAssessment'], { enabled: false, tentative: false, triesLeft: null }, `status.bootAssessment after the health check marked the boot good\n${JSON.stringify(st['bootAssessment'])}`);
+
+  // (d) the health-check unit
+  t.is(health['result'], 'success', `cos-agent-healthcheck.service Result\n${diag}`);
+  t.is(health['execMainStatus'], 0, `cos-agent-healthcheck.service ExecMainStatus\n${diag}`);
+  t.is(health['active'], 'active', `RemainAfterExit: active (exited) after a good boot\n${diag}`);
+  t.is(done['target'], 'active', `multi-user.target\n${diag}`);
+  t.is(done['failed'], '', `no failed units\n${diag}`);
+  t.true(b.exitCode === 0 && !b.timedOut, `the guest powered off by itself\n${report}`);
+
+  // (e) on the disk, after power-off: the health check's mark-good disarmed boot assessment and cleared the countdown
+  const after = await readGrubEnv(image, STATE_BOOT_ASSESSMENT);
+  t.is(after['enable_boot_assessment'] ?? '', '', `COS_STATE/boot_assessment after the boot: ${JSON.stringify(after)}`);
+  t.is(after['boot_assessment_tries'] ?? '', '', `the countdown cleared by mark-good: ${JSON.stringify(after)}`);
+  t.not(after['boot_assessment_tentative'], 'yes', JSON.stringify(after));
+
+  const wallSeconds = (Date.now() - t0) / 1000;
+  const summary = {
+    scenario: 'agent first boot',
+    package: { file: path.basename(pkg.path), sha256: pkg.sha256, built: pkg.built },
+    disk: disk.key,
+    cosdStartMs: startMs,
+    cosdStartMilestonesMs: milestones,
+    hostLoadAvg: loadavg(),
+    cosdExecMainStartSinceBootS: execStart / 1e6,
+    cosdActiveSinceBootS: activeEnter / 1e6,
+    cosdInactiveExitSinceBootS: inactiveExit / 1e6,
+    cosdIdleRssKb: samples,
+    cosdVmHwmKb: rss['vmHwmKb'],
+    rssReadAfterActiveS: Number(rss['sinceActiveUs']) / 1e6,
+    nodeBareStartMs: nodeBaselineMs,
+    statusCallMs: Number(status['us']) / 1000,
+    healthCheckMs: (Number(health['execMainExitUs']) - Number(health['execMainStartUs'])) / 1000,
+    bootAssessmentBefore: envBefore['vars'],
+    bootAssessmentAfter: after,
+    bootSeconds: b.durationMs / 1000,
+    scenarioWallSeconds: wallSeconds,
+    setupSeconds: buildSeconds,
+    serialLog: b.logPath,
+  };
+  t.log(`cosd start (ExecMainStart -> active, bus name taken): ${startMs.toFixed(0)} ms; started ${(execStart / 1e6).toFixed(2)} s after boot, active at ${(activeEnter / 1e6).toFixed(2)} s`);
+  t.log(`cosd log lines, ms after ExecMainStart: ${Object.entries(milestones).map(([m, ms]) => `${m} +${ms}`).join(', ')} (a bare \`node -e 0\` of the package's runtime takes ${nodeBaselineMs.toFixed(0)} ms in this guest; host load average ${loadavg().map((x) => x.toFixed(1)).join(' ')})`);
+  t.log(`cosd idle RSS ${idleRssMiB.toFixed(1)} MiB (VmRSS kB ${samples.join(', ')}, ${(Number(rss['sinceActiveUs']) / 1e6).toFixed(1)} s after active; VmHWM ${String(rss['vmHwmKb'])} kB)`);
+  t.log(`cosctl status --json: ${(Number(status['us']) / 1000).toFixed(0)} ms; health check: ${summary.healthCheckMs.toFixed(0)} ms; boot ${summary.bootSeconds.toFixed(1)} s; scenario wall ${wallSeconds.toFixed(1)} s (+ setup ${buildSeconds.toFixed(1)} s)`);
+  t.log(`boot_assessment before the agent ${JSON.stringify(envBefore['vars'])}, after power-off ${JSON.stringify(after)}`);
+  const summaryFile = path.join(logDir(), 'agent-first-boot-summary.json');
+  await mkdir(logDir(), { recursive: true });
+  await writeFile(summaryFile, `${JSON.stringify(summary, null, 2)}\n`);
+  t.log(`summary: ${summaryFile}`);
+});
