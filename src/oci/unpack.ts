@@ -25,6 +25,7 @@ import zlib from 'node:zlib';
 import tar from 'tar-stream';
 import { AgentError } from '../model/errors.ts';
 import type { Runner } from '../sys/runner.ts';
+import { createZstdFramesDecompress } from './zstd-frames.ts';
 import {
   normaliseEntryName,
   parsePaxRecords,
@@ -593,7 +594,7 @@ export async function applyLayer(compressed: Readable, mediaType: string, target
       compression === 'gzip'
         ? zlib.createGunzip({ chunkSize: CHUNK, readableHighWaterMark: LOOKAHEAD } as zlib.ZlibOptions)
         : compression === 'zstd'
-          ? zlib.createZstdDecompress({ chunkSize: CHUNK, readableHighWaterMark: LOOKAHEAD } as zlib.ZstdOptions)
+          ? createZstdFramesDecompress({ chunkSize: CHUNK, readableHighWaterMark: LOOKAHEAD }) // every frame, not just the first
           : null;
     const onAbort = (): void => fail(abortError(signal as AbortSignal));
     const cleanup = (): void => {

@@ -175,6 +175,27 @@ test('a truncated gzip stream fails with UNPACK_FAILED', async (t) => {
   t.is(e.code, 'UNPACK_FAILED');
 });
 
+test('a zstd layer of two frames (and a skippable frame) is applied whole; cut inside its second frame it is UNPACK_FAILED naming the cut', async (t) => {
+  const { target } = await sandbox(t);
+  // Frame 1: complete entries without the end-of-archive blocks; frame 2: the rest of the tar (as zstd:chunked does).
+  const first = await makeTar([{ name: 'etc/' }, { name: 'etc/frame-1', content: 'first frame\n' }]);
+  const second = await makeTar([{ name: 'etc/frame-2', content: 'second frame\n' }, { name: 'usr/frame-2', content: randomBytes(300_000) }]);
+  const head = first.subarray(0, first.length - 1024);
+  const skippable = Buffer.from('502a4d1804000000cafef00d', 'hex');
+  const blob = Buffer.concat([zstdCompressSync(head), skippable, zstdCompressSync(second)]);
+  const stats = await applyLayer(chunked(blob, [1, 1, 1, 1, 7, 100]), ZSTD, target, { runner: new SpawnRunner() });
+  t.is(await readFile(path.join(target, 'etc/frame-1'), 'utf8'), 'first frame\n');
+  t.is(await readFile(path.join(target, 'etc/frame-2'), 'utf8'), 'second frame\n', 'the second frame\'s entries are applied too');
+  t.is((await st(path.join(target, 'usr/frame-2'))).size, 300_000);
+  t.is(stats.files, 3);
+
+  const { target: target2 } = await sandbox(t);
+  const firstLength = zstdCompressSync(head).length + skippable.length;
+  const e = await rejection(t, applyLayer(chunked(blob.subarray(0, blob.length - 1000)), ZSTD, target2, { runner: new SpawnRunner() }));
+  t.is(e.code, 'UNPACK_FAILED');
+  t.regex(e.message, new RegExp(`^decompressing the zstd layer failed: truncated zstd frame at offset ${firstLength}: the input ends at offset ${blob.length - 1000}, `));
+});
+
 test('a tar that ends inside an entry fails with UNPACK_FAILED', async (t) => {
   const { target } = await sandbox(t);
   const tar = await makeTar([{ name: 'big', content: randomBytes(100_000) }]);
