@@ -3,7 +3,9 @@ import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readdir } from 'node:fs/promises';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { createCosHost, type CosHost, type CosHostOptions } from './cos-host.ts';
 import type { HostStatusDocument } from '../../src/model/host.ts';
 
@@ -137,4 +139,15 @@ export async function slotSnapshot(host: CosHost): Promise<SlotSnapshot> {
     grub: [await sha256File(host.statePath('grub_oem_env')), await sha256File(host.statePath('boot_assessment'))],
     ro: (await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'),
   };
+}
+
+/** COS_STATE is mounted read-only at /run/initramfs/cos-state: rw just for `fn`, as GRUB's save_env or cOS's boot stage would write it. */
+export async function withStateRw<T>(host: CosHost, fn: () => Promise<T>): Promise<T> {
+  const mnt = path.join(host.root, 'run/initramfs/cos-state');
+  await promisify(execFile)('mount', ['-o', 'remount,rw', mnt]);
+  try {
+    return await fn();
+  } finally {
+    await promisify(execFile)('mount', ['-o', 'remount,ro', mnt]);
+  }
 }

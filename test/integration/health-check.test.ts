@@ -21,7 +21,7 @@ import { silentLogger } from '../../src/sys/log.ts';
 import { SysRoot } from '../../src/sys/root.ts';
 import { SpawnRunner, type Command, type CommandResult, type Runner } from '../../src/sys/runner.ts';
 import { cosCmdline, type CosHost } from '../helpers/cos-host.ts';
-import { cosctl, cosStatus, grubList, slotSnapshot, testHost } from '../helpers/cosctl.ts';
+import { cosctl, cosStatus, grubList, slotSnapshot, testHost, withStateRw } from '../helpers/cosctl.ts';
 import { startBus, startCosd } from '../helpers/dbus.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
@@ -39,16 +39,6 @@ test.after.always(async () => {
   await reg?.stop();
 });
 
-/** COS_STATE is mounted read-only: rw just for `fn`, as GRUB's save_env or cOS's boot stage would write it. */
-async function withStateRw<T>(host: CosHost, fn: () => Promise<T>): Promise<T> {
-  const mnt = path.join(host.root, 'run/initramfs/cos-state');
-  await run('mount', ['-o', 'remount,rw', mnt]);
-  try {
-    return await fn();
-  } finally {
-    await run('mount', ['-o', 'remount,ro', mnt]);
-  }
-}
 
 /**
  * Upgrade to v2, then "reboot" into it: GRUB, with boot assessment armed, saves what its script saves for this try
@@ -131,22 +121,7 @@ test.serial('without --no-reboot, a failed boot that was marked bad asks systemd
   await upgradeAndReboot(t, host);
   await check(host, '/etc/cos-agent/check/required.d/10-hang', '#!/bin/sh\nsleep 300\n');
 
-  // Every command runs for real except systemctl, which is only recorded.
-  const real = new SpawnRunner();
-  const systemctl: string[][] = [];
-  const runner: Runner = {
-    run(cmd: Command): Promise<CommandResult> {
-      if (cmd.argv[0] === 'systemctl') {
-        systemctl.push([...cmd.argv]);
-        return Promise.resolve({ exitCode: 0, stdout: '', stderr: '' });
-      }
-      return real.run(cmd);
-    },
-  };
-  const deps: AgentDeps = {
-    root: new SysRoot(host.root), runner, log: silentLogger, hooks: new NoHooks(), env: { ...process.env, ...host.env },
-    now: () => new Date(), testDisk: host.loop,
-  };
+  const { deps, systemctl } = recordingDeps(host);
   const report = await runHealthChecks(deps, { timeoutMs: 1000 });
   t.like(report.checks[0], { name: '10-hang', passed: false, timedOut: true });
   t.like(report.mark, { action: 'mark-bad', result: 'done' });

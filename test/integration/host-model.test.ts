@@ -23,7 +23,7 @@ import { promisify } from 'node:util';
 import { cosCmdline, createCosHost, type CosHost } from '../helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
-import { cosctl } from '../helpers/cosctl.ts';
+import { cosctl, withStateRw } from '../helpers/cosctl.ts';
 import { boot, cloneWorld, readCmdline, type GrubBoot, type GrubFile, type GrubWorld } from '../helpers/grub-script.ts';
 import { mulberry32 } from '../helpers/host-sim.ts';
 import { readGrubEnvFile } from '../../src/grub/index.ts';
@@ -130,16 +130,6 @@ async function readWorld(host: CosHost, recovery: ReadonlyMap<string, GrubFile>)
   };
 }
 
-/** COS_STATE is mounted read-only at /run/initramfs/cos-state: rw just for `fn`, as cOS's own boot stage does. */
-async function withStateRw<T>(host: CosHost, fn: () => Promise<T>): Promise<T> {
-  const mnt = path.join(host.root, 'run/initramfs/cos-state');
-  await run('mount', ['-o', 'remount,rw', mnt]);
-  try {
-    return await fn();
-  } finally {
-    await run('mount', ['-o', 'remount,ro', mnt]);
-  }
-}
 
 async function editenv(file: string, vars: Record<string, string | null>): Promise<void> {
   for (const [k, v] of Object.entries(vars)) await run('grub-editenv', v === null ? [file, 'unset', k] : [file, 'set', `${k}=${v}`]);
