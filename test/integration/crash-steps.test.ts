@@ -162,3 +162,22 @@ test.serial('a system upgrade killed twice in staging (half-unpacked, then seali
   t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="2\.0\.0"/);
   await healthy(t, host, baseline, 'after two crashes and a clean run');
 });
+
+test.serial('three crashes in a row (half-unpacked, then mid-switch, then before the GRUB writes), then a clean run', async (t) => {
+  const host = await testHost(t);
+  const baseline = await host.leaks();
+  const args = ['upgrade', '--no-verify', '--image', image('v2')];
+  await crashAt(t, host, args, 'pull:50%');
+  await crashAt(t, host, args, 'switch:2');
+  await entriesBoot(t, host, 'after two crashes');
+  // The third run finishes the second's switch first; it then has v2 in active already and nothing to stage, so it is
+  // forced to stage again, and is killed before its own GRUB writes.
+  await crashAt(t, host, [...args, '--force'], 'step:grub');
+  await entriesBoot(t, host, 'after three crashes');
+  t.is((await grubList(host.statePath('boot_assessment'))).get('enable_boot_assessment'), 'yes', 'armed before each switch');
+  const next = await cosctl(host, args);
+  t.is(next.code, 0, next.stderr);
+  t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="2\.0\.0"/);
+  await healthy(t, host, baseline, 'after three crashes and a clean run');
+});
+
