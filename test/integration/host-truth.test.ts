@@ -62,7 +62,7 @@ test.serial('#1 two upgrades before a reboot: the second replaces active only; t
   t.is(doc.status.staged?.imageDigest, digests.v1);
   t.is(doc.status.rollback?.slot, 'passive', 'a rollback (or a failed boot) runs the running image again');
   t.like(doc.status.nextBoot, { entry: 'cos', slot: 'active', oneShot: false });
-  t.deepEqual(doc.status.bootAssessment, { enabled: true, tentative: false }, 'armed: a failed v1 falls back to the running image');
+  t.deepEqual(doc.status.bootAssessment, { enabled: true, tentative: false, triesLeft: 3 }, 'armed (3 tries): a failed v1 falls back to the running image');
 });
 
 test.serial('#2 a pending one-shot rollback does not outlive a later upgrade, nor a permanent rollback', async (t) => {
