@@ -24,7 +24,7 @@ import { run } from './exec.ts';
 import { buildGrubEfi, cosOemBootFiles, cosStateBootFiles, writeBootFiles, type BootFile } from './grub.ts';
 import { buildInitrd } from './initrd.ts';
 import { guestKernel, type GuestKernel } from './kernel.ts';
-import { prepareRootfs, rootfsKey, treeMiB, type RootfsOptions } from './rootfs.ts';
+import { prepareRootfs, rootfsKey, treeMiB, type GuestFile, type RootfsOptions } from './rootfs.ts';
 
 export const EFI_TYPE = 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B';
 export const LINUX_TYPE = '0FC63DAF-8483-4772-8E79-3D69D8477DE4';
@@ -57,6 +57,13 @@ export interface CosDiskOptions {
   /** COS_STATE files that replace (same path) or add to the cOS ones of cosStateBootFiles(), e.g. the agent's own
    * grub_boot_assessment in place of cOS's. */
   stateFiles?: readonly BootFile[];
+  /** Files written into one slot image only, after passive.img was copied from active.img (debugfs, no mount): two
+   * images that differ, e.g. an upgrade in active with a failing health check and the good image in passive, or two
+   * os-release VERSIONs. Every file replaces any same path; parent directories are created. */
+  slotFiles?: { active?: readonly GuestFile[]; passive?: readonly GuestFile[] };
+  /** A filesystem UUID of its own for passive.img (default: the copy keeps active's, as install does), so the two
+   * images have different identities, as after an upgrade. */
+  passiveUuid?: string;
 }
 
 export interface CosDisk {
@@ -132,6 +139,9 @@ async function assemble(out: string, work: string, input: AssembleInput): Promis
       // install/reset: passive.img is a copy of active.img relabelled (cos-layout.md 1.2)
       await run(['cp', '--sparse=always', active, passive]);
       await run(['tune2fs', '-L', 'COS_PASSIVE', passive]);
+      if (opts.passiveUuid !== undefined) await run(['tune2fs', '-U', opts.passiveUuid, passive]);
+      await writeIntoExtImage(active, opts.slotFiles?.active ?? [], path.join(work, 'slot-active'));
+      await writeIntoExtImage(passive, opts.slotFiles?.passive ?? [], path.join(work, 'slot-passive'));
     })(),
     // uncompressed: 1.5 s instead of 1-2 min for gzip/lzo on 2 busy cores; GRUB and the kernel read it all the same
     run(['mksquashfs', tree, squash, '-noI', '-noD', '-noF', '-noX', '-noappend', '-quiet', '-no-progress']),
@@ -187,6 +197,39 @@ async function assemble(out: string, work: string, input: AssembleInput): Promis
   }
   phase('disk');
   return sizes;
+}
+
+/**
+ * Writes `files` into the ext2/3/4 filesystem image `image` with `debugfs -w` (no mount): parents created, an
+ * existing file replaced, owner root, the given mode. Each file is read back with `debugfs cat` and compared.
+ */
+export async function writeIntoExtImage(image: string, files: readonly GuestFile[], scratch: string): Promise<void> {
+  if (files.length === 0) return;
+  await mkdir(scratch, { recursive: true });
+  const cmds: string[] = [];
+  const made = new Set<string>();
+  for (const [i, f] of files.entries()) {
+    const p = path.posix.normalize(f.path);
+    if (!p.startsWith('/') || p.includes('..') || /\s|"/.test(p)) throw new Error(`writeIntoExtImage: bad guest path ${f.path}`);
+    const parts = p.split('/').slice(1, -1);
+    for (let n = 1; n <= parts.length; n++) {
+      const dir = `/${parts.slice(0, n).join('/')}`;
+      if (!made.has(dir)) cmds.push(`mkdir ${dir}`);
+      made.add(dir);
+    }
+    const src = path.join(scratch, `f${i}`);
+    await writeFile(src, f.content);
+    cmds.push(`rm ${p}`, `write ${src} ${p}`, `sif ${p} mode 0${(0o100000 | (f.mode ?? 0o644)).toString(8)}`, `sif ${p} uid 0`, `sif ${p} gid 0`);
+  }
+  const script = path.join(scratch, 'debugfs.cmds');
+  await writeFile(script, `${cmds.join('\n')}\n`);
+  // debugfs goes on after a failed command (mkdir of an existing directory, rm of a missing file): checked below
+  await run(['debugfs', '-w', '-f', script, image]);
+  for (const f of files) {
+    const back = (await run(['debugfs', '-R', `cat ${path.posix.normalize(f.path)}`, image])).stdout;
+    if (back !== Buffer.from(f.content).toString('utf8')) throw new Error(`writeIntoExtImage: ${f.path} in ${image} reads back differently`);
+  }
+  await removeTree(scratch);
 }
 
 /** A private sparse copy of a cached disk, for one boot or one scenario. */

@@ -1,0 +1,197 @@
+/**
+ * VM-test helper for the multi-boot agent scenarios (fallback.test.ts): guest units that report every boot, the
+ * per-boot "step" the host writes onto COS_OEM, and host-side readers for the slot images inside COS_STATE.
+ *
+ * Guest side (`fallbackReporter()`), everything printed as `COSVM-RESULT {"kind":...}` lines on ttyS0:
+ * - `cosvm-fb-boot.service` (after local-fs.target, before cosd and the health check; RemainAfterExit, stopped at
+ *   shutdown after both):
+ *     start: `boot`     {label, img, version (os-release VERSION of the running image), cmdline, upgradeFailure
+ *                        (upgrade_failure on the cmdline), step (/oem/vmtest-step), assessment (COS_STATE/boot_assessment
+ *                        as GRUB left it), grubenv (/oem/grubenv as GRUB left it), bootId}
+ *     stop:  `shutdown` {shutdownTarget (the reboot/poweroff target systemd is going to), healthcheck {active, result,
+ *                        execMainStatus, journal}, cosdJournal}: what a boot that reboots by itself (a failed health
+ *                        check) leaves; a `systemctl poweroff --force` skips it.
+ * - `cosvm-fb-report.service` (after multi-user.target, cosd.service and cos-agent-healthcheck.service): the health
+ *   check unit's result (`healthcheck`), then the step: `rollback` runs `cosctl rollback`, `rollback-permanent` runs
+ *   `cosctl rollback --permanent` (`cosctl` {args, exit, stdout, stderr}), anything else nothing; then
+ *   `cosctl status --json` (`status` {exit, stdout (the document, as a string), stderr}), `done` {failed units,
+ *   multi-user.target, cosd's journal (-o cat, the last 150 lines)}, sync, `systemctl poweroff --force`.
+ *   A boot whose health check reboots never gets here (the reboot cancels the unit's start job).
+ *
+ * Host side: `writeOemFile()` puts the step file on COS_OEM of a raw disk image (debugfs -w at the partition's
+ * offset; the VM must not be running), `slotImageIdentity()` reads the filesystem label and UUID of
+ * cOS/active.img or cOS/passive.img inside COS_STATE (`debugfs bmap` of the file's first block, then
+ * `blkid -p --offset` on the disk image).
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { run } from './exec.ts';
+import { partitionByLabel } from './grubenv.ts';
+import type { GuestFile, GuestUnit } from './rootfs.ts';
+
+/** COS_OEM file (mounted at /oem in the guest) that tells the reporter what to do in the next boot. */
+export const STEP_FILE = '/vmtest-step';
+export type Step = 'report' | 'rollback' | 'rollback-permanent';
+
+const HELPERS: string = `j() { local s=\${1//\\\\/\\\\\\\\}; s=\${s//\\"/\\\\\\"}; s=\${s//$'\\n'/\\\\n}; s=\${s//$'\\t'/\\\\t}; s=\${s//$'\\r'/\\\\r}; s=$(printf %s "$s" | tr -d '\\000-\\010\\013\\014\\016-\\037'); printf '"%s"' "$s"; }
+num() { if [[ $1 =~ ^-?[0-9]+$ ]]; then printf %s "$1"; else printf null; fi; }
+emit() { printf '\\nCOSVM-RESULT %s\\n' "$1" > /dev/ttyS0; }
+show() { systemctl show "$1" -p "$2" --value; }
+up() { cut -d' ' -f1 /proc/uptime; }
+# an env block (GRUB's key=value lines) as a JSON object; null when the file is missing
+envjson() {
+  [ -f "$1" ] || { printf null; return; }
+  local vars= line
+  while IFS= read -r line || [ -n "$line" ]; do
+    case $line in '#'*|'') continue;; *=*) vars="$vars\${vars:+,}$(j "\${line%%=*}"):$(j "\${line#*=}")";; esac
+  done < "$1"
+  printf '{%s}' "$vars"
+}
+hcjson() {
+  local hc=cos-agent-healthcheck.service
+  printf '{"active":%s,"result":%s,"execMainStatus":%s,"journal":%s}' "$(j "$(systemctl is-active $hc)")" "$(j "$(show $hc Result)")" \\
+    "$(num "$(show $hc ExecMainStatus)")" "$(j "$(journalctl -u $hc -o cat --no-pager | tail -n 60)")"
+}
+`;
+
+export const BOOT_SCRIPT: string = `#!/bin/bash
+# cos-agent VM tests (fallback.test.ts): which image this boot runs and what GRUB left (start), and at shutdown what
+# the health check did (stop).
+exec 2>/dev/null
+${HELPERS}
+if [ "$1" = start ]; then
+  dmesg -n 1
+  lower=$(findmnt -n -o SOURCE /run/rootfsbase)
+  label=$(blkid -p -o value -s LABEL "$lower")
+  img=$(losetup -n -O BACK-FILE "$lower")
+  version=$(. /usr/lib/os-release; printf %s "$VERSION")
+  cmdline=$(cat /proc/cmdline)
+  uf=false; for x in $cmdline; do [ "$x" = upgrade_failure ] && uf=true; done
+  step=$(cat /oem${STEP_FILE} 2>/dev/null)
+  emit "{\\"kind\\":\\"boot\\",\\"label\\":$(j "$label"),\\"img\\":$(j "$img"),\\"version\\":$(j "$version"),\\"upgradeFailure\\":$uf,\\"step\\":$(j "$step"),\\"assessment\\":$(envjson /run/initramfs/cos-state/boot_assessment),\\"grubenv\\":$(envjson /oem/grubenv),\\"cmdline\\":$(j "$cmdline"),\\"bootId\\":$(j "$(cat /proc/sys/kernel/random/boot_id)"),\\"uptime\\":$(up)}"
+else
+  target=$(systemctl list-jobs --no-legend --plain 2>/dev/null | awk '{print $2}' | grep -E '^(reboot|poweroff|halt|kexec)\\.target$' | head -n 1)
+  emit "{\\"kind\\":\\"shutdown\\",\\"shutdownTarget\\":$(j "$target"),\\"healthcheck\\":$(hcjson),\\"cosdJournal\\":$(j "$(journalctl -u cosd.service -o cat --no-pager | tail -n 80)"),\\"uptime\\":$(up)}"
+fi
+exit 0
+`;
+
+export const REPORT_SCRIPT: string = `#!/bin/bash
+# cos-agent VM tests (fallback.test.ts): the health check's result, this boot's step (/oem${STEP_FILE}), the status
+# document, then power off.
+exec 2>/dev/null
+${HELPERS}
+emit "{\\"kind\\":\\"healthcheck\\",\\"healthcheck\\":$(hcjson),\\"uptime\\":$(up)}"
+step=$(cat /oem${STEP_FILE} 2>/dev/null)
+args=
+case $step in
+  rollback) args=rollback;;
+  rollback-permanent) args="rollback --permanent";;
+esac
+if [ -n "$args" ]; then
+  out=$(timeout 300 cosctl $args 2>/run/cosvm-cosctl.err); rc=$?
+  emit "{\\"kind\\":\\"cosctl\\",\\"args\\":$(j "$args"),\\"exit\\":$rc,\\"stdout\\":$(j "$out"),\\"stderr\\":$(j "$(tail -c 4000 /run/cosvm-cosctl.err)"),\\"uptime\\":$(up)}"
+fi
+out=$(timeout 120 cosctl status --json 2>/run/cosvm-status.err); rc=$?
+emit "{\\"kind\\":\\"status\\",\\"exit\\":$rc,\\"stdout\\":$(j "$out"),\\"stderr\\":$(j "$(tail -c 4000 /run/cosvm-status.err)"),\\"uptime\\":$(up)}"
+failed=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | paste -sd' ')
+emit "{\\"kind\\":\\"done\\",\\"target\\":$(j "$(systemctl is-active multi-user.target)"),\\"failed\\":$(j "$failed"),\\"cosdJournal\\":$(j "$(journalctl -u cosd.service -o cat --no-pager | tail -n 150)"),\\"uptime\\":$(up)}"
+sync
+systemctl poweroff --force --no-block
+`;
+
+export const BOOT_UNIT: string = `[Unit]
+Description=cos-agent VM test: report which image boots (start) and the health check at shutdown (stop)
+DefaultDependencies=no
+After=local-fs.target
+Before=cosd.service cos-agent-healthcheck.service shutdown.target
+Conflicts=shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/lib/cosvm/fb-boot start
+ExecStop=/usr/lib/cosvm/fb-boot stop
+
+[Install]
+WantedBy=multi-user.target
+`;
+
+export const REPORT_UNIT: string = `[Unit]
+Description=cos-agent VM test: the health check, the step of this boot, the status document; then power off
+After=multi-user.target cos-agent-healthcheck.service cosd.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/lib/cosvm/fb-report
+
+[Install]
+WantedBy=multi-user.target
+`;
+
+export function fallbackReporter(): { files: GuestFile[]; units: GuestUnit[] } {
+  return {
+    files: [
+      { path: '/usr/lib/cosvm/fb-boot', content: BOOT_SCRIPT, mode: 0o755 },
+      { path: '/usr/lib/cosvm/fb-report', content: REPORT_SCRIPT, mode: 0o755 },
+    ],
+    units: [
+      { name: 'cosvm-fb-boot.service', content: BOOT_UNIT },
+      { name: 'cosvm-fb-report.service', content: REPORT_UNIT },
+    ],
+  };
+}
+
+/** Debian 12's /usr/lib/os-release with VERSION (and PRETTY_NAME) naming a test image. */
+export function osRelease(version: string): string {
+  return `PRETTY_NAME="Debian GNU/Linux 12 (${version})"
+NAME="Debian GNU/Linux"
+VERSION_ID="12"
+VERSION="${version}"
+VERSION_CODENAME=bookworm
+ID=debian
+HOME_URL="https://www.debian.org/"
+SUPPORT_URL="https://www.debian.org/support"
+BUG_REPORT_URL="https://bugs.debian.org/"
+`;
+}
+
+/** Writes (replaces) `file` at the root of the ext partition `label` of a raw disk image, with debugfs -w. */
+export async function writePartitionFile(disk: string, label: string, file: string, content: string): Promise<void> {
+  if (!/^\/[\w.-]+$/.test(file)) throw new Error(`writePartitionFile: ${file}: a file at the partition's root`);
+  const part = await partitionByLabel(disk, label);
+  const dir = await mkdtemp(path.join(tmpdir(), 'cosvm-oemfile-'));
+  try {
+    const src = path.join(dir, 'f');
+    await writeFile(src, content);
+    await writeFile(path.join(dir, 'cmds'), `rm ${file}\nwrite ${src} ${file}\n`);
+    const image = `${disk}?offset=${part.offset}`;
+    await run(['debugfs', '-w', '-f', path.join(dir, 'cmds'), image]);
+    const back = (await run(['debugfs', '-R', `cat ${file}`, image])).stdout;
+    if (back !== content) throw new Error(`writePartitionFile: ${label}${file} reads back ${JSON.stringify(back)}`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+export async function writeStep(disk: string, step: Step): Promise<void> {
+  await writePartitionFile(disk, 'COS_OEM', STEP_FILE, `${step}\n`);
+}
+
+/** The filesystem label and UUID of a slot image file inside COS_STATE (e.g. `/cOS/active.img`), from the disk image. */
+export async function slotImageIdentity(disk: string, file: string): Promise<{ label: string; uuid: string }> {
+  const part = await partitionByLabel(disk, 'COS_STATE');
+  const image = `${disk}?offset=${part.offset}`;
+  const stats = (await run(['debugfs', '-R', 'stats', image])).stdout;
+  const blockSize = Number(/Block size:\s*(\d+)/.exec(stats)?.[1] ?? 'NaN');
+  // the inner superblock is at byte 1024 of the image, in the file's block 0 when COS_STATE's blocks are >= 2 KiB
+  if (!(blockSize >= 2048)) throw new Error(`COS_STATE block size ${blockSize}: not supported here`);
+  const block = Number((await run(['debugfs', '-R', `bmap ${file} 0`, image])).stdout.trim());
+  if (!Number.isInteger(block) || block <= 0) throw new Error(`COS_STATE${file}: no first block (bmap: ${block})`);
+  const offset = part.offset + block * blockSize;
+  // blkid exits 2 when it finds nothing: an empty result then, and the caller's assertion says so
+  const out = (await run(['blkid', '-p', '-o', 'export', '--offset', String(offset), disk], { okExitCodes: [2] })).stdout;
+  const vars = Object.fromEntries(out.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+  return { label: vars['LABEL'] ?? '', uuid: vars['UUID'] ?? '' };
+}
