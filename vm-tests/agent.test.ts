@@ -19,8 +19,7 @@ import test from 'ava';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
-import { bootAssessmentScript } from '../src/host/boot-assessment.ts';
-import { agentPackage, agentReporter, COS_FSTAB, dockerfileEnabledUnits, parseJournalJson, type AgentPackage } from './lib/agent.ts';
+import { agentDiskOptions, agentPackage, agentReporter, dockerfileEnabledUnits, parseJournalJson, type AgentPackage } from './lib/agent.ts';
 import { buildCosDisk, cloneDisk, type CosDisk } from './lib/disk.ts';
 import { readGrubEnv, STATE_BOOT_ASSESSMENT, writeGrubEnv } from './lib/grubenv.ts';
 import { bootReport, bootVm, killAllVms, logDir, markerJson } from './lib/qemu.ts';
@@ -38,16 +37,7 @@ test.before(async (t) => {
   pkg = await agentPackage((l) => t.log(l));
   enabled = await dockerfileEnabledUnits();
   const reporter = agentReporter();
-  disk = await buildCosDisk({
-    rootfs: {
-      extraTarballs: [pkg.path],
-      enableUnits: enabled,
-      files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }],
-      units: reporter.units,
-    },
-    // the agent's N-tries script where the disk builder puts cOS's (08_boot_assessment's after-install stage)
-    stateFiles: [{ path: 'grub_boot_assessment', text: bootAssessmentScript() }],
-  });
+  disk = await buildCosDisk(agentDiskOptions(pkg.path, enabled, reporter));
   buildSeconds = (Date.now() - t0) / 1000;
   t.log(`package ${path.relative(process.cwd(), pkg.path)} sha256 ${pkg.sha256.slice(0, 16)}… (${pkg.built === null ? 'up to date in dist/' : `built: ${pkg.built}`}, ${pkg.seconds.toFixed(1)} s); enabled: ${enabled.join(' ')}; disk ${disk.key} ready after ${buildSeconds.toFixed(1)} s`);
 });

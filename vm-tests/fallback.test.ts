@@ -24,8 +24,7 @@ import test, { type ExecutionContext } from 'ava';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
-import { bootAssessmentScript } from '../src/host/boot-assessment.ts';
-import { agentPackage, COS_FSTAB, dockerfileEnabledUnits } from './lib/agent.ts';
+import { agentDiskOptions, agentPackage, dockerfileEnabledUnits } from './lib/agent.ts';
 import { buildCosDisk, cloneDisk, type CosDisk, type CosDiskOptions } from './lib/disk.ts';
 import { fallbackReporter, osRelease, slotImageIdentity, writeStep, type Step } from './lib/fallback.ts';
 import { OEM_GRUBENV, readGrubEnv, STATE_BOOT_ASSESSMENT, writeGrubEnv } from './lib/grubenv.ts';
@@ -52,16 +51,7 @@ test.before(async (t) => {
   const pkg = await agentPackage((l) => t.log(l));
   const enabled = await dockerfileEnabledUnits();
   const reporter = fallbackReporter();
-  const base: CosDiskOptions = {
-    rootfs: {
-      extraTarballs: [pkg.path],
-      enableUnits: enabled,
-      files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }],
-      units: reporter.units,
-    },
-    stateFiles: [{ path: 'grub_boot_assessment', text: bootAssessmentScript() }],
-    passiveUuid: PASSIVE_UUID,
-  };
+  const base: CosDiskOptions = { ...agentDiskOptions(pkg.path, enabled, reporter), passiveUuid: PASSIVE_UUID };
   // one after the other: disk builds of one process share a work directory
   diskFail = await buildCosDisk({
     ...base,

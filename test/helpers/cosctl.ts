@@ -39,15 +39,25 @@ function shellQuote(s: string): string {
   return `'${s.replaceAll("'", "'\\''")}'`;
 }
 
+/**
+ * How the tests run the real cosctl on `host`: argv (bin/cosctl.js on the pinned Node, through setpriv with a small
+ * environment when `uid` is given), environment (the host's test seams, a short registry backoff) and cwd.
+ */
+export function cosctlInvocation(host: CosHost, args: readonly string[], env: Record<string, string> = {}, uid?: number): { argv: string[]; env: Record<string, string | undefined>; cwd: string | undefined } {
+  const argv = [process.execPath, BIN, '--root', host.root, ...args];
+  if (uid === undefined) return { argv, env: { ...process.env, ...host.env, HOME: host.root, AGENT_TEST_REGISTRY_RETRY_MS: '20', ...env }, cwd: undefined };
+  return {
+    argv: ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', ...argv],
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/nonexistent', ...host.env, AGENT_TEST_REGISTRY_RETRY_MS: '20', ...env },
+    cwd: '/',
+  };
+}
+
 export function cosctl(host: CosHost, args: readonly string[], env: Record<string, string> = {}, opts: CosctlOptions = {}): Promise<CliResult> {
-  let argv = [process.execPath, BIN, '--root', host.root, ...args];
-  let childEnv: Record<string, string | undefined> = { ...process.env, ...host.env, HOME: host.root, AGENT_TEST_REGISTRY_RETRY_MS: '20', ...env };
-  let cwd: string | undefined;
-  if (opts.uid !== undefined) {
-    argv = ['setpriv', `--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', ...argv];
-    childEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/nonexistent', ...host.env, AGENT_TEST_REGISTRY_RETRY_MS: '20', ...env };
-    cwd = '/';
-  }
+  const inv = cosctlInvocation(host, args, env, opts.uid);
+  let argv = inv.argv;
+  let childEnv = inv.env;
+  const cwd = inv.cwd;
   if (opts.tty === true) {
     argv = ['script', '-qfec', argv.map(shellQuote).join(' '), '/dev/null'];
     childEnv = { ...childEnv, SHELL: '/bin/sh' };

@@ -15,11 +15,9 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { constants } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import type { CosHost } from './cos-host.ts';
-import type { CliResult } from './cosctl.ts';
+import { cosctlInvocation, type CliResult } from './cosctl.ts';
 
-const COSCTL = fileURLToPath(new URL('../../bin/cosctl.js', import.meta.url));
 const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 
 /** Runs argv[1:], then writes "<peak KiB> <returncode>" to fd 3 and exits with the child's code (128+N for signal N). */
@@ -104,14 +102,7 @@ export function runWithPeakRss(argv: readonly string[], opts: PeakOptions = {}):
  * (same argv, environment and test seams; `uid` through setpriv with the small environment), under the wrapper.
  */
 export function cosctlPeak(host: CosHost, args: readonly string[], env: Record<string, string> = {}, opts: { uid?: number; input?: string } = {}): Promise<PeakResult> {
-  let argv = [process.execPath, COSCTL, '--root', host.root, ...args];
-  let childEnv: Record<string, string | undefined> = { ...process.env, ...host.env, HOME: host.root, AGENT_TEST_REGISTRY_RETRY_MS: '20', ...env };
-  let cwd: string | undefined;
-  if (opts.uid !== undefined) {
-    argv = ['setpriv', `--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', ...argv];
-    childEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/nonexistent', ...host.env, AGENT_TEST_REGISTRY_RETRY_MS: '20', ...env };
-    cwd = '/';
-  }
+  const { argv, env: childEnv, cwd } = cosctlInvocation(host, args, env, opts.uid);
   return runWithPeakRss(argv, { env: childEnv, ...(cwd !== undefined ? { cwd } : {}), ...(opts.input !== undefined ? { input: opts.input } : {}) });
 }
 

@@ -31,6 +31,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { cacheDir, fileHash, tryLock } from './cache.ts';
 import { run } from './exec.ts';
 import type { GuestFile, GuestUnit } from './rootfs.ts';
+import type { CosDiskOptions } from './disk.ts';
+import { bootAssessmentScript } from '../../src/host/boot-assessment.ts';
 
 export const REPO: string = path.resolve(import.meta.dirname, '../..');
 
@@ -263,4 +265,21 @@ export function parseJournalJson(text: string): JournalLine[] {
     out.push({ monotonicUs: Number(e['__MONOTONIC_TIMESTAMP']), message, ...(msg !== undefined ? { msg } : {}) });
   }
   return out;
+}
+
+/**
+ * The disk options of an agent scenario: the package tarball unpacked at / with the snippet's units enabled, the
+ * guest's fstab (COS_OEM at /oem, COS_PERSISTENT at /usr/local), the scenario's guest units, and the agent's N-tries
+ * grub_boot_assessment where the disk builder puts cOS's (08_boot_assessment's after-install stage).
+ */
+export function agentDiskOptions(pkgPath: string, enabled: readonly string[], reporter: { files: GuestFile[]; units: GuestUnit[] }): CosDiskOptions {
+  return {
+    rootfs: {
+      extraTarballs: [pkgPath],
+      enableUnits: [...enabled],
+      files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }],
+      units: reporter.units,
+    },
+    stateFiles: [{ path: 'grub_boot_assessment', text: bootAssessmentScript() }],
+  };
 }
