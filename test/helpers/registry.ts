@@ -356,6 +356,19 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<TestReg
   }
 }
 
+/** Puts `data` as blob `digest` into `repo` of `reg` (monolithic upload through the registry HTTP API; no auth). */
+export async function uploadBlob(reg: TestRegistry, repo: string, digest: string, data: Buffer): Promise<void> {
+  const start = await fetch(`${reg.url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
+  const location = start.headers.get('location');
+  await start.arrayBuffer();
+  if (start.status !== 202 || location === null) throw new Error(`starting a blob upload to ${repo}: HTTP ${start.status}`);
+  const u = new URL(location, reg.url);
+  u.searchParams.set('digest', digest);
+  const put = await fetch(u, { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body: data });
+  if (put.status !== 201) throw new Error(`uploading ${digest} to ${repo}: HTTP ${put.status} ${await put.text()}`);
+  await put.arrayBuffer().catch(() => undefined);
+}
+
 /**
  * Uploads an image from an OCI layout dir to `reg` as `name` (`repo:tag`) with the registry HTTP API, byte for byte:
  * the config and layer blobs, then the manifest under its own media type. For what skopeo cannot push as is (skopeo
@@ -371,16 +384,7 @@ export async function uploadImage(reg: TestRegistry, layoutDir: string, manifest
   const doc = JSON.parse(body.toString('utf8')) as { config?: { digest: string }; layers?: Array<{ digest: string }>; manifests?: unknown };
   if (doc.manifests !== undefined) throw new Error('uploadImage uploads image manifests, not indexes');
   for (const digest of [doc.config?.digest, ...(doc.layers ?? []).map((l) => l.digest)]) {
-    if (digest === undefined) continue;
-    const start = await fetch(`${reg.url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
-    const location = start.headers.get('location');
-    await start.arrayBuffer();
-    if (start.status !== 202 || location === null) throw new Error(`starting a blob upload to ${repo}: HTTP ${start.status}`);
-    const u = new URL(location, reg.url);
-    u.searchParams.set('digest', digest);
-    const put = await fetch(u, { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body: await read(digest) });
-    if (put.status !== 201) throw new Error(`uploading ${digest} to ${repo}: HTTP ${put.status} ${await put.text()}`);
-    await put.arrayBuffer().catch(() => undefined);
+    if (digest !== undefined) await uploadBlob(reg, repo, digest, await read(digest));
   }
   const res = await fetch(`${reg.url}/v2/${repo}/manifests/${tag}`, { method: 'PUT', headers: { 'content-type': manifest.mediaType }, body });
   if (res.status !== 201) throw new Error(`putting manifest ${name}: HTTP ${res.status} ${await res.text()}`);

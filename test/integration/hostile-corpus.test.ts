@@ -35,7 +35,7 @@ import { promisify } from 'node:util';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { parse as parseYaml } from 'yaml';
 import { createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos-host.ts';
-import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
+import { startRegistry, uploadBlob as putBlob, type TestRegistry } from '../helpers/registry.ts';
 import { makeTar, type TarEntry } from '../helpers/oci-layout.ts';
 import { osTree } from '../helpers/os-image.ts';
 import { grubList, imageCat, slotSnapshot, SMALL_SLOTS, type SlotSnapshot } from '../helpers/cosctl.ts';
@@ -185,15 +185,7 @@ async function startLyingFront(upstream: string): Promise<LyingFront> {
 /** Put a blob into `repo` of the real registry (monolithic upload); its digest. */
 async function uploadBlob(repo: string, data: Buffer): Promise<string> {
   const digest = sha256(data);
-  const start = await fetch(`${reg.url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
-  const location = start.headers.get('location');
-  await start.arrayBuffer();
-  if (start.status !== 202 || location === null) throw new Error(`starting a blob upload to ${repo}: HTTP ${start.status}`);
-  const u = new URL(location, reg.url);
-  u.searchParams.set('digest', digest);
-  const put = await fetch(u, { method: 'PUT', headers: { 'content-type': 'application/octet-stream' }, body: data });
-  if (put.status !== 201) throw new Error(`uploading ${digest} to ${repo}: HTTP ${put.status} ${await put.text()}`);
-  await put.arrayBuffer().catch(() => undefined);
+  await putBlob(reg, repo, digest, data);
   return digest;
 }
 
