@@ -1,10 +1,19 @@
 /**
- * Test-only crash injection (AGENT_TEST_CRASH_AT): the process kills itself with SIGKILL at a named point, as a power
- * cut there would stop it. Unset on real hosts: no hook at all. Points:
+ * Test-only seams at named points of an upgrade. Unset on real hosts: no hook at all.
+ *
+ * AGENT_TEST_CRASH_AT=<point>: the process kills itself with SIGKILL there, as a power cut there would stop it.
+ * AGENT_TEST_PAUSE_AT=<point>: the process writes `COS-AGENT-TEST-PAUSED <point>` (one line) to the file or device
+ *   AGENT_TEST_PAUSE_NOTIFY names (the VM tests give the guest's serial console) and then blocks its only thread for
+ *   good, so that a test can cut the power (kill the VM) exactly there: nothing after the point runs, and what the
+ *   kernel had not written back yet is lost, as in a real power cut. (With both set, the crash wins.)
+ *
+ * Points:
  *   switch:N     once a slot switch (or swap) has completed N steps (0: its journal is written, nothing renamed);
  *   step:NAME    as the upgrade step NAME (UPGRADE_STEPS in actions/upgrade/upgrade.ts) starts;
  *   pull:P%      once P percent of the image's compressed bytes are applied (a half-unpacked tree at 50%).
  */
+import { appendFileSync } from 'node:fs';
+
 export interface TestHooks {
   onSwitchStep?: (done: number) => void;
   onStep?: (name: string) => void;
@@ -15,23 +24,47 @@ const kill = (): void => {
   process.kill(process.pid, 'SIGKILL');
 };
 
-export function crashHooks(env: NodeJS.ProcessEnv): TestHooks | undefined {
-  const at = env['AGENT_TEST_CRASH_AT'];
-  if (at === undefined) return undefined;
+/** The marker line AGENT_TEST_PAUSE_AT writes before it blocks. */
+export const PAUSE_MARKER = 'COS-AGENT-TEST-PAUSED';
+
+function pauseAt(point: string, notify: string | undefined): () => void {
+  return () => {
+    if (notify !== undefined && notify !== '') {
+      try {
+        appendFileSync(notify, `\n${PAUSE_MARKER} ${point}\n`);
+      } catch {
+        // a test seam: the test sees no marker and times out, which names the problem
+      }
+    }
+    // block this (the only) thread for good: no timer, I/O callback or signal handler of ours runs again
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+  };
+}
+
+/** The hooks for one point: `act` runs when the point is reached (at most once). Undefined for an unknown point. */
+function hooksAt(at: string, act: () => void): TestHooks | undefined {
   const sw = /^switch:(\d+)$/.exec(at);
   if (sw !== null) {
     const n = Number(sw[1]);
-    return { onSwitchStep: (done) => { if (done === n) kill(); } };
+    return { onSwitchStep: (done) => { if (done === n) act(); } };
   }
   const step = /^step:([a-z:-]+)$/.exec(at);
   if (step !== null) {
     const name = step[1];
-    return { onStep: (s) => { if (s === name) kill(); } };
+    return { onStep: (s) => { if (s === name) act(); } };
   }
   const pull = /^pull:(\d{1,2})%$/.exec(at);
   if (pull !== null) {
     const percent = Number(pull[1]);
-    return { onPullBytes: (done, total) => { if (total > 0 && done * 100 >= total * percent) kill(); } };
+    return { onPullBytes: (done, total) => { if (total > 0 && done * 100 >= total * percent) act(); } };
   }
+  return undefined;
+}
+
+export function crashHooks(env: NodeJS.ProcessEnv): TestHooks | undefined {
+  const crash = env['AGENT_TEST_CRASH_AT'];
+  if (crash !== undefined) return hooksAt(crash, kill);
+  const pause = env['AGENT_TEST_PAUSE_AT'];
+  if (pause !== undefined) return hooksAt(pause, pauseAt(pause, env['AGENT_TEST_PAUSE_NOTIFY']));
   return undefined;
 }
