@@ -28,9 +28,9 @@ import { agentDiskOptions, agentPackage, dockerfileEnabledUnits } from './lib/ag
 import { buildCosDisk, cloneDisk, type CosDisk, type CosDiskOptions } from './lib/disk.ts';
 import { fallbackReporter, osRelease, slotImageIdentity, writeStep, type Step } from './lib/fallback.ts';
 import { OEM_GRUBENV, readGrubEnv, STATE_BOOT_ASSESSMENT, writeGrubEnv } from './lib/grubenv.ts';
-import { bootReport, bootVm, killAllVms, logDir, markerJson, type BootResult } from './lib/qemu.ts';
+import { killAllVms, logDir } from './lib/qemu.ts';
+import { BOOT_TIMEOUT_MS, bootOnce, obj, statusOf, type Boot, type Json } from './lib/boots.ts';
 
-const BOOT_TIMEOUT_MS = 300_000;
 /** More boots than a scenario needs: a guest that reboots once too often shows as a boot too many, not a hang. */
 const MAX_BOOTS = 4;
 
@@ -75,49 +75,6 @@ test.after.always(() => {
   killAllVms();
 });
 
-type Json = Record<string, unknown>;
-const obj = (v: unknown): Json => (v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Json) : {});
-
-interface Boot {
-  n: number;
-  vm: BootResult;
-  /** The results of this boot by kind (the last of each kind). */
-  kind: Map<string, Json>;
-  boot: Json;
-  grub: Json;
-  /** The parsed `cosctl status --json` document, when the reporter got to it. */
-  status: Json | null;
-  report: string;
-  /** Data for failure messages: console tail, the agent's journals and stderr. */
-  diag: string;
-}
-
-async function bootOnce(t: ExecutionContext, image: string, work: string, name: string, n: number): Promise<Boot> {
-  const vm = await bootVm({ disk: image, workDir: work, name: `${name}-boot${n}`, timeoutMs: BOOT_TIMEOUT_MS, memMiB: 1024 });
-  const kind = new Map<string, Json>();
-  for (const r of vm.results) kind.set(String(r['kind']), r);
-  const report = bootReport(vm, 100);
-  const statusRes = kind.get('status');
-  let status: Json | null = null;
-  if (statusRes !== undefined) {
-    try {
-      status = obj(JSON.parse(String(statusRes['stdout'] ?? '')));
-    } catch {
-      status = null;
-    }
-  }
-  const hc = obj(kind.get('healthcheck')?.['healthcheck'] ?? kind.get('shutdown')?.['healthcheck']);
-  const diag = [
-    report,
-    `--- health check journal (guest) ---\n${String(hc['journal'] ?? '')}`,
-    `--- cosd journal (guest) ---\n${String(kind.get('done')?.['cosdJournal'] ?? kind.get('shutdown')?.['cosdJournal'] ?? '')}`,
-    `--- cosctl ${String(kind.get('cosctl')?.['args'] ?? '')} stderr ---\n${String(kind.get('cosctl')?.['stderr'] ?? '')}`,
-    `--- cosctl status stdout/stderr ---\n${String(statusRes?.['stdout'] ?? '').slice(0, 4000)}\n${String(statusRes?.['stderr'] ?? '')}`,
-  ].join('\n');
-  const boot = obj(kind.get('boot'));
-  t.log(`${name} boot ${n}: ${(vm.durationMs / 1000).toFixed(1)} s, ${String(boot['label'] ?? '?')} (${String(boot['version'] ?? '?')}), ends: ${kind.has('done') ? 'reporter power-off' : kind.has('shutdown') ? `shutdown (${String(kind.get('shutdown')?.['shutdownTarget'] ?? '')})` : 'no report'}${vm.timedOut ? ' HARD TIMEOUT' : ''}; ${vm.logPath}`);
-  return { n, vm, kind, boot, grub: Object.assign({}, ...markerJson(vm.serial, 'COSVM-GRUB')) as Json, status, report, diag };
-}
 
 /**
  * The health check unit failed. Its Result is `exit-code` (cosctl exits 60, HEALTH_CHECK_FAILED) when cosctl is gone
@@ -130,9 +87,6 @@ function assertHealthFailed(t: ExecutionContext, hc: Json, diag: string): void {
   t.not(hc['execMainStatus'], 0, diag);
 }
 
-function statusOf(b: Boot): Json {
-  return obj(b.status?.['status']);
-}
 
 test('a new image that fails a required health check: 2 tries, then GRUB falls back to passive with upgrade_failure', async (t) => {
   t.timeout(MAX_BOOTS * BOOT_TIMEOUT_MS + 300_000);

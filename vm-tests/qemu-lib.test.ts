@@ -28,7 +28,7 @@ test('bootReport names the log and shows the last 80 console lines', (t) => {
   const lines = Array.from({ length: 200 }, (_, i) => `line ${i}`);
   const boot: BootResult = {
     logPath: '/var/tmp/x.log', disk: '/tmp/d.img', serial: `${lines.join('\n')}\n`, exitCode: null, signal: 'SIGKILL',
-    timedOut: true, killedAtMarker: null, aborted: null, durationMs: 1500, results: [], stderr: '',
+    timedOut: true, killedAtMarker: null, aborted: null, durationMs: 1500, results: [], resultTimesMs: [], stderr: '',
   };
   const r = bootReport(boot);
   t.regex(r, /HARD TIMEOUT\); serial log: \/var\/tmp\/x\.log/);

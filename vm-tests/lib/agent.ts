@@ -270,16 +270,44 @@ export function parseJournalJson(text: string): JournalLine[] {
 /**
  * The disk options of an agent scenario: the package tarball unpacked at / with the snippet's units enabled, the
  * guest's fstab (COS_OEM at /oem, COS_PERSISTENT at /usr/local), the scenario's guest units, and the agent's N-tries
- * grub_boot_assessment where the disk builder puts cOS's (08_boot_assessment's after-install stage).
+ * grub_boot_assessment where the disk builder puts cOS's (08_boot_assessment's after-install stage). `extraFiles` go
+ * into the root filesystem after the rest (e.g. the trust of lib/upgrade-image.ts, an os-release VERSION).
  */
-export function agentDiskOptions(pkgPath: string, enabled: readonly string[], reporter: { files: GuestFile[]; units: GuestUnit[] }): CosDiskOptions {
+export function agentDiskOptions(pkgPath: string, enabled: readonly string[], reporter: { files: GuestFile[]; units: GuestUnit[] }, extraFiles: readonly GuestFile[] = []): CosDiskOptions {
   return {
     rootfs: {
       extraTarballs: [pkgPath],
       enableUnits: [...enabled],
-      files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }],
+      files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }, ...extraFiles],
       units: reporter.units,
     },
     stateFiles: [{ path: 'grub_boot_assessment', text: bootAssessmentScript() }],
   };
+}
+
+/** Where an upgrade through cosd spent its time, from cosd's journal (seconds; null when a line is missing). */
+export interface UpgradePhases {
+  /** 'job started' → 'signature verified': config, lock, host read, resolve, the signature check. */
+  resolveVerify: number | null;
+  /** 'signature verified' → the last 'layer applied': the transition image prepared, every layer downloaded and
+   * unpacked into it (streamed: download and unpack overlap). */
+  download: number | null;
+  /** The last 'layer applied' → 'job succeeded': hooks, seal (unmount, fsck, label), the slot switch, GRUB, records. */
+  staging: number | null;
+  /** 'job started' → 'job succeeded'. */
+  total: number | null;
+}
+
+/** The phases of the last upgrade job in `lines` (parseJournalJson of cosd's journal). */
+export function upgradePhases(lines: readonly JournalLine[]): UpgradePhases {
+  const startIdx = lines.map((l) => l.msg).lastIndexOf('job started');
+  const job = startIdx < 0 ? [] : lines.slice(startIdx);
+  const first = (msg: string): number | undefined => job.find((l) => l.msg === msg)?.monotonicUs;
+  const last = (msg: string): number | undefined => [...job].reverse().find((l) => l.msg === msg)?.monotonicUs;
+  const span = (a: number | undefined, b: number | undefined): number | null => (a === undefined || b === undefined ? null : (b - a) / 1e6);
+  const started = first('job started');
+  const verified = first('signature verified');
+  const applied = last('layer applied');
+  const done = first('job succeeded');
+  return { resolveVerify: span(started, verified), download: span(verified, applied), staging: span(applied, done), total: span(started, done) };
 }

@@ -32,7 +32,25 @@ import type { GuestFile, GuestUnit } from './rootfs.ts';
 
 /** COS_OEM file (mounted at /oem in the guest) that tells the reporter what to do in the next boot. */
 export const STEP_FILE = '/vmtest-step';
-export type Step = 'report' | 'rollback' | 'rollback-permanent';
+/**
+ * What the reporter does in the next boot: nothing but report, `cosctl rollback [--permanent]`, or an upgrade (see
+ * upgradeStep()). One line in /oem/vmtest-step: the verb, then key=value words.
+ */
+export type Step = 'report' | 'rollback' | 'rollback-permanent' | `upgrade ${string}`;
+
+export interface UpgradeStepOptions {
+  /** `cosctl upgrade --recovery`. */
+  recovery?: boolean;
+  /** AGENT_TEST_PAUSE_AT for cosd in this boot (set in systemd's manager environment before cosd starts): cosd
+   * prints `COS-AGENT-TEST-PAUSED <point>` on ttyS0 there and blocks, for the host to cut the power. */
+  pauseAt?: string;
+}
+
+/** The step line of `cosctl upgrade --image <ref>` through cosd (the guest marks the ref's registry insecure). */
+export function upgradeStep(ref: string, opts: UpgradeStepOptions = {}): Step {
+  for (const v of [ref, opts.pauseAt ?? '']) if (!/^[\w.:/@%+-]*$/.test(v)) throw new Error(`upgradeStep: unexpected characters in ${v}`);
+  return `upgrade image=${ref}${opts.recovery ? ' recovery=1' : ''}${opts.pauseAt !== undefined ? ` pause=${opts.pauseAt}` : ''}`;
+}
 
 const HELPERS: string = `j() { local s=\${1//\\\\/\\\\\\\\}; s=\${s//\\"/\\\\\\"}; s=\${s//$'\\n'/\\\\n}; s=\${s//$'\\t'/\\\\t}; s=\${s//$'\\r'/\\\\r}; s=$(printf %s "$s" | tr -d '\\000-\\010\\013\\014\\016-\\037'); printf '"%s"' "$s"; }
 num() { if [[ $1 =~ ^-?[0-9]+$ ]]; then printf %s "$1"; else printf null; fi; }
@@ -69,6 +87,9 @@ if [ "$1" = start ]; then
   cmdline=$(cat /proc/cmdline)
   uf=false; for x in $cmdline; do [ "$x" = upgrade_failure ] && uf=true; done
   step=$(cat /oem${STEP_FILE} 2>/dev/null)
+  for w in $step; do
+    case $w in pause=*) systemctl set-environment "AGENT_TEST_PAUSE_AT=\${w#pause=}" AGENT_TEST_PAUSE_NOTIFY=/dev/ttyS0;; esac
+  done
   emit "{\\"kind\\":\\"boot\\",\\"label\\":$(j "$label"),\\"img\\":$(j "$img"),\\"version\\":$(j "$version"),\\"upgradeFailure\\":$uf,\\"step\\":$(j "$step"),\\"assessment\\":$(envjson /run/initramfs/cos-state/boot_assessment),\\"grubenv\\":$(envjson /oem/grubenv),\\"cmdline\\":$(j "$cmdline"),\\"bootId\\":$(j "$(cat /proc/sys/kernel/random/boot_id)"),\\"uptime\\":$(up)}"
 else
   target=$(systemctl list-jobs --no-legend --plain 2>/dev/null | awk '{print $2}' | grep -E '^(reboot|poweroff|halt|kexec)\\.target$' | head -n 1)
@@ -82,23 +103,40 @@ export const REPORT_SCRIPT: string = `#!/bin/bash
 # document, then power off.
 exec 2>/dev/null
 ${HELPERS}
-emit "{\\"kind\\":\\"healthcheck\\",\\"healthcheck\\":$(hcjson),\\"uptime\\":$(up)}"
+emit "{\\"kind\\":\\"healthcheck\\",\\"healthcheck\\":$(hcjson),\\"multiUserUs\\":$(num "$(show multi-user.target ActiveEnterTimestampMonotonic)"),\\"uptime\\":$(up)}"
 step=$(cat /oem${STEP_FILE} 2>/dev/null)
 args=
+after=poweroff
 case $step in
   rollback) args=rollback;;
   rollback-permanent) args="rollback --permanent";;
+  'upgrade '*)
+    image=; recovery=
+    for w in $step; do
+      case $w in image=*) image=\${w#image=};; recovery=1) recovery=1;; esac
+    done
+    # the registry on the host (10.0.2.2:<port>) speaks plain HTTP: insecure in registries.conf, as a site would mark
+    # its own registry
+    mkdir -p /etc/containers
+    printf '[[registry]]\\nlocation = "%s"\\ninsecure = true\\n' "\${image%%/*}" > /etc/containers/registries.conf
+    args="upgrade --image $image\${recovery:+ --recovery}"
+    after=reboot;;
 esac
 if [ -n "$args" ]; then
-  out=$(timeout 300 cosctl $args 2>/run/cosvm-cosctl.err); rc=$?
-  emit "{\\"kind\\":\\"cosctl\\",\\"args\\":$(j "$args"),\\"exit\\":$rc,\\"stdout\\":$(j "$out"),\\"stderr\\":$(j "$(tail -c 4000 /run/cosvm-cosctl.err)"),\\"uptime\\":$(up)}"
+  t0=$(up)
+  out=$(timeout 1500 cosctl $args 2>/run/cosvm-cosctl.err); rc=$?
+  emit "{\\"kind\\":\\"cosctl\\",\\"args\\":$(j "$args"),\\"exit\\":$rc,\\"stdout\\":$(j "$out"),\\"stderr\\":$(j "$(tail -c 4000 /run/cosvm-cosctl.err)"),\\"startUptime\\":$t0,\\"uptime\\":$(up)}"
+  if [ "$after" = reboot ]; then
+    emit "{\\"kind\\":\\"cosd-journal\\",\\"json\\":$(j "$(journalctl -u cosd.service -o json --output-fields=MESSAGE --no-pager | tail -n 400)")}"
+  fi
 fi
 out=$(timeout 120 cosctl status --json 2>/run/cosvm-status.err); rc=$?
 emit "{\\"kind\\":\\"status\\",\\"exit\\":$rc,\\"stdout\\":$(j "$out"),\\"stderr\\":$(j "$(tail -c 4000 /run/cosvm-status.err)"),\\"uptime\\":$(up)}"
 failed=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | paste -sd' ')
 emit "{\\"kind\\":\\"done\\",\\"target\\":$(j "$(systemctl is-active multi-user.target)"),\\"failed\\":$(j "$failed"),\\"cosdJournal\\":$(j "$(journalctl -u cosd.service -o cat --no-pager | tail -n 150)"),\\"uptime\\":$(up)}"
 sync
-systemctl poweroff --force --no-block
+# after an upgrade an orderly reboot, as a user would (qemu's -no-reboot ends the VM: the test boots the disk again)
+if [ "$after" = reboot ]; then systemctl reboot --no-block; else systemctl poweroff --force --no-block; fi
 `;
 
 export const BOOT_UNIT: string = `[Unit]

@@ -63,6 +63,8 @@ export interface BootResult {
   durationMs: number;
   /** Every COSVM-RESULT object, in order. */
   results: Array<Record<string, unknown>>;
+  /** When each of `results` was printed: ms since qemu started (same order). */
+  resultTimesMs: number[];
   /** qemu's stderr (also in the log). */
   stderr: string;
 }
@@ -168,6 +170,7 @@ async function runQemu(opts: BootOptions, args: string[], logPath: string): Prom
   const stamp = (): string => `[${((Date.now() - t0) / 1000).toFixed(3).padStart(8)}] `;
   log.write(`# qemu-system-x86_64 ${args.join(' ')}\n`);
   const lines: string[] = [];
+  const lineTimes: number[] = [];
   let partial = '';
   let stderr = '';
   let killedAtMarker: string | null = null;
@@ -181,6 +184,7 @@ async function runQemu(opts: BootOptions, args: string[], logPath: string): Prom
   const onLine = (raw: string): void => {
     const line = cleanLine(raw);
     lines.push(line);
+    lineTimes.push(Date.now() - t0);
     log.write(`${stamp()}${line}\n`);
     if (killedAtMarker === null && matches(line)) {
       killedAtMarker = line;
@@ -225,7 +229,8 @@ async function runQemu(opts: BootOptions, args: string[], logPath: string): Prom
   log.write(`${stamp()}# qemu ended: exit=${exitCode} signal=${signal} timedOut=${timedOut} killedAtMarker=${killedAtMarker !== null}\n`);
   await new Promise<void>((resolve) => log.end(resolve));
   const serial = lines.join('\n') + (partial ? '' : '\n');
-  return { logPath, serial, exitCode, signal, timedOut, killedAtMarker, aborted, durationMs, results: markerJson(serial, RESULT_MARKER), stderr };
+  const resultTimesMs = lines.flatMap((l, i) => (i < lineTimes.length ? markerJson(`${l}\n`, RESULT_MARKER).map(() => lineTimes[i] ?? 0) : []));
+  return { logPath, serial, exitCode, signal, timedOut, killedAtMarker, aborted, durationMs, results: markerJson(serial, RESULT_MARKER), resultTimesMs, stderr };
 }
 
 /**
