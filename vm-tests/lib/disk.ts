@@ -87,8 +87,10 @@ export async function buildCosDisk(opts: CosDiskOptions = {}): Promise<CosDisk> 
   const overrides = opts.stateFiles ?? [];
   const stateFiles = [...cosStateBootFiles().filter((f) => !overrides.some((o) => o.path === f.path)), ...overrides];
   const oemFiles = cosOemBootFiles(opts.grubTimeout ?? 0);
-  const { rootfs: _rootfs, stateFiles: _stateFiles, ...sizeOpts } = opts;
-  const key = hashKey(kernel.key, initrd.key, grubEfi.key, rkey, stateFiles, oemFiles, sizeOpts, sourceOf(import.meta.url));
+  const { rootfs: _rootfs, stateFiles: _stateFiles, slotFiles, ...sizeOpts } = opts;
+  // slot files by content hash, as rootfsKey does: hashKey would walk a Buffer byte by byte (an initrd: seconds)
+  const slotKey = Object.entries(slotFiles ?? {}).map(([slot, files]) => [slot, files.map((f) => [f.path, hashKey(Buffer.from(f.content).toString('base64')), f.mode ?? 0o644])]);
+  const key = hashKey(kernel.key, initrd.key, grubEfi.key, rkey, stateFiles, oemFiles, sizeOpts, slotKey, sourceOf(import.meta.url));
   const dir = await cached(`disk-${key}`, async (tmp) => {
     const work = path.join(cacheDir(), `build-disk-${process.pid}`);
     await removeTree(work);
@@ -225,9 +227,12 @@ export async function writeIntoExtImage(image: string, files: readonly GuestFile
   await writeFile(script, `${cmds.join('\n')}\n`);
   // debugfs goes on after a failed command (mkdir of an existing directory, rm of a missing file): checked below
   await run(['debugfs', '-w', '-f', script, image]);
-  for (const f of files) {
-    const back = (await run(['debugfs', '-R', `cat ${path.posix.normalize(f.path)}`, image])).stdout;
-    if (back !== Buffer.from(f.content).toString('utf8')) throw new Error(`writeIntoExtImage: ${f.path} in ${image} reads back differently`);
+  // read back byte for byte (`dump`, not `cat`: run() decodes stdout as UTF-8, which would blur binary content)
+  for (const [i, f] of files.entries()) {
+    const back = path.join(scratch, `back${i}`);
+    await run(['debugfs', '-R', `dump ${path.posix.normalize(f.path)} ${back}`, image]);
+    const got = await readFile(back).catch(() => null);
+    if (got === null || !got.equals(Buffer.from(f.content))) throw new Error(`writeIntoExtImage: ${f.path} in ${image} reads back differently`);
   }
   await removeTree(scratch);
 }
