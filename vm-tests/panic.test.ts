@@ -23,21 +23,24 @@ import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { grubVerbs } from '../src/host/boot-model.ts';
 import { agentDiskOptions, agentPackage, dockerfileEnabledUnits } from './lib/agent.ts';
+import { BOOT_TIMEOUT_MS, bootOnce, obj, statusOf, type Boot, type Json } from './lib/boots.ts';
 import { buildCosDisk, cloneDisk, type CosDisk } from './lib/disk.ts';
 import { fallbackReporter, osRelease, slotImageIdentity, writeStep } from './lib/fallback.ts';
 import { readGrubEnv, STATE_BOOT_ASSESSMENT, writeGrubEnv } from './lib/grubenv.ts';
 import { PANIC_MARKER, panicInitrd } from './lib/panic.ts';
-import { bootReport, bootVm, killAllVms, logDir, markerJson, type BootResult } from './lib/qemu.ts';
+import { killAllVms, logDir, markerJson } from './lib/qemu.ts';
 
 /**
  * The tries armed: 3, the agent's default (DEFAULT_TRIES, as greenboot). Scenario 3 covers 2; 3 runs GRUB's countdown
  * through two branches (3 -> 2, 2 -> 1) before the last try, and a panicking boot costs only ~15-30 s.
  */
 const TRIES = 3;
-/** A panicking boot ends itself in ~15-30 s (OVMF, GRUB, kernel, the marker, panic=5): a hard limit well above. */
+/**
+ * A panicking boot ends itself in ~15-30 s (OVMF, GRUB, kernel, the marker, panic=5): a hard limit well above. The
+ * fallback boot runs Debian, cosd, the health check and cosctl status (fallback.test.ts: 90-130 s): lib/boots.ts's
+ * BOOT_TIMEOUT_MS.
+ */
 const PANIC_BOOT_TIMEOUT_MS = 180_000;
-/** The fallback boot runs Debian, cosd, the health check and cosctl status (fallback.test.ts: 90-130 s). */
-const BOOT_TIMEOUT_MS = 300_000;
 /** One boot more than the scenario needs: a countdown one too long shows as a boot too many, not a hang. */
 const MAX_BOOTS = TRIES + 2;
 
@@ -70,24 +73,12 @@ test.after.always(() => {
   killAllVms();
 });
 
-type Json = Record<string, unknown>;
-const obj = (v: unknown): Json => (v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Json) : {});
-
-interface Boot {
-  n: number;
-  vm: BootResult;
+/** A boot of lib/boots.ts's kind, with the panicking initrd's marker. */
+interface PanicBoot extends Boot {
   /** The panicking initrd's marker objects. */
   panic: Json[];
-  /** The guest units' results by kind (the last of each kind). */
-  kind: Map<string, Json>;
-  boot: Json;
-  grub: Json;
-  /** The parsed `cosctl status --json` document, when the reporter got to it. */
-  status: Json | null;
   /** Seconds from qemu start to the panic marker (the harness's stamp in the serial log), null without a marker. */
   panicAt: number | null;
-  report: string;
-  diag: string;
 }
 
 /** The harness's stamp (`[  12.345] `, seconds since qemu start) of the first log line holding `tag`. */
@@ -97,37 +88,16 @@ async function stampOf(logPath: string, tag: string): Promise<number | null> {
   return m?.[1] === undefined ? null : Number(m[1]);
 }
 
-async function bootOnce(t: ExecutionContext, image: string, work: string, n: number, timeoutMs: number): Promise<Boot> {
-  const vm = await bootVm({ disk: image, workDir: work, name: `panic-boot${n}`, timeoutMs, memMiB: 1024 });
-  const kind = new Map<string, Json>();
-  for (const r of vm.results) kind.set(String(r['kind']), r);
+/** lib/boots.ts's bootOnce, plus the panic marker, its stamp, and this scenario's own log line. */
+async function panicBoot(t: ExecutionContext, image: string, work: string, n: number, timeoutMs: number): Promise<PanicBoot> {
+  const b = await bootOnce(t, image, work, 'panic', n, { timeoutMs, log: false });
+  const { vm, kind, boot } = b;
   const panic = markerJson(vm.serial, PANIC_MARKER);
-  const report = bootReport(vm, 100);
-  const statusRes = kind.get('status');
-  let status: Json | null = null;
-  if (statusRes !== undefined) {
-    try {
-      status = obj(JSON.parse(String(statusRes['stdout'] ?? '')));
-    } catch {
-      status = null;
-    }
-  }
-  const diag = [
-    report,
-    `--- health check journal (guest) ---\n${String(obj(kind.get('healthcheck')?.['healthcheck'])['journal'] ?? '')}`,
-    `--- cosd journal (guest) ---\n${String(kind.get('done')?.['cosdJournal'] ?? '')}`,
-    `--- cosctl status stdout/stderr ---\n${String(statusRes?.['stdout'] ?? '').slice(0, 4000)}\n${String(statusRes?.['stderr'] ?? '')}`,
-  ].join('\n');
   const panicAt = panic.length > 0 ? await stampOf(vm.logPath, `${PANIC_MARKER} {`) : null;
-  const boot = obj(kind.get('boot'));
   const seconds = vm.durationMs / 1000;
   const ends = vm.timedOut ? 'HARD TIMEOUT' : vm.aborted !== null ? `aborted (${vm.aborted})` : kind.has('done') ? 'reporter power-off' : panic.length > 0 ? `panic reboot (marker at ${panicAt?.toFixed(1) ?? '?'} s, qemu gone ${panicAt === null ? '?' : (seconds - panicAt).toFixed(1)} s later)` : 'no report';
   t.log(`panic boot ${n}: ${seconds.toFixed(1)} s, ${panic.length > 0 ? 'initrd panic' : `${String(boot['label'] ?? '?')} (${String(boot['version'] ?? '?')})`}, ends: ${ends}, qemu exit ${vm.exitCode}; ${vm.logPath}`);
-  return { n, vm, panic, kind, boot, grub: Object.assign({}, ...markerJson(vm.serial, 'COSVM-GRUB')) as Json, status, panicAt, report, diag };
-}
-
-function statusOf(b: Boot): Json {
-  return obj(b.status?.['status']);
+  return { ...b, panic, panicAt };
 }
 
 test('a new image whose initrd panics: 3 tries, each a kernel panic and reboot, then GRUB falls back to passive with upgrade_failure', async (t) => {
@@ -147,10 +117,10 @@ test('a new image whose initrd panics: 3 tries, each a kernel panic and reboot, 
   t.not(armed['boot_assessment_tentative'], 'yes', JSON.stringify(armed));
   await writeStep(image, 'report');
 
-  const boots: Boot[] = [];
+  const boots: PanicBoot[] = [];
   const after: Array<Record<string, string>> = [];
   for (let n = 1; n <= MAX_BOOTS; n++) {
-    const b = await bootOnce(t, image, work, n, n <= TRIES ? PANIC_BOOT_TIMEOUT_MS : BOOT_TIMEOUT_MS);
+    const b = await panicBoot(t, image, work, n, n <= TRIES ? PANIC_BOOT_TIMEOUT_MS : BOOT_TIMEOUT_MS);
     boots.push(b);
     after.push(await readGrubEnv(image, STATE_BOOT_ASSESSMENT));
     // a boot that reached the reporter, or did not end by itself (timeout, GRUB prompt, qemu error), ends the scenario
