@@ -72,3 +72,15 @@ ${calls}`;
   const sw = await run({ AGENT_TEST_CRASH_AT: 'switch:2' }, "for (const n of [0, 1, 2, 3]) { h.onSwitchStep?.(n); console.log(n); }");
   t.deepEqual(sw, { signal: 'SIGKILL', stdout: '0\n1\n' });
 });
+
+test('AGENT_TEST_PAUSE_AT=step:a,step:c with AGENT_TEST_PAUSE_SECONDS: a marker at each point, a pause, then it goes on', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cos-pause-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const notify = path.join(dir, 'console');
+  const r = await child({ AGENT_TEST_PAUSE_AT: 'step:a,step:c', AGENT_TEST_PAUSE_NOTIFY: notify, AGENT_TEST_PAUSE_SECONDS: '0.2' }).done;
+  t.is(r.code, 0);
+  t.is(r.stdout, 'a\nb\nc\n');
+  t.is(await readFile(notify, 'utf8'), `\n${PAUSE_MARKER} step:a\n\n${PAUSE_MARKER} step:c\n`);
+  t.is(crashHooks({ AGENT_TEST_PAUSE_AT: 'step:a,nowhere' }), undefined, 'an unknown point in the list: no seam');
+  t.is(crashHooks({ AGENT_TEST_PAUSE_AT: 'step:a', AGENT_TEST_PAUSE_SECONDS: 'soon' }), undefined, 'a bad duration: no seam');
+});

@@ -32,6 +32,12 @@ export interface BootOnceOptions {
   timeoutMs?: number;
   /** Cut the power (SIGKILL qemu) when a console line matches. */
   killAtMarker?: string | RegExp;
+  /** Log the one-line summary of the boot (default true); false for a caller that logs its own. */
+  log?: boolean;
+  /** Freeze qemu at a console line, run the handler (e.g. a disk snapshot), go on (BootOptions.freezeAtMarker). */
+  freezeAtMarker?: { match: string | RegExp; handle: (line: string) => Promise<void> };
+  /** Extra qemu arguments (e.g. `-fw_cfg name=opt/cosvm/step,file=...`: this boot's step). */
+  extraArgs?: readonly string[];
 }
 
 export async function bootOnce(t: ExecutionContext, image: string, work: string, name: string, n: number, opts: BootOnceOptions = {}): Promise<Boot> {
@@ -42,6 +48,8 @@ export async function bootOnce(t: ExecutionContext, image: string, work: string,
     timeoutMs: opts.timeoutMs ?? BOOT_TIMEOUT_MS,
     memMiB: 1024,
     ...(opts.killAtMarker !== undefined ? { killAtMarker: opts.killAtMarker } : {}),
+    ...(opts.freezeAtMarker !== undefined ? { freezeAtMarker: opts.freezeAtMarker } : {}),
+    ...(opts.extraArgs !== undefined ? { extraArgs: opts.extraArgs } : {}),
   });
   const kind = new Map<string, Json>();
   const at = new Map<string, number>();
@@ -69,7 +77,7 @@ export async function bootOnce(t: ExecutionContext, image: string, work: string,
   ].join('\n');
   const boot = obj(kind.get('boot'));
   const ends = vm.killedAtMarker !== null ? 'power cut at the marker' : kind.has('done') ? (kind.has('shutdown') ? `reporter, then ${String(kind.get('shutdown')?.['shutdownTarget'] ?? '')}` : 'reporter power-off') : kind.has('shutdown') ? `shutdown (${String(kind.get('shutdown')?.['shutdownTarget'] ?? '')})` : 'no report';
-  t.log(`${name} boot ${n}: ${(vm.durationMs / 1000).toFixed(1)} s, ${String(boot['label'] ?? '?')} (${String(boot['version'] ?? '?')}), ends: ${ends}${vm.timedOut ? ' HARD TIMEOUT' : ''}; ${vm.logPath}`);
+  if (opts.log !== false) t.log(`${name} boot ${n}: ${(vm.durationMs / 1000).toFixed(1)} s, ${String(boot['label'] ?? '?')} (${String(boot['version'] ?? '?')}), ends: ${ends}${vm.timedOut ? ' HARD TIMEOUT' : ''}; ${vm.logPath}`);
   return { n, vm, kind, at, boot, grub: Object.assign({}, ...markerJson(vm.serial, 'COSVM-GRUB')) as Json, status, report, diag };
 }
 

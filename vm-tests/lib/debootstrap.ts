@@ -1,7 +1,9 @@
 /**
  * VM-test helper: a minimal Debian 12 root filesystem for the guest, made by
- * `debootstrap --variant=minbase --include=systemd-sysv,udev,dbus,kmod bookworm` (vm-boot.md section 4: without udev no
- * .device unit appears and boot stalls 90 s; without kmod kmod-static-nodes fails), from the Debian mirror apt uses.
+ * `debootstrap --variant=minbase --include=systemd-sysv,udev,dbus,kmod,squashfs-tools bookworm` (vm-boot.md section 4:
+ * without udev no .device unit appears and boot stalls 90 s; without kmod kmod-static-nodes fails; squashfs-tools
+ * because the agent builds squashfs recovery images with mksquashfs, which elemental also needs in the OS image), from
+ * the Debian mirror apt uses.
  * Cached as the tarball `debootstrap-<hash>.tar.zst`; the tree is not kept.
  */
 import { readdir, readFile } from 'node:fs/promises';
@@ -13,7 +15,7 @@ import { run } from './exec.ts';
 export const RECIPE_VERSION = 1;
 
 export const DEFAULT_SUITE = 'bookworm';
-export const DEFAULT_PACKAGES: readonly string[] = ['systemd-sysv', 'udev', 'dbus', 'kmod'];
+export const DEFAULT_PACKAGES: readonly string[] = ['systemd-sysv', 'udev', 'dbus', 'kmod', 'squashfs-tools'];
 
 export interface DebootstrapOptions {
   suite?: string;

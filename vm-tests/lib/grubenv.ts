@@ -107,10 +107,10 @@ export async function envBlockOffset(disk: string, loc: EnvLocation): Promise<nu
   if (sb.length < 1024 || sb.readUInt16LE(56) !== 0xef53) throw new Error(`${disk}: ${loc.label} is not ext2/3/4`);
   const blockSize = 1024 << sb.readUInt32LE(24);
   const image = `${disk}?offset=${part.offset}`;
-  const stat = (await run(['debugfs', '-R', `stat ${loc.file}`, image])).stdout;
+  const stat = (await run(['debugfs', '-c', '-R', `stat ${loc.file}`, image])).stdout;
   const size = Number(/Size:\s*(\d+)/.exec(stat)?.[1] ?? 'NaN');
   if (size !== ENV_BLOCK_SIZE) throw new Error(`${loc.label}${loc.file}: not a ${ENV_BLOCK_SIZE}-byte env block (debugfs stat: ${stat.split('\n')[0] ?? ''} size ${size})`);
-  const block = Number((await run(['debugfs', '-R', `bmap ${loc.file} 0`, image])).stdout.trim());
+  const block = Number((await run(['debugfs', '-c', '-R', `bmap ${loc.file} 0`, image])).stdout.trim());
   if (!Number.isInteger(block) || block <= 0) throw new Error(`${loc.label}${loc.file}: no data block (inline or sparse?)`);
   return part.offset + block * blockSize;
 }

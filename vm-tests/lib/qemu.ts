@@ -36,6 +36,12 @@ export interface BootOptions {
   timeoutMs: number;
   /** SIGKILL qemu as soon as a serial line contains this string (or matches this RegExp). */
   killAtMarker?: string | RegExp;
+  /**
+   * Freeze qemu (SIGSTOP) as soon as a serial line matches `match`, run `handle` (e.g. copy the raw disk: a power cut
+   * at that moment, taken as a snapshot; every write qemu completed is in the file, and a flush the guest waited for
+   * was an fdatasync), then let it go on (SIGCONT). Lines are handled one after the other.
+   */
+  freezeAtMarker?: { match: string | RegExp; handle: (line: string) => Promise<void> };
   memMiB?: number;
   smp?: number;
   /** Default true: virtio-net with QEMU user networking (guest 10.0.2.15, host 10.0.2.2). */
@@ -181,6 +187,8 @@ async function runQemu(opts: BootOptions, args: string[], logPath: string): Prom
   live.add(child);
   const matches = (line: string): boolean =>
     opts.killAtMarker === undefined ? false : typeof opts.killAtMarker === 'string' ? line.includes(opts.killAtMarker) : opts.killAtMarker.test(line);
+  let frozen: Promise<void> = Promise.resolve();
+  const freeze = opts.freezeAtMarker;
   const onLine = (raw: string): void => {
     const line = cleanLine(raw);
     lines.push(line);
@@ -189,6 +197,18 @@ async function runQemu(opts: BootOptions, args: string[], logPath: string): Prom
     if (killedAtMarker === null && matches(line)) {
       killedAtMarker = line;
       child.kill('SIGKILL');
+    }
+    if (freeze !== undefined && (typeof freeze.match === 'string' ? line.includes(freeze.match) : freeze.match.test(line))) {
+      child.kill('SIGSTOP');
+      log.write(`${stamp()}# frozen (SIGSTOP) at this line\n`);
+      frozen = frozen.then(async () => {
+        try {
+          await freeze.handle(line);
+        } finally {
+          log.write(`${stamp()}# thawed (SIGCONT)\n`);
+          child.kill('SIGCONT');
+        }
+      });
     }
   };
   const decoder = new StringDecoder('utf8');
@@ -220,6 +240,8 @@ async function runQemu(opts: BootOptions, args: string[], logPath: string): Prom
     clearTimeout(timer);
     live.delete(child);
   });
+  // a handler still running when qemu ended (killed by the timeout while frozen): wait for it, and report its error
+  await frozen;
   if (partial) {
     // an unterminated last line (power cut mid-line): logged, but not a complete line for markerJson()
     lines.push(cleanLine(partial));
