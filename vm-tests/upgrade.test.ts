@@ -23,18 +23,14 @@ import test from 'ava';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
-import { agentDiskOptions, agentPackage, COS_FSTAB, dockerfileEnabledUnits, parseJournalJson, upgradePhases } from './lib/agent.ts';
+import { parseJournalJson, upgradePhases } from './lib/agent.ts';
 import { BOOT_TIMEOUT_MS, bootOnce, multiUserSeconds, obj, statusOf, type Boot } from './lib/boots.ts';
-import { buildCosDisk, cloneDisk, type CosDisk } from './lib/disk.ts';
-import { fallbackReporter, osRelease, slotImageIdentity, upgradeStep, writeStep } from './lib/fallback.ts';
+import { cloneDisk, type CosDisk } from './lib/disk.ts';
+import { slotImageIdentity, upgradeStep, writeStep } from './lib/fallback.ts';
 import { readGrubEnv, STATE_BOOT_ASSESSMENT } from './lib/grubenv.ts';
 import { killAllVms, logDir } from './lib/qemu.ts';
-import { buildUpgradeImage, pushSigned, trustFiles, vmSigningKey, type PushedImage } from './lib/upgrade-image.ts';
+import { NEW_VERSION, OLD_VERSION, pushSigned, upgradeScenario, type PushedImage } from './lib/upgrade-image.ts';
 import { startRegistry, type TestRegistry } from '../test/helpers/registry.ts';
-
-const OLD_VERSION = 'cosvm-1.0';
-const NEW_VERSION = 'cosvm-2.0';
-const PASSIVE_UUID = '5e1f0b0b-0000-4000-8000-0000000002a2';
 
 let disk: CosDisk;
 let reg: TestRegistry;
@@ -44,21 +40,12 @@ let setupSeconds = 0;
 test.before(async (t) => {
   t.timeout(40 * 60_000, 'building the package, a cOS disk and the derivative image (debootstrap on a cold cache)');
   const t0 = Date.now();
-  const pkg = await agentPackage((l) => t.log(l));
-  const enabled = await dockerfileEnabledUnits();
-  const key = await vmSigningKey();
-  const reporter = fallbackReporter();
-  const trust = trustFiles(key);
-  disk = await buildCosDisk({ ...agentDiskOptions(pkg.path, enabled, reporter, [...trust, { path: '/usr/lib/os-release', content: osRelease(OLD_VERSION) }]), passiveUuid: PASSIVE_UUID });
-  const image = await buildUpgradeImage({
-    pkg: pkg.path,
-    rootfs: { files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }, ...trust, { path: '/usr/lib/os-release', content: osRelease(NEW_VERSION) }], units: reporter.units },
-    log: (l) => t.log(l),
-  });
+  const sc = await upgradeScenario((l) => t.log(l));
+  disk = sc.disk;
   reg = await startRegistry();
-  v2 = await pushSigned(reg, image, 'cos/os', 'v2', key);
+  v2 = await pushSigned(reg, sc.image, 'cos/os', 'v2', sc.key);
   setupSeconds = (Date.now() - t0) / 1000;
-  t.log(`disk ${disk.key}, image ${image.key} (${v2.digest}) as ${v2.guestRef}; ready after ${setupSeconds.toFixed(1)} s`);
+  t.log(`disk ${disk.key}, image ${sc.image.key} (${v2.digest}) as ${v2.guestRef}; ready after ${setupSeconds.toFixed(1)} s`);
 });
 
 test.after.always(async () => {

@@ -36,20 +36,25 @@ export const STEP_FILE = '/vmtest-step';
  * What the reporter does in the next boot: nothing but report, `cosctl rollback [--permanent]`, or an upgrade (see
  * upgradeStep()). One line in /oem/vmtest-step: the verb, then key=value words.
  */
-export type Step = 'report' | 'rollback' | 'rollback-permanent' | `upgrade ${string}`;
+export type Step = 'report' | 'check' | 'rollback' | 'rollback-permanent' | `upgrade ${string}`;
 
 export interface UpgradeStepOptions {
   /** `cosctl upgrade --recovery`. */
   recovery?: boolean;
+  /** `cosctl upgrade --force`: stage even when the slot already holds the digest. */
+  force?: boolean;
   /** AGENT_TEST_PAUSE_AT for cosd in this boot (set in systemd's manager environment before cosd starts): cosd
-   * prints `COS-AGENT-TEST-PAUSED <point>` on ttyS0 there and blocks, for the host to cut the power. */
-  pauseAt?: string;
+   * prints `COS-AGENT-TEST-PAUSED <point>` on ttyS0 at each point and blocks, for the host to cut the power. */
+  pauseAt?: string | readonly string[];
+  /** AGENT_TEST_PAUSE_SECONDS: block that long at each point, then go on (for the host to take a snapshot). */
+  pauseSeconds?: number;
 }
 
 /** The step line of `cosctl upgrade --image <ref>` through cosd (the guest marks the ref's registry insecure). */
 export function upgradeStep(ref: string, opts: UpgradeStepOptions = {}): Step {
-  for (const v of [ref, opts.pauseAt ?? '']) if (!/^[\w.:/@%+-]*$/.test(v)) throw new Error(`upgradeStep: unexpected characters in ${v}`);
-  return `upgrade image=${ref}${opts.recovery ? ' recovery=1' : ''}${opts.pauseAt !== undefined ? ` pause=${opts.pauseAt}` : ''}`;
+  const pause = opts.pauseAt === undefined ? undefined : typeof opts.pauseAt === 'string' ? opts.pauseAt : opts.pauseAt.join(',');
+  for (const v of [ref, pause ?? '', String(opts.pauseSeconds ?? '')]) if (!/^[\w.:/@%+,-]*$/.test(v)) throw new Error(`upgradeStep: unexpected characters in ${v}`);
+  return `upgrade image=${ref}${opts.recovery ? ' recovery=1' : ''}${opts.force ? ' force=1' : ''}${pause !== undefined ? ` pause=${pause}` : ''}${opts.pauseSeconds !== undefined ? ` pausefor=${opts.pauseSeconds}` : ''}`;
 }
 
 const HELPERS: string = `j() { local s=\${1//\\\\/\\\\\\\\}; s=\${s//\\"/\\\\\\"}; s=\${s//$'\\n'/\\\\n}; s=\${s//$'\\t'/\\\\t}; s=\${s//$'\\r'/\\\\r}; s=$(printf %s "$s" | tr -d '\\000-\\010\\013\\014\\016-\\037'); printf '"%s"' "$s"; }
@@ -86,11 +91,21 @@ if [ "$1" = start ]; then
   version=$(. /usr/lib/os-release; printf %s "$VERSION")
   cmdline=$(cat /proc/cmdline)
   uf=false; for x in $cmdline; do [ "$x" = upgrade_failure ] && uf=true; done
-  step=$(cat /oem${STEP_FILE} 2>/dev/null)
+  mkdir -p /run/cosvm
+  # this boot's step(s): the file's, or a step the host passed with qemu's -fw_cfg (opt/cosvm/step), which replaces
+  # it: how a test picks the step of a boot of a disk it must not write (a power-cut snapshot, whose ext4 journals are
+  # still to replay)
+  modprobe qemu_fw_cfg
+  fw=/sys/firmware/qemu_fw_cfg/by_name/opt/cosvm/step/raw
+  if [ -r "$fw" ]; then cat "$fw" > /run/cosvm/step; else cat /oem${STEP_FILE} > /run/cosvm/step 2>/dev/null; fi
+  step=$(cat /run/cosvm/step)
   for w in $step; do
-    case $w in pause=*) systemctl set-environment "AGENT_TEST_PAUSE_AT=\${w#pause=}" AGENT_TEST_PAUSE_NOTIFY=/dev/ttyS0;; esac
+    case $w in
+      pause=*) systemctl set-environment "AGENT_TEST_PAUSE_AT=\${w#pause=}" AGENT_TEST_PAUSE_NOTIFY=/dev/ttyS0;;
+      pausefor=*) systemctl set-environment "AGENT_TEST_PAUSE_SECONDS=\${w#pausefor=}";;
+    esac
   done
-  emit "{\\"kind\\":\\"boot\\",\\"label\\":$(j "$label"),\\"img\\":$(j "$img"),\\"version\\":$(j "$version"),\\"upgradeFailure\\":$uf,\\"step\\":$(j "$step"),\\"assessment\\":$(envjson /run/initramfs/cos-state/boot_assessment),\\"grubenv\\":$(envjson /oem/grubenv),\\"cmdline\\":$(j "$cmdline"),\\"bootId\\":$(j "$(cat /proc/sys/kernel/random/boot_id)"),\\"uptime\\":$(up)}"
+  emit "{\\"kind\\":\\"boot\\",\\"label\\":$(j "$label"),\\"img\\":$(j "$img"),\\"version\\":$(j "$version"),\\"upgradeFailure\\":$uf,\\"step\\":$(j "$step"),\\"assessment\\":$(envjson /run/initramfs/cos-state/boot_assessment),\\"grubenv\\":$(envjson /oem/grubenv),\\"cos\\":$(j "$(ls -A /run/initramfs/cos-state/cOS | paste -sd' ')"),\\"cmdline\\":$(j "$cmdline"),\\"bootId\\":$(j "$(cat /proc/sys/kernel/random/boot_id)"),\\"uptime\\":$(up)}"
 else
   target=$(systemctl list-jobs --no-legend --plain 2>/dev/null | awk '{print $2}' | grep -E '^(reboot|poweroff|halt|kexec)\\.target$' | head -n 1)
   emit "{\\"kind\\":\\"shutdown\\",\\"shutdownTarget\\":$(j "$target"),\\"healthcheck\\":$(hcjson),\\"cosdJournal\\":$(j "$(journalctl -u cosd.service -o cat --no-pager | tail -n 80)"),\\"uptime\\":$(up)}"
@@ -104,24 +119,34 @@ export const REPORT_SCRIPT: string = `#!/bin/bash
 exec 2>/dev/null
 ${HELPERS}
 emit "{\\"kind\\":\\"healthcheck\\",\\"healthcheck\\":$(hcjson),\\"multiUserUs\\":$(num "$(show multi-user.target ActiveEnterTimestampMonotonic)"),\\"uptime\\":$(up)}"
-step=$(cat /oem${STEP_FILE} 2>/dev/null)
-args=
+# the status and COS_STATE/cOS once cosd has started (and cleaned up after a power cut), and cosd's mounts
+statusBefore() {
+  local out rc
+  out=$(timeout 120 cosctl status --json 2>/run/cosvm-status.err); rc=$?
+  emit "{\\"kind\\":\\"status-before\\",\\"exit\\":$rc,\\"stdout\\":$(j "$out"),\\"stderr\\":$(j "$(tail -c 4000 /run/cosvm-status.err)"),\\"cos\\":$(j "$(ls -A /run/initramfs/cos-state/cOS | paste -sd' ')"),\\"agentMounts\\":$(j "$(findmnt -n -o TARGET -R /run/cos-agent/mnt 2>/dev/null | paste -sd' ')"),\\"uptime\\":$(up)}"
+}
 after=poweroff
+# one step per line, in order (on fd 3: the commands below must not read the step file as their stdin)
+while IFS= read -r -u 3 step || [ -n "$step" ]; do
+args=
 case $step in
   rollback) args=rollback;;
   rollback-permanent) args="rollback --permanent";;
   'upgrade '*)
-    image=; recovery=
+    image=; recovery=; force=
     for w in $step; do
-      case $w in image=*) image=\${w#image=};; recovery=1) recovery=1;; esac
+      case $w in image=*) image=\${w#image=};; recovery=1) recovery=1;; force=1) force=1;; esac
     done
     # the registry on the host (10.0.2.2:<port>) speaks plain HTTP: insecure in registries.conf, as a site would mark
     # its own registry
     mkdir -p /etc/containers
     printf '[[registry]]\\nlocation = "%s"\\ninsecure = true\\n' "\${image%%/*}" > /etc/containers/registries.conf
-    args="upgrade --image $image\${recovery:+ --recovery}"
-    after=reboot;;
+    args="upgrade --image $image\${recovery:+ --recovery}\${force:+ --force}"
+    after=reboot
+    statusBefore;;
+  check) statusBefore;;
 esac
+
 if [ -n "$args" ]; then
   t0=$(up)
   out=$(timeout 1500 cosctl $args 2>/run/cosvm-cosctl.err); rc=$?
@@ -130,6 +155,7 @@ if [ -n "$args" ]; then
     emit "{\\"kind\\":\\"cosd-journal\\",\\"json\\":$(j "$(journalctl -u cosd.service -o json --output-fields=MESSAGE --no-pager | tail -n 400)")}"
   fi
 fi
+done 3< /run/cosvm/step
 out=$(timeout 120 cosctl status --json 2>/run/cosvm-status.err); rc=$?
 emit "{\\"kind\\":\\"status\\",\\"exit\\":$rc,\\"stdout\\":$(j "$out"),\\"stderr\\":$(j "$(tail -c 4000 /run/cosvm-status.err)"),\\"uptime\\":$(up)}"
 failed=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | paste -sd' ')
@@ -159,6 +185,8 @@ WantedBy=multi-user.target
 export const REPORT_UNIT: string = `[Unit]
 Description=cos-agent VM test: the health check, the step of this boot, the status document; then power off
 After=multi-user.target cos-agent-healthcheck.service cosd.service
+# a reporter that fails (a harness bug) powers the guest off instead of leaving the boot to its hard timeout
+FailureAction=poweroff-force
 
 [Service]
 Type=oneshot
@@ -213,19 +241,21 @@ export async function writePartitionFile(disk: string, label: string, file: stri
   }
 }
 
-export async function writeStep(disk: string, step: Step): Promise<void> {
-  await writePartitionFile(disk, 'COS_OEM', STEP_FILE, `${step}\n`);
+/** The step(s) of the next boot (several run one after the other, e.g. a recovery upgrade, then a system one). */
+export async function writeStep(disk: string, step: Step | readonly Step[]): Promise<void> {
+  const steps: readonly Step[] = typeof step === 'string' ? [step] : step;
+  await writePartitionFile(disk, 'COS_OEM', STEP_FILE, `${steps.join('\n')}\n`);
 }
 
 /** The filesystem label and UUID of a slot image file inside COS_STATE (e.g. `/cOS/active.img`), from the disk image. */
 export async function slotImageIdentity(disk: string, file: string): Promise<{ label: string; uuid: string }> {
   const part = await partitionByLabel(disk, 'COS_STATE');
   const image = `${disk}?offset=${part.offset}`;
-  const stats = (await run(['debugfs', '-R', 'stats', image])).stdout;
+  const stats = (await run(['debugfs', '-c', '-R', 'stats', image])).stdout;
   const blockSize = Number(/Block size:\s*(\d+)/.exec(stats)?.[1] ?? 'NaN');
   // the inner superblock is at byte 1024 of the image, in the file's block 0 when COS_STATE's blocks are >= 2 KiB
   if (!(blockSize >= 2048)) throw new Error(`COS_STATE block size ${blockSize}: not supported here`);
-  const block = Number((await run(['debugfs', '-R', `bmap ${file} 0`, image])).stdout.trim());
+  const block = Number((await run(['debugfs', '-c', '-R', `bmap ${file} 0`, image])).stdout.trim());
   if (!Number.isInteger(block) || block <= 0) throw new Error(`COS_STATE${file}: no first block (bmap: ${block})`);
   const offset = part.offset + block * blockSize;
   // blkid exits 2 when it finds nothing: an empty result then, and the caller's assertion says so
@@ -233,3 +263,4 @@ export async function slotImageIdentity(disk: string, file: string): Promise<{ l
   const vars = Object.fromEntries(out.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
   return { label: vars['LABEL'] ?? '', uuid: vars['UUID'] ?? '' };
 }
+

@@ -5,7 +5,7 @@
  * - `vmSigningKey()`: one P-256 key pair for the VM tests, kept in the cache (`vm-signing-key.pem`, made once), so
  *   that the disks that trust it stay cached. `trustFiles()`: what the guest needs to verify with it (cosign's format,
  *   key only, no transparency log): /etc/cos-agent/policy.yaml naming /etc/cos-agent/keys/vmtest.pub, the key, and
- *   /etc/cos/config with the slot image size of the disk.
+ *   /etc/cos/config with the slot image size of the disk and uncompressed squashfs recovery images.
  * - `buildUpgradeImage()`: an OCI image layout (cached as `oci-<hash>/`), built like packaging/Dockerfile.snippet
  *   says, with umoci (no Docker daemon): a base image holding the guest root filesystem (lib/rootfs.ts, the same
  *   prepareRootfs the disks use, with the scenario's files: os-release VERSION, units, trust files), then
@@ -23,6 +23,9 @@ import { run } from './exec.ts';
 import { buildInitrd } from './initrd.ts';
 import { guestKernel } from './kernel.ts';
 import { prepareRootfs, rootfsKey, type GuestFile, type RootfsOptions } from './rootfs.ts';
+import { agentDiskOptions, agentPackage, COS_FSTAB, dockerfileEnabledUnits } from './agent.ts';
+import { buildCosDisk, type CosDisk } from './disk.ts';
+import { fallbackReporter, osRelease } from './fallback.ts';
 import { makeDerivativeImage, readSnippet } from '../../test/helpers/derivative.ts';
 import type { TestRegistry } from '../../test/helpers/registry.ts';
 import { pushLegacySignature } from '../../test/helpers/sign-push.ts';
@@ -63,7 +66,9 @@ export function trustFiles(key: KeyPair, imageMiB = 1024): GuestFile[] {
   return [
     { path: GUEST_POLICY_PATH, content: `# cos-agent VM tests: images are signed with the test key (cosign format, no transparency log)\ndefault:\n  keys: [${GUEST_KEY_PATH}]\n` },
     { path: GUEST_KEY_PATH, content: key.publicPem },
-    { path: '/etc/cos/config', content: `DEFAULT_IMAGE_SIZE=${imageMiB}\n` },
+    // squashfs recovery images uncompressed, like the disk builder's: mksquashfs with xz (elemental's default) takes
+    // many minutes under TCG, and GRUB 2.06 reads no lz4
+    { path: '/etc/cos/config', content: `DEFAULT_IMAGE_SIZE=${imageMiB}\nSQUASH_COMPRESSION="-noI -noD -noF -noX"\n` },
   ];
 }
 
@@ -136,4 +141,35 @@ export async function pushSigned(reg: TestRegistry, image: UpgradeImage, repo: s
   const signed = signImageWithKey({ repo: `${guestRegistry}/${repo}`, digest: image.digest, key });
   await pushLegacySignature(reg, repo, image.digest, [signed.simpleSigning]);
   return { guestRef: `${guestRegistry}/${repo}:${tag}`, guestRegistry, digest: image.digest };
+}
+
+/** The version the upgrade scenarios' disk runs, and the one their derivative image brings. */
+export const OLD_VERSION = 'cosvm-1.0';
+export const NEW_VERSION = 'cosvm-2.0';
+const PASSIVE_UUID = '5e1f0b0b-0000-4000-8000-0000000002a2';
+
+export interface UpgradeScenario {
+  disk: CosDisk;
+  image: UpgradeImage;
+  key: KeyPair;
+}
+
+/**
+ * The disk and image of the upgrade scenarios (upgrade.test.ts, powercut.test.ts): the agent guest with the
+ * fallback reporter, trusting the VM key, running OLD_VERSION (passive.img with an identity of its own); the
+ * derivative image of the same guest with NEW_VERSION. Both cached: the second caller finds them built.
+ */
+export async function upgradeScenario(log: (line: string) => void): Promise<UpgradeScenario> {
+  const pkg = await agentPackage(log);
+  const enabled = await dockerfileEnabledUnits();
+  const key = await vmSigningKey();
+  const reporter = fallbackReporter();
+  const trust = trustFiles(key);
+  const disk = await buildCosDisk({ ...agentDiskOptions(pkg.path, enabled, reporter, [...trust, { path: '/usr/lib/os-release', content: osRelease(OLD_VERSION) }]), passiveUuid: PASSIVE_UUID });
+  const image = await buildUpgradeImage({
+    pkg: pkg.path,
+    rootfs: { files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }, ...trust, { path: '/usr/lib/os-release', content: osRelease(NEW_VERSION) }], units: reporter.units },
+    log,
+  });
+  return { disk, image, key };
 }
