@@ -11,6 +11,7 @@ import { loadActionConfig } from '../host/config.ts';
 import { installBootAssessment, readHostOnce, readHost } from '../host/bootchooser.ts';
 import type { BootState } from '../host/boot-model.ts';
 import type { AgentDeps } from '../host/deps.ts';
+import { withDiscovery } from '../host/access.ts';
 import { recoverInterrupted } from './recover.ts';
 
 export interface BootAssessmentOutcome {
@@ -22,7 +23,9 @@ export interface BootAssessmentOutcome {
   tries: number;
 }
 
-export async function installAssessment(deps: AgentDeps): Promise<BootAssessmentOutcome> {
+export async function installAssessment(scopeDeps: AgentDeps): Promise<BootAssessmentOutcome> {
+  // One probe pass of the block devices for the whole action (recovery and the host reads).
+  const deps = withDiscovery(scopeDeps);
   const { config } = await loadActionConfig(deps);
   const cleanup = new CleanupStack();
   let failed = true;

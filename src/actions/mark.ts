@@ -17,6 +17,7 @@ import { applyGrubWrites, installBootAssessment, readHost } from '../host/bootch
 import { decideMark } from '../host/boot-model.ts';
 import { recoverInterrupted } from './recover.ts';
 import type { AgentDeps } from '../host/deps.ts';
+import { withDiscovery } from '../host/access.ts';
 import { syncFs } from '../partitions/index.ts';
 
 export interface MarkOutcome {
@@ -27,7 +28,9 @@ export interface MarkOutcome {
   warnings: string[];
 }
 
-export async function markBooted(deps: AgentDeps, good: boolean): Promise<MarkOutcome> {
+export async function markBooted(scopeDeps: AgentDeps, good: boolean): Promise<MarkOutcome> {
+  // One probe pass of the block devices for the whole action (recovery and the host read).
+  const deps = withDiscovery(scopeDeps);
   const { config } = await loadActionConfig(deps);
   const cleanup = new CleanupStack();
   let failed = true;

@@ -15,7 +15,7 @@ import { rm, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { AgentConfig } from '../model/config.ts';
 import { CleanupStack } from '../sys/cleanup.ts';
-import { findPartition, hostMountOf, mountRo, mountRw, RO_PREFIX } from '../host/access.ts';
+import { findPartition, hostMountOf, mountRo, mountRw, RO_PREFIX, withDiscovery } from '../host/access.ts';
 import { applyGrubWrites, readHost, readHostOnce, SLOT_FILES } from '../host/bootchooser.ts';
 import { processAlive } from '../host/lock.ts';
 import type { AgentDeps } from '../host/deps.ts';
@@ -44,7 +44,9 @@ const inode = (p: string): Promise<number | undefined> => stat(p).then((s) => s.
 const devNumber = (rdev: number): string => `${(rdev >> 8) & 0xfff}:${(rdev & 0xff) | ((rdev >> 12) & 0xfff00)}`;
 
 /** Undo what an interrupted run left. The caller holds the host lock. Never throws for what it cannot undo: it says so. */
-export async function recoverInterrupted(deps: AgentDeps, config: AgentConfig): Promise<RecoveryReport> {
+export async function recoverInterrupted(scopeDeps: AgentDeps, config: AgentConfig): Promise<RecoveryReport> {
+  // One probe pass of the block devices for the whole recovery (its label lookups and host reads).
+  const deps = withDiscovery(scopeDeps);
   const report: RecoveryReport = { unmounted: [], detached: [], removed: [], resumed: null, warnings: [], unfinished: null };
   const { root, log } = deps;
   const warn = (what: string, e: unknown): void => {

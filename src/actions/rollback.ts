@@ -19,6 +19,7 @@ import { syncFs } from '../partitions/index.ts';
 import { applyGrubWrites, checkGrubWrites, readHost } from '../host/bootchooser.ts';
 import { decidePermanentRollback, decideRollback, grubVerbs, permanentRollbackWrites } from '../host/boot-model.ts';
 import type { AgentDeps } from '../host/deps.ts';
+import { withDiscovery } from '../host/access.ts';
 
 export interface RollbackOptions {
   permanent?: boolean;
@@ -32,7 +33,9 @@ export interface RollbackOutcome {
   warnings: string[];
 }
 
-export async function rollback(deps: AgentDeps, opts: RollbackOptions = {}): Promise<RollbackOutcome> {
+export async function rollback(scopeDeps: AgentDeps, opts: RollbackOptions = {}): Promise<RollbackOutcome> {
+  // One probe pass of the block devices for the whole action (recovery and the host read).
+  const deps = withDiscovery(scopeDeps);
   const { root } = deps;
   const { config } = await loadActionConfig(deps);
   const cleanup = new CleanupStack();

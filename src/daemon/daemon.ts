@@ -308,8 +308,11 @@ export class AgentDaemon implements AgentPort {
       if (last?.kind === 'check' && last.result === RESULT.ok && last.details.image !== undefined && last.details.image === configured) {
         this.set({ updateAvailable: last.details.updateAvailable === true });
       }
-      await this.recoverAtStart();
-      await this.refresh();
+      // One probe pass of the block devices for the whole start: the recovery, /oem/grubenv and the first status read.
+      const { newDiscovery } = await import('../host/access.ts');
+      const discovery = newDiscovery(this.agentDeps);
+      await this.recoverAtStart({ ...this.jobDeps, discovery });
+      await this.refresh({ ...this.agentDeps, discovery });
       // "The last upgrade was rolled back by boot assessment": it succeeded in an earlier boot, and this boot is
       // the fallback (upgrade_failure on the cmdline or /run/cos/upgrade_failure).
       if (last !== null && last.kind === 'upgrade' && last.result === RESULT.ok && last.details.target !== 'recovery' &&
@@ -328,8 +331,7 @@ export class AgentDaemon implements AgentPort {
    * lock; skipped when someone holds it (their run does the same). Never stops the daemon from starting: what it
    * cannot do is logged.
    */
-  private async recoverAtStart(): Promise<void> {
-    const deps = this.jobDeps;
+  private async recoverAtStart(deps: AgentDeps): Promise<void> {
     const snapshot = deps.config?.();
     if (snapshot === undefined) return;
     const [{ acquireLock }, { recoverInterrupted }] = await Promise.all([import('../host/lock.ts'), import('../actions/recover.ts')]);
@@ -396,9 +398,10 @@ export class AgentDaemon implements AgentPort {
 
   /**
    * Re-read the status document (slots, booted slot, boot assessment). Serialised; errors keep the old copy. While a
-   * job runs it is deferred to the job's end (the job has the partitions mounted and changes them).
+   * job runs it is deferred to the job's end (the job has the partitions mounted and changes them). `deps`: the
+   * agent's (cosd's start passes them scoped to the start's probe pass of the block devices).
    */
-  refresh(): Promise<void> {
+  refresh(deps: AgentDeps = this.agentDeps): Promise<void> {
     if (this.manager?.running) {
       this.refreshDeferred = true;
       return this.refreshChain;
@@ -408,7 +411,7 @@ export class AgentDaemon implements AgentPort {
       this.refreshStartedAt = performance.now();
       const { hostStatus } = await import('../actions/status.ts');
       try {
-        const doc = await hostStatus(this.agentDeps);
+        const doc = await hostStatus(deps);
         this.statusDoc = doc;
         this.statusText = `${JSON.stringify(doc, null, 2)}\n`;
         this.statusError = null;

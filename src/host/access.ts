@@ -6,17 +6,47 @@ import { mkdtemp } from 'node:fs/promises';
 import { mkdir, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { withContext } from '../model/errors.ts';
-import { diskPartitions, findDeviceByLabel, findMountOf, mount, readMounts, remount, syncFs, type BlockDevice } from '../partitions/index.ts';
+import {
+  discoverOnce,
+  diskPartitions,
+  findMountOf,
+  mount,
+  probeCandidates,
+  readMounts,
+  remount,
+  syncFs,
+  type BlockDevice,
+  type DeviceDiscovery,
+  type DeviceProbe,
+} from '../partitions/index.ts';
 import type { CleanupStack } from '../sys/cleanup.ts';
 import type { AgentDeps } from './deps.ts';
 
 /** Name prefix of the private read-only mounts under /run/cos-agent. */
 export const RO_PREFIX = 'ro-';
 
-/** Candidate devices for label discovery: the test disk's partitions (AGENT_TEST_DISK), or all. */
-export async function findPartition(deps: AgentDeps, label: string): Promise<BlockDevice> {
+/** One probe pass of the candidate devices: the test disk's partitions (AGENT_TEST_DISK), or all. */
+async function probeHost(deps: Pick<AgentDeps, 'runner' | 'testDisk'>): Promise<DeviceProbe> {
   const candidates = deps.testDisk !== undefined ? await diskPartitions(deps.testDisk) : undefined;
-  return findDeviceByLabel(deps.runner, label, candidates !== undefined ? { candidates } : {});
+  return probeCandidates(deps.runner, candidates !== undefined ? { candidates } : {});
+}
+
+/** Label lookups that share one probe pass of the host's block devices, made by the first of them. */
+export function newDiscovery(deps: Pick<AgentDeps, 'runner' | 'testDisk'>): DeviceDiscovery {
+  return discoverOnce(() => probeHost(deps));
+}
+
+/**
+ * `deps` whose label lookups (findPartition) share one probe pass: for the span of one host read, so each device is
+ * probed once however many labels the read looks up. Already scoped deps are returned as they are.
+ */
+export function withDiscovery(deps: AgentDeps): AgentDeps {
+  return deps.discovery !== undefined ? deps : { ...deps, discovery: newDiscovery(deps) };
+}
+
+/** The partition carrying `label`: from the scope's probe pass (withDiscovery), else from a pass of its own. */
+export async function findPartition(deps: AgentDeps, label: string): Promise<BlockDevice> {
+  return (deps.discovery ?? newDiscovery(deps)).find(label);
 }
 
 /** Where the host has `device` mounted (under our root), if anywhere. */

@@ -17,7 +17,7 @@ import { applyGrubEnvChanges, parseGrubEnvBlock, readGrubEnvFile, serializeGrubE
 import { findMountAt, readImageIdentity, readMounts, syncFs } from '../partitions/index.ts';
 import { readOptionalText, writeFileAtomic } from '../sys/files.ts';
 import { CleanupStack } from '../sys/cleanup.ts';
-import { findPartition, hostMountOf, mountRo, mountRw } from './access.ts';
+import { findPartition, hostMountOf, mountRo, mountRw, withDiscovery } from './access.ts';
 import { parseCmdline, type BootInfo } from './cmdline.ts';
 import type { AgentDeps } from './deps.ts';
 import { deriveBootState, type BootState, type GrubWrites, type HostFacts, type SlotFacts } from './boot-model.ts';
@@ -75,7 +75,9 @@ interface BootRecord {
 }
 
 /** Read every fact and derive the model. Partitions the host has not mounted are mounted for the caller's cleanup. */
-export async function readHost(deps: AgentDeps, config: AgentConfig, cleanup: CleanupStack, opts: ReadHostOptions = {}): Promise<HostView> {
+export async function readHost(scopeDeps: AgentDeps, config: AgentConfig, cleanup: CleanupStack, opts: ReadHostOptions = {}): Promise<HostView> {
+  // Every label this read looks up (COS_STATE, COS_RECOVERY, COS_OEM) comes from one probe pass of the devices.
+  const deps = withDiscovery(scopeDeps);
   const cmdlineText = (await readOptionalText(deps.root.path('/proc/cmdline'))) ?? '';
   const boot = parseCmdline(cmdlineText, config.labels);
   const upgradeFailure = boot.upgradeFailure || (await readOptionalText(deps.root.path('/run/cos/upgrade_failure'))) !== undefined;

@@ -5,6 +5,7 @@ import type { Logger } from '../sys/log.ts';
 import type { HookRunner } from './hooks.ts';
 import type { RegistryClientOptions } from '../oci/types.ts';
 import type { ConfigSnapshot } from '../config/load.ts';
+import type { DeviceDiscovery } from '../partitions/index.ts';
 
 import type { TestHooks } from '../sys/crash.ts';
 
@@ -23,6 +24,12 @@ export interface AgentDeps {
    * hosts carrying the same labels exist at once. Inert (undefined) on real hosts.
    */
   testDisk?: string;
+  /**
+   * The label lookups of one host read (or of cosd's start) share one probe pass of the block devices (access.ts
+   * withDiscovery). Scoped: set on a copy of the deps for that span only, never for a process's lifetime (devices
+   * come and go). Undefined: each lookup makes its own pass.
+   */
+  discovery?: DeviceDiscovery;
   /**
    * cosd's last valid configuration (its config watcher's snapshot; undefined while none has loaded). Actions read
    * the config through loadActionConfig (./config.ts): this snapshot when there is one, so a config file edited into

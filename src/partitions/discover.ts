@@ -1,15 +1,29 @@
 /**
  * Finding block devices by filesystem label. udev hosts have /dev/disk/by-label; hosts without udev (containers, CI)
- * do not, and there `blkid -p` (low-level probe, no cache) on each candidate device is the reliable source.
+ * do not, and there `blkid -p` (low-level probe, no cache) on each candidate device is the reliable source. One probe
+ * pass (probeCandidates) answers every label lookup of a host read (discoverOnce); the decisions are in labels.ts.
  */
 import { readdir, readFile, realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError, CommandError } from '../model/errors.ts';
 import type { Runner } from '../sys/runner.ts';
 import { parseBlkidExport, toBlockDevice, type BlockDevice } from './blkid.ts';
+import {
+  ambiguousMessage,
+  devicesWithLabel,
+  notFoundMessage,
+  NO_SUCH_DEVICE,
+  pickRunning,
+  uniqueCandidates,
+  unreadableLinkTarget,
+  type DeviceProbe,
+  type ProbeFailure,
+  type RunningFacts,
+} from './labels.ts';
 import { findMountOf, readMounts } from './mount.ts';
 
 export type { BlockDevice } from './blkid.ts';
+export type { DeviceProbe } from './labels.ts';
 
 /** How many blkid probes run at once. */
 const PROBE_CONCURRENCY = 4;
@@ -83,25 +97,15 @@ async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T
 }
 
 /**
- * The device carrying filesystem label `label`, found by a blkid probe of every candidate (default: every device in
- * /proc/partitions). udev's /dev/disk/by-label link names only one device even when two carry the label (a second
- * cOS disk, install media), so it is not trusted alone: it is used only for a device blkid cannot read.
- * Several devices with the label: the one the running system uses is taken (see pickRunning), else
- * AgentError('DEVICE_AMBIGUOUS') naming them. None -> AgentError('DEVICE_NOT_FOUND').
+ * One probe pass: `blkid -p` on every candidate (default: every device in /proc/partitions), each device once (a node
+ * and a symlink to it are one device), at most PROBE_CONCURRENCY at a time. A candidate that cannot be probed is
+ * recorded as a failure, not thrown.
  */
-export async function findDeviceByLabel(
-  runner: Runner,
-  label: string,
-  opts: { candidates?: readonly string[]; devDir?: string } = {},
-): Promise<BlockDevice> {
-  const devDir = opts.devDir ?? '/dev';
-  const given = opts.candidates ?? (await listBlockDevices(devDir));
-  // The same device named twice (a node and a symlink to it) must not look like two devices with the label.
-  const resolved = await Promise.all(given.map(resolveOr));
-  const candidates = given.filter((_d, i) => resolved.indexOf(resolved[i] as string) === i);
-
-  const failures: Array<{ device: string; why: string }> = [];
-  const probed = await mapLimited(candidates, PROBE_CONCURRENCY, async (dev) => {
+export async function probeCandidates(runner: Runner, opts: { candidates?: readonly string[]; devDir?: string } = {}): Promise<DeviceProbe> {
+  const given = opts.candidates ?? (await listBlockDevices(opts.devDir ?? '/dev'));
+  const { candidates, resolved } = uniqueCandidates(given, await Promise.all(given.map(resolveOr)));
+  const failed: Array<ProbeFailure | undefined> = new Array<ProbeFailure | undefined>(candidates.length);
+  const probed = await mapLimited(candidates.map((d, i) => [d, i] as const), PROBE_CONCURRENCY, async ([dev, i]) => {
     try {
       return await probeDevice(runner, dev);
     } catch (err) {
@@ -109,58 +113,93 @@ export async function findDeviceByLabel(
         err instanceof CommandError
           ? err.stderrTail.trim().split('\n').pop() || `exit ${err.exitCode}`
           : err instanceof AgentError && err.code === 'DEVICE_NOT_FOUND'
-            ? 'no such device'
+            ? NO_SUCH_DEVICE
             : String(err);
-      failures.push({ device: dev, why });
+      failed[i] = { device: dev, why };
       return undefined;
     }
   });
-  const matches = probed.filter((d): d is BlockDevice => d !== undefined && d.label === label);
-  if (matches.length === 1) return matches[0] as BlockDevice;
-  if (matches.length > 1) {
-    const running = await pickRunning(matches);
-    if (running !== undefined) return running;
-    throw new AgentError(
-      'DEVICE_AMBIGUOUS',
-      `several block devices carry the label ${label}: ${matches.map((d) => d.device).join(', ')}, and none of them is the one the running system uses`,
-    );
-  }
-  // Nothing readable carries it: udev's link, when it names a candidate blkid could not read, is believed.
-  const target = await realpath(path.join(devDir, 'disk', 'by-label', encodeByLabelName(label))).catch(() => undefined);
-  const unreadable = failures.find((f) => f.why !== 'no such device' && resolveOrSync(f.device, resolved, given) === target);
-  if (target !== undefined && unreadable !== undefined) return { device: unreadable.device, label };
-  const scope = opts.candidates ? `among ${candidates.join(', ') || 'no candidates'}` : `among the ${candidates.length} block devices`;
-  const unprobed = failures.length > 0 ? `; could not probe ${failures.map((f) => `${f.device} (${f.why})`).join(', ')}` : '';
-  throw new AgentError('DEVICE_NOT_FOUND', `no block device carries the label ${label} (${scope}${unprobed})`);
-}
-
-/** The resolved path of `device`, one of `given` (resolved in the same order). */
-function resolveOrSync(device: string, resolved: readonly string[], given: readonly string[]): string | undefined {
-  return resolved[given.indexOf(device)];
+  return {
+    candidates,
+    resolved,
+    devices: probed.filter((d): d is BlockDevice => d !== undefined),
+    failures: failed.filter((f): f is ProbeFailure => f !== undefined),
+    scoped: opts.candidates !== undefined,
+  };
 }
 
 /**
- * Of several devices carrying one label, the one the running system uses: the only one mounted, else the only one on
- * a disk that holds a mounted filesystem (the disk the system booted from: its initrd mounted COS_STATE, COS_OEM and
- * COS_PERSISTENT there). undefined when that does not single one out.
+ * The device carrying filesystem label `label`, from one probe pass (probeCandidates). udev's /dev/disk/by-label link
+ * names only one device even when two carry the label (a second cOS disk, install media), so it is not trusted alone:
+ * it is used only for a candidate blkid could not read. Several devices with the label: the one the running system
+ * uses is taken (labels.ts pickRunning, on the mount table as it is now), else AgentError('DEVICE_AMBIGUOUS') naming
+ * them. None -> AgentError('DEVICE_NOT_FOUND').
  */
-async function pickRunning(matches: readonly BlockDevice[]): Promise<BlockDevice | undefined> {
+export async function deviceWithLabel(probe: DeviceProbe, label: string, opts: { devDir?: string } = {}): Promise<BlockDevice> {
+  const matches = devicesWithLabel(probe, label);
+  if (matches.length === 1) return matches[0] as BlockDevice;
+  if (matches.length > 1) {
+    const running = pickRunning(await runningFacts(matches));
+    if (running !== undefined) return running;
+    throw new AgentError('DEVICE_AMBIGUOUS', ambiguousMessage(label, matches));
+  }
+  // Nothing readable carries it: udev's link, when it names a candidate blkid could not read, is believed.
+  const target = await realpath(path.join(opts.devDir ?? '/dev', 'disk', 'by-label', encodeByLabelName(label))).catch(() => undefined);
+  const unreadable = unreadableLinkTarget(probe, target);
+  if (unreadable !== undefined) return { device: unreadable, label };
+  throw new AgentError('DEVICE_NOT_FOUND', notFoundMessage(probe, label));
+}
+
+/**
+ * The device carrying filesystem label `label`, found by a blkid probe of every candidate (default: every device in
+ * /proc/partitions): one probe pass (probeCandidates), then deviceWithLabel. Several lookups of one host read share a
+ * pass through discoverOnce instead.
+ */
+export async function findDeviceByLabel(
+  runner: Runner,
+  label: string,
+  opts: { candidates?: readonly string[]; devDir?: string } = {},
+): Promise<BlockDevice> {
+  return deviceWithLabel(await probeCandidates(runner, opts), label, opts.devDir !== undefined ? { devDir: opts.devDir } : {});
+}
+
+/** Label lookups answered from one probe pass. */
+export interface DeviceDiscovery {
+  /** deviceWithLabel on the pass (made by the first lookup; rejects as the pass did when it failed). */
+  find(label: string): Promise<BlockDevice>;
+}
+
+/**
+ * Label lookups sharing one probe pass: `probe` runs on the first lookup (concurrent ones wait for it), and every
+ * lookup resolves its label from that pass. The mount facts (which of several devices runs) are read at each lookup.
+ * Meant for the span of one host read: a device attached or relabelled later is not seen by it.
+ */
+export function discoverOnce(probe: () => Promise<DeviceProbe>, opts: { devDir?: string } = {}): DeviceDiscovery {
+  let pass: Promise<DeviceProbe> | undefined;
+  return {
+    find: async (label) => deviceWithLabel(await (pass ??= probe()), label, opts),
+  };
+}
+
+/** Whether each of several devices carrying a label is mounted, or on a disk that holds a mounted filesystem. */
+async function runningFacts(matches: readonly BlockDevice[]): Promise<RunningFacts[]> {
   const mounts = await readMounts();
-  const mounted = matches.filter((d) => findMountOf(d.device, mounts) !== undefined);
-  if (mounted.length === 1) return mounted[0];
-  if (mounted.length > 1) return undefined;
+  const mounted = matches.map((d) => findMountOf(d.device, mounts) !== undefined);
+  // The disks holding a mounted filesystem matter only when none of the devices is mounted.
   const usedDisks = new Set<string>();
-  for (const m of mounts) {
-    if (m.majorMinor === undefined) continue;
-    const disk = await parentDisk(`/sys/dev/block/${m.majorMinor}`);
-    if (disk !== undefined) usedDisks.add(disk);
+  if (!mounted.includes(true)) {
+    for (const m of mounts) {
+      if (m.majorMinor === undefined) continue;
+      const disk = await parentDisk(`/sys/dev/block/${m.majorMinor}`);
+      if (disk !== undefined) usedDisks.add(disk);
+    }
   }
-  const onUsed: BlockDevice[] = [];
-  for (const d of matches) {
-    const disk = await parentDisk(`/sys/class/block/${path.basename(await resolveOr(d.device))}`);
-    if (disk !== undefined && usedDisks.has(disk)) onUsed.push(d);
+  const facts: RunningFacts[] = [];
+  for (const [i, d] of matches.entries()) {
+    const disk = usedDisks.size === 0 ? undefined : await parentDisk(`/sys/class/block/${path.basename(await resolveOr(d.device))}`);
+    facts.push({ device: d, mounted: mounted[i] === true, onUsedDisk: disk !== undefined && usedDisks.has(disk) });
   }
-  return onUsed.length === 1 ? onUsed[0] : undefined;
+  return facts;
 }
 
 /** The whole disk a sysfs block entry belongs to (itself when it is not a partition); undefined without sysfs. */

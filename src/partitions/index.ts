@@ -1,14 +1,29 @@
 /** Block devices, loop devices, mounts and filesystem tools. */
 export { parseBlkidExport, parseBlockDevices, toBlockDevice, unescapeBlkidValue, type BlockDevice } from './blkid.ts';
 export {
+  deviceWithLabel,
+  discoverOnce,
   diskPartitions,
   encodeByLabelName,
   findDeviceByLabel,
   isBlockDevice,
   listBlockDevices,
   parseProcPartitions,
+  probeCandidates,
   probeDevice,
+  type DeviceDiscovery,
 } from './discover.ts';
+export {
+  ambiguousMessage,
+  devicesWithLabel,
+  notFoundMessage,
+  pickRunning,
+  uniqueCandidates,
+  unreadableLinkTarget,
+  type DeviceProbe,
+  type ProbeFailure,
+  type RunningFacts,
+} from './labels.ts';
 export {
   defaultSquashCompression,
   fsckExt2,
