@@ -6,16 +6,19 @@
  *   - a required check failed (health-plan.ts failurePlan): under boot assessment, a reboot (unless `noReboot`) so
  *     GRUB takes the next try, and on the last try markBooted(bad) first, so the record says failed and the reboot
  *     falls back; not under assessment, or not booted from active, the failure is reported and nothing reboots.
+ *     The reboot is queued (`systemctl reboot --no-block`) with SIGTERM held, so cosctl still exits 60 (see below).
  * Never throws for a failed check: the report says what happened; cosctl maps it to an exit code (reportError).
  */
 import { lstat, readdir, readlink, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError } from '../model/errors.ts';
 import { runInProcessGroup } from '../sys/process-group.ts';
+import { holdSigterm, type SigtermHold } from '../sys/signals.ts';
 import type { AgentDeps } from '../host/deps.ts';
 import { markBooted } from './mark.ts';
 import { loadActionConfig } from '../host/config.ts';
 import { readHostOnce } from '../host/bootchooser.ts';
+import { withDiscovery } from '../host/access.ts';
 import { assessmentState } from '../host/boot-model.ts';
 import {
   bootIsGood,
@@ -43,7 +46,19 @@ export interface HealthCheckOptions {
   timeoutMs?: number;
   /** Mark a failed boot bad but do not reboot. */
   noReboot?: boolean;
+  /** Test seam: holds SIGTERM around the reboot request (default sys/signals.ts holdSigterm, on this process). */
+  holdSigterm?: (ms: number) => SigtermHold;
 }
+
+/**
+ * How long SIGTERM is held once the reboot is requested: the reboot's stop job for this unit comes at once, and
+ * cosctl only has its report to print and its exit status to give (well under a second); a cosctl stuck past it
+ * still ends by the SIGTERM.
+ */
+export const REBOOT_SIGTERM_HOLD_MS = 15_000;
+
+/** The reboot request: queued with systemd (a D-Bus call, never reboot(2) ourselves), not waited for. */
+export const REBOOT_ARGV: readonly string[] = ['systemctl', 'reboot', '--no-block'];
 
 /** One directory through the root: null when it does not exist. */
 async function listDir(real: string): Promise<DirEntry[] | null> {
@@ -155,9 +170,11 @@ export async function runHealthChecks(deps: AgentDeps, opts: HealthCheckOptions 
     marked = await mark(deps, true);
     decision = rebootDecision(marked, opts.noReboot === true);
   } else {
-    const plan = await readFailurePlan(deps, opts.noReboot === true);
+    // Reading the host and marking it bad: one probe pass of the block devices (made after the checks ran).
+    const hostDeps = withDiscovery(deps);
+    const plan = await readFailurePlan(hostDeps, opts.noReboot === true);
     if (plan.markBad) {
-      marked = await mark(deps, false);
+      marked = await mark(hostDeps, false);
       decision = rebootDecision(marked, opts.noReboot === true);
     } else {
       marked = { action: 'none', result: 'skipped', message: plan.reason };
@@ -178,11 +195,16 @@ export async function runHealthChecks(deps: AgentDeps, opts: HealthCheckOptions 
   };
   deps.log.info({ good, mark: marked.result, reboot: decision.reboot, reason: decision.reason }, 'health checks done');
   if (decision.reboot) {
-    // As cosd's upgrade --reboot: through systemd, a D-Bus call (never reboot(2) ourselves).
+    // The reboot stops this unit (cos-agent-healthcheck.service) while cosctl still runs: `--no-block` so cosctl does
+    // not wait for the reboot job (which would end it first), and SIGTERM held from before the request (the stop job
+    // can come before systemctl returns) so cosctl prints its report and exits HEALTH_CHECK_FAILED (60): the unit's
+    // Result is exit-code, its status 60, not a SIGTERM.
+    const hold = (opts.holdSigterm ?? holdSigterm)(REBOOT_SIGTERM_HOLD_MS);
     try {
-      await deps.runner.run({ argv: ['systemctl', 'reboot'], description: 'rebooting after a failed health check, so boot assessment falls back' });
+      await deps.runner.run({ argv: REBOOT_ARGV, description: 'rebooting after a failed health check, so boot assessment falls back' });
       report.reboot = { requested: true, reason: decision.reason };
     } catch (e) {
+      hold.release();
       // The boot is marked bad either way: the next boot falls back, whenever it happens.
       const message = e instanceof Error ? e.message : String(e);
       deps.log.error({ err: message }, 'reboot after a failed health check failed');

@@ -2,7 +2,8 @@
  * `cosctl health-check` on a cOS host on loop devices (test/helpers/cosctl.ts), after an upgrade and a simulated
  * reboot into it: a good boot disarms boot assessment and records the image good; a failed required check marks the
  * boot bad (the next boot falls back). Every cosctl run passes --no-reboot; the one run that may ask for a reboot
- * calls the action with a runner that records `systemctl reboot` and never runs it. Also: non-root is refused, a
+ * calls the action with a runner that records `systemctl reboot --no-block` and never runs it (and a SIGTERM hold that
+ * only records). Also: non-root is refused, a
  * failed boot that has nothing to fall back to is only reported, and the shipped check asks cosd on the bus.
  */
 import test, { type ExecutionContext } from 'ava';
@@ -12,14 +13,16 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
-import { runHealthChecks } from '../../src/actions/health.ts';
+import { REBOOT_SIGTERM_HOLD_MS, runHealthChecks } from '../../src/actions/health.ts';
 import type { HealthReport } from '../../src/actions/health-plan.ts';
 import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
+import { CommandError } from '../../src/model/errors.ts';
 import { NoHooks } from '../../src/host/hooks.ts';
 import type { AgentDeps } from '../../src/host/deps.ts';
 import { silentLogger } from '../../src/sys/log.ts';
 import { SysRoot } from '../../src/sys/root.ts';
 import { SpawnRunner, type Command, type CommandResult, type Runner } from '../../src/sys/runner.ts';
+import type { SigtermHold } from '../../src/sys/signals.ts';
 import { cosCmdline, type CosHost } from '../helpers/cos-host.ts';
 import { cosctl, cosStatus, grubList, slotSnapshot, testHost, withStateRw } from '../helpers/cosctl.ts';
 import { startBus, startCosd } from '../helpers/dbus.ts';
@@ -121,14 +124,30 @@ test.serial('without --no-reboot, a failed boot that was marked bad asks systemd
   await upgradeAndReboot(t, host);
   await check(host, '/etc/cos-agent/check/required.d/10-hang', '#!/bin/sh\nsleep 300\n');
 
-  const { deps, systemctl } = recordingDeps(host);
-  const report = await runHealthChecks(deps, { timeoutMs: 1000 });
+  const { deps, systemctl, events, holdSigterm, probes } = recordingDeps(host);
+  const report = await runHealthChecks(deps, { timeoutMs: 1000, holdSigterm });
+  t.deepEqual(probes.sort(), Object.values(host.devices).sort(), 'reading the host and marking it bad: one blkid per partition');
   t.like(report.checks[0], { name: '10-hang', passed: false, timedOut: true });
   t.like(report.mark, { action: 'mark-bad', result: 'done' });
   t.deepEqual(report.reboot, { requested: true, reason: 'marked bad: rebooting so GRUB falls back to passive' });
-  t.deepEqual(systemctl, [['systemctl', 'reboot']]);
+  t.deepEqual(systemctl, [['systemctl', 'reboot', '--no-block']], 'the reboot is queued, not waited for');
+  // SIGTERM held from before the request and kept (the reboot stops the unit at once): cosctl still exits 60.
+  t.deepEqual(events, [`hold ${REBOOT_SIGTERM_HOLD_MS}`, 'systemctl reboot --no-block']);
   const assess = await grubList(host.statePath('boot_assessment'));
   t.deepEqual([assess.get('enable_boot_assessment'), assess.get('boot_assessment_tentative')], ['yes', 'yes']);
+});
+
+test.serial('when the reboot request fails, the SIGTERM hold is released and the report says the reboot failed (the boot stays marked bad)', async (t) => {
+  const host = await testHost(t);
+  await upgradeAndReboot(t, host);
+  await check(host, '/etc/cos-agent/check/required.d/10-app', '#!/bin/sh\nexit 1\n');
+  const { deps, events, holdSigterm } = recordingDeps(host, { systemctlFails: true });
+  const report = await runHealthChecks(deps, { timeoutMs: 10_000, holdSigterm });
+  t.like(report.mark, { action: 'mark-bad', result: 'done' });
+  t.false(report.reboot.requested);
+  t.regex(report.reboot.reason, /^marked bad, but the reboot failed: .*Access denied/);
+  t.deepEqual(events, [`hold ${REBOOT_SIGTERM_HOLD_MS}`, 'systemctl reboot --no-block', 'release']);
+  t.is((await stateYaml(host)).state.active?.['upgrade-result'], 'failed');
 });
 
 test.serial('booted from passive, a failed required check is reported only (nothing to fall back to); non-root is refused', async (t) => {
@@ -165,24 +184,38 @@ test.serial('the shipped check 00-cosd-running fails while cosd is not on the bu
   t.is(present.stdout, '');
 });
 
-/** Deps whose runner records `systemctl` (never runs it) and runs everything else for real. */
-function recordingDeps(host: CosHost): { deps: AgentDeps; systemctl: string[][] } {
+/**
+ * Deps whose runner records `systemctl` (never runs it) and runs everything else for real, and a SIGTERM hold that
+ * only records: `events` has both, in order ('hold <ms>', 'release', 'systemctl ...').
+ */
+function recordingDeps(host: CosHost, opts: { systemctlFails?: boolean } = {}): { deps: AgentDeps; systemctl: string[][]; events: string[]; holdSigterm: (ms: number) => SigtermHold; probes: string[] } {
   const real = new SpawnRunner();
   const systemctl: string[][] = [];
+  const events: string[] = [];
+  const probes: string[] = [];
   const runner: Runner = {
     run(cmd: Command): Promise<CommandResult> {
+      if (cmd.argv[0] === 'blkid') probes.push(cmd.argv[cmd.argv.length - 1] as string);
       if (cmd.argv[0] === 'systemctl') {
         systemctl.push([...cmd.argv]);
+        events.push(cmd.argv.join(' '));
+        if (opts.systemctlFails === true) {
+          return Promise.reject(new CommandError(cmd.description, cmd.argv, { exitCode: 1, signal: null, stderrTail: 'Failed to reboot system via logind: Access denied' }));
+        }
         return Promise.resolve({ exitCode: 0, stdout: '', stderr: '' });
       }
       return real.run(cmd);
     },
   };
+  const holdSigterm = (ms: number): SigtermHold => {
+    events.push(`hold ${ms}`);
+    return { received: false, release: () => events.push('release') };
+  };
   const deps: AgentDeps = {
     root: new SysRoot(host.root), runner, log: silentLogger, hooks: new NoHooks(), env: { ...process.env, ...host.env },
     now: () => new Date(), testDisk: host.loop,
   };
-  return { deps, systemctl };
+  return { deps, systemctl, events, holdSigterm, probes };
 }
 
 test.serial('a failed try that is not the last (the first of 3): not marked, a reboot so GRUB takes the next try; GRUB and records untouched', async (t) => {
@@ -191,12 +224,13 @@ test.serial('a failed try that is not the last (the first of 3): not marked, a r
   t.like((await cosStatus(host)).status.bootAssessment, { enabled: true, tentative: false, triesLeft: 2 });
   await check(host, '/etc/cos-agent/check/required.d/10-app', '#!/bin/sh\nexit 1\n');
   const before = await slotSnapshot(host);
-  const { deps, systemctl } = recordingDeps(host);
-  const report = await runHealthChecks(deps, { timeoutMs: 10_000 });
+  const { deps, systemctl, events, holdSigterm } = recordingDeps(host);
+  const report = await runHealthChecks(deps, { timeoutMs: 10_000, holdSigterm });
   t.false(report.good);
   t.like(report.mark, { action: 'none', result: 'skipped' });
   t.deepEqual(report.reboot, { requested: true, reason: 'this try failed; GRUB tries active 2 more times before it falls back to passive' });
-  t.deepEqual(systemctl, [['systemctl', 'reboot']]);
+  t.deepEqual(systemctl, [['systemctl', 'reboot', '--no-block']]);
+  t.deepEqual(events, [`hold ${REBOOT_SIGTERM_HOLD_MS}`, 'systemctl reboot --no-block']);
   t.deepEqual(await slotSnapshot(host), before, 'the countdown is GRUB\'s: nothing written');
   t.not((await stateYaml(host)).state.active?.['upgrade-result'], 'failed');
 });
@@ -205,11 +239,12 @@ test.serial('a failed check on an active that is not under boot assessment (no u
   const host = await testHost(t);
   await check(host, '/etc/cos-agent/check/required.d/10-app', '#!/bin/sh\nexit 1\n');
   const before = await slotSnapshot(host);
-  const { deps, systemctl } = recordingDeps(host);
-  const report = await runHealthChecks(deps, { timeoutMs: 10_000 });
+  const { deps, systemctl, events, holdSigterm } = recordingDeps(host);
+  const report = await runHealthChecks(deps, { timeoutMs: 10_000, holdSigterm });
   t.like(report.mark, { action: 'none', result: 'skipped' });
   t.like(report.reboot, { requested: false });
   t.regex(report.reboot.reason, /not under boot assessment/);
   t.deepEqual(systemctl, []);
+  t.deepEqual(events, [], 'no reboot, no SIGTERM hold');
   t.deepEqual(await slotSnapshot(host), before);
 });
