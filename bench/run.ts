@@ -4,7 +4,12 @@
  * each contestant does and rootfs.ts for the image). Prints a table, the agent's time split, peak extra disk, and
  * one PASS/MISS line per target. Exit 0 even on MISS (it is a report); non-zero only when something broke.
  *
+ * Then the verification and daemon benches, and the VM part (vm.ts): the package's size, and from real boots of the
+ * agent in a QEMU guest, cosd's start time and idle RSS under systemd and the time from `cosctl upgrade` to the new
+ * active's multi-user.target, split into resolve+verify, download, staging and reboot.
+ *
  * BENCH_RUNS=n (default 3): runs per contestant, alternating agent, pipeline, floor, agent, ...; medians are compared.
+ * BENCH_VM=0: no boots.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -13,6 +18,7 @@ import { startRegistry } from '../test/helpers/registry.ts';
 import { slotSize } from '../src/actions/upgrade/size.ts';
 import { benchVerification } from './verify.ts';
 import { benchDaemon } from './daemon.ts';
+import { benchPackage, benchVm } from './vm.ts';
 import { ensureRootfsImage, ROOTFS_VERSION } from './rootfs.ts';
 import {
   liveChildren,
@@ -228,6 +234,9 @@ async function main(): Promise<void> {
 
     await benchVerification(out);
     await benchDaemon(out, { reg, imageRef: ctx.imageRef, slotMiB, stateMiB, idleSeconds: Number(process.env['BENCH_IDLE_SECONDS'] ?? 60) });
+    out();
+    await benchPackage(out);
+    await benchVm(out);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

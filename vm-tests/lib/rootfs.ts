@@ -85,6 +85,12 @@ export async function prepareRootfs(tree: string, kernel: GuestKernel, initrd: s
   const { tarball } = await debootstrapTarball(opts.debootstrap);
   await mkdir(tree, { recursive: true });
   await run(['tar', '--zstd', '--numeric-owner', '--xattrs', '-C', tree, '-xf', tarball]);
+  // what the guest never reads at run time (apt's package lists, translations, docs, man pages: 100 of debootstrap's
+  // 226 MiB), as slim container bases drop them: every upgrade in a scenario downloads and unpacks this tree under TCG
+  for (const dir of ['var/lib/apt/lists', 'usr/share/locale', 'usr/share/doc', 'usr/share/man', 'usr/share/info']) {
+    await rm(path.join(tree, dir), { recursive: true, force: true });
+    await mkdir(path.join(tree, dir), { recursive: true });
+  }
   // kernel, initrd, modules: what GRUB loads from the image and what udev needs inside it
   await mkdir(path.join(tree, 'usr/lib/modules'), { recursive: true });
   await run(['cp', '-a', kernel.modulesDir, path.join(tree, 'usr/lib/modules/')]);
@@ -102,6 +108,10 @@ export async function prepareRootfs(tree: string, kernel: GuestKernel, initrd: s
   await mkdir(systemDir, { recursive: true });
   await rm(path.join(systemDir, 'serial-getty@ttyS0.service'), { force: true });
   await symlink('/dev/null', path.join(systemDir, 'serial-getty@ttyS0.service'));
+  // ttyS0 is both the console and the channel of the COSVM-RESULT lines: systemd's ephemeral status ("A start job is
+  // running", "Job ... running (2min 53s / no limit)") would land in the middle of a long result line. Errors still show.
+  await mkdir(path.join(tree, 'etc/systemd/system.conf.d'), { recursive: true });
+  await writeFile(path.join(tree, 'etc/systemd/system.conf.d/50-cosvm-console.conf'), '[Manager]\nShowStatus=error\n');
   await mkdir(path.join(tree, 'etc/systemd/network'), { recursive: true });
   await writeFile(path.join(tree, 'etc/systemd/network/20-cosvm-dhcp.network'), DHCP_NETWORK);
   await run(['systemctl', `--root=${tree}`, 'enable', 'systemd-networkd.service']);
