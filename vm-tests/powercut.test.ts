@@ -44,6 +44,23 @@ const POINTS: readonly string[] = [
   'step:grub', // switched, GRUB not written
   'step:record-state', // GRUB written, records not
 ];
+/**
+ * The last-upgrade record cosd's start makes of the cut upgrade (its running marker on COS_PERSISTENT): the result and
+ * the step the marker names (the marked step last started: see MARKED_STEPS in src/actions/upgrade/upgrade.ts). Before
+ * the switch journal, undone (a failure, code INTERRUPTED); from it on, the switch finished at start (a success).
+ */
+const RECORD: Readonly<Record<string, { result: 'success' | 'failure'; interruptedAt: string }>> = {
+  'pull:20%': { result: 'failure', interruptedAt: 'pull' },
+  'pull:70%': { result: 'failure', interruptedAt: 'pull' },
+  'step:read-os-release': { result: 'failure', interruptedAt: 'pull' },
+  'step:seal': { result: 'failure', interruptedAt: 'seal' },
+  'step:commit-switch': { result: 'failure', interruptedAt: 'commit-switch' },
+  'switch:0': { result: 'success', interruptedAt: 'commit-switch' },
+  'switch:2': { result: 'success', interruptedAt: 'commit-switch' },
+  'switch:4': { result: 'success', interruptedAt: 'commit-switch' },
+  'step:grub': { result: 'success', interruptedAt: 'grub' },
+  'step:record-state': { result: 'success', interruptedAt: 'record-state' },
+};
 /** After these cuts the next boot upgrades again; after the others it checks and powers off. */
 const UPGRADE_AFTER: ReadonlySet<string> = new Set(['step:seal', 'switch:2']);
 /** What an interrupted upgrade may leave in COS_STATE/cOS, and what cosd must have removed once it has started. */
@@ -94,6 +111,10 @@ function checkAfterCut(t: ExecutionContext, b: Boot, point: string): void {
   const next = obj(doc['nextBoot']);
   t.true(next['slot'] === 'active' || next['slot'] === 'passive', `${what}: GRUB boots a slot next: ${JSON.stringify(next)}`);
   t.is(obj(doc['booted'])['version'], b.boot['version'], `${what}: status.booted names the running image\n${JSON.stringify(doc['booted'])}`);
+  const want = RECORD[point];
+  const last = obj(doc['lastUpgrade']);
+  t.like(last, { ...want, code: want?.result === 'failure' ? 'INTERRUPTED' : null, target: 'system' }, `${what}: status.lastUpgrade records the cut upgrade\n${JSON.stringify(doc['lastUpgrade'])}`);
+  t.true(String(last['image'] ?? '').endsWith('/cos/os:v2'), JSON.stringify(last));
   t.is(obj(b.kind.get('done'))['failed'], '', `${what}: no failed units\n${b.diag}`);
 }
 
@@ -105,6 +126,7 @@ interface CutRecord {
   cosAtBoot: unknown;
   cosAfterStart: unknown;
   nextBoot: unknown;
+  lastUpgrade: unknown;
   upgraded: boolean;
   upgradeExit: unknown;
   seconds: number;
@@ -132,7 +154,7 @@ test(`power cuts at ${POINTS.length} points of an upgrade in the guest: every ne
     const up = obj(b.kind.get('cosctl'));
     records[i] = {
       point, snapshotSeconds, label: b.boot['label'], version: b.boot['version'], cosAtBoot: b.boot['cos'], cosAfterStart: before['cos'],
-      nextBoot: statusDoc(before)['nextBoot'], upgraded: upgrade, upgradeExit: up['exit'] ?? null, seconds: b.vm.durationMs / 1000, log: b.vm.logPath,
+      nextBoot: statusDoc(before)['nextBoot'], lastUpgrade: statusDoc(before)['lastUpgrade'], upgraded: upgrade, upgradeExit: up['exit'] ?? null, seconds: b.vm.durationMs / 1000, log: b.vm.logPath,
     };
     t.log(`after the cut at ${point}: ${String(b.boot['label'])} (${String(b.boot['version'])}); COS_STATE/cOS at boot: ${String(b.boot['cos'])}; once cosd started: ${String(before['cos'])}${upgrade ? `; upgrade again: exit ${String(up['exit'])}` : ''}; ${(b.vm.durationMs / 1000).toFixed(1)} s`);
     t.is(b.boot['step'], step, `the boot took the step from -fw_cfg\n${b.diag}`);

@@ -23,6 +23,8 @@ import { detachLoop, listLoopDevices, loopBackingIdentity, readImageIdentity, re
 import { applyJournalRecords, readJournal, removeJournal, runJournalSteps, writeJournal, JOURNAL_FILE } from './upgrade/journal.ts';
 import { NEXT_NAMES, TRANSITION_FILES, type SwitchStep } from './upgrade/plan.ts';
 import { MOUNT_BASE, MOUNT_POINTS } from '../host/mount-points.ts';
+import { clearRunning, readRunning, recordResult, type RunningUpgrade } from '../host/records.ts';
+import type { UpgradeResult } from '../model/host.ts';
 
 export interface RecoveryReport {
   unmounted: string[];
@@ -30,6 +32,11 @@ export interface RecoveryReport {
   removed: string[];
   /** A committed switch that was finished ('upgrade' or 'swap'), or null. */
   resumed: 'upgrade' | 'swap' | null;
+  /**
+   * An upgrade a power cut or crash stopped (its running marker, host/records.ts), recorded now as the last upgrade:
+   * finished (its committed switch resumed) or undone. Null when there was none.
+   */
+  interrupted: UpgradeResult | null;
   /**
    * What could not be put right and makes changing the slots unsafe (a committed switch that could not be finished,
    * a `*.next` name that is the only name of an image): upgrade and rollback refuse while it is there.
@@ -47,7 +54,9 @@ const devNumber = (rdev: number): string => `${(rdev >> 8) & 0xfff}:${(rdev & 0x
 export async function recoverInterrupted(scopeDeps: AgentDeps, config: AgentConfig): Promise<RecoveryReport> {
   // One probe pass of the block devices for the whole recovery (its label lookups and host reads).
   const deps = withDiscovery(scopeDeps);
-  const report: RecoveryReport = { unmounted: [], detached: [], removed: [], resumed: null, warnings: [], unfinished: null };
+  const report: RecoveryReport = { unmounted: [], detached: [], removed: [], resumed: null, interrupted: null, warnings: [], unfinished: null };
+  /** The transaction of the switch journal found, and whether its switch was finished or abandoned. */
+  let journalFound: { transaction: string; finished: boolean } | null = null;
   const { root, log } = deps;
   const warn = (what: string, e: unknown): void => {
     const message = `${what}: ${e instanceof Error ? e.message : String(e)}`;
@@ -120,7 +129,9 @@ export async function recoverInterrupted(scopeDeps: AgentDeps, config: AgentConf
       const dir = await mountRw(deps, dev.device, isState ? MOUNT_POINTS.state : MOUNT_POINTS.recovery, scope, { restoreRo: true });
       if (todo.journal) {
         try {
-          report.resumed = await finishSwitch(deps, config, dir, warn);
+          const done = await finishSwitch(deps, config, dir, warn);
+          if (done !== null) journalFound = { transaction: done.transaction, finished: done.finished };
+          report.resumed = done?.finished === true ? done.kind : null;
         } catch (e) {
           report.unfinished = `an interrupted slot switch could not be finished (${e instanceof Error ? e.message : String(e)}); the slots are left as they are`;
           warn('finishing the interrupted slot switch', e);
@@ -160,7 +171,20 @@ export async function recoverInterrupted(scopeDeps: AgentDeps, config: AgentConf
   if ((await inode(tree)) !== undefined) {
     await rm(tree, { recursive: true, force: true }).then(() => report.removed.push(tree), (e: unknown) => warn(`removing ${tree}`, e));
   }
-  if (report.unmounted.length + report.detached.length + report.removed.length > 0 || report.resumed !== null) {
+  // 6. The upgrade that was running: recorded as interrupted (its marker is found only under the lock: its run is gone).
+  const running = await readRunning(root).catch(() => null);
+  if (running !== null) {
+    const journal = journalFound === null || journalFound.transaction !== running.transaction ? null : journalFound.finished ? 'finished' : 'abandoned';
+    const rec = interruptedRecord(running, journal, report, deps.now().toISOString());
+    try {
+      await recordResult(root, rec);
+      await clearRunning(root, running.transaction);
+      report.interrupted = rec;
+    } catch (e) {
+      warn('recording the interrupted upgrade', e);
+    }
+  }
+  if (report.unmounted.length + report.detached.length + report.removed.length > 0 || report.resumed !== null || report.interrupted !== null) {
     log.warn({ ...report }, 'cleaned up after an interrupted run');
   }
   return report;
@@ -184,8 +208,37 @@ async function staleLoops(deps: AgentDeps, partition: string): Promise<string[]>
   return out;
 }
 
+/** The upgrade steps (upgrade.ts UPGRADE_STEPS) after the one that commits the slot switch (its journal is written). */
+const AFTER_COMMIT: ReadonlySet<string> = new Set(['grub', 'record-state', 'read-back']);
+
+/**
+ * PURE: the last-upgrade record of an upgrade a power cut or crash stopped, from the step its marker names and what
+ * recovery found of its switch journal ('finished': resumed to the end; 'abandoned': stopped where it stood, the
+ * running image keeping a slot; null: none of its transaction). A system switch always begins by writing its journal
+ * and ends by removing it, so without one the switch had not begun (up to commit-switch) or was complete (after it).
+ * A recovery upgrade has no journal: cut from commit-switch on, the recovery slot holds the old or the new image.
+ */
+export function interruptedRecord(running: RunningUpgrade, journal: 'finished' | 'abandoned' | null, report: Pick<RecoveryReport, 'removed' | 'unfinished'>, now: string): UpgradeResult {
+  const base = { transaction: running.transaction, target: running.target, image: running.image, imageDigest: running.imageDigest, startedAt: running.startedAt, finishedAt: now, interruptedAt: running.step };
+  const cut = `interrupted (power cut or crash) at step ${running.step}`;
+  const system = running.target === 'system';
+  if (system && journal === 'finished') {
+    return { ...base, result: 'success', code: null, error: null, rotated: true, warnings: [`${cut}, after its slot switch was committed: the next run of the agent finished it`] };
+  }
+  if (system && journal === null && AFTER_COMMIT.has(running.step)) {
+    return { ...base, result: 'success', code: null, error: null, rotated: true, warnings: [`${cut}, after its slot switch was complete: only its record was missing`] };
+  }
+  const left = report.unfinished !== null ? `; ${report.unfinished}` : report.removed.length > 0 ? `; what it left was removed (${report.removed.map((f) => path.basename(f)).join(', ')})` : '';
+  const where = system && journal === 'abandoned'
+    ? 'its slot switch abandoned where it stood (a remaining step would have replaced the running image): status shows the slots as they are'
+    : !system && (running.step === 'commit-switch' || AFTER_COMMIT.has(running.step))
+      ? 'while or after the recovery image was switched: status shows which image the recovery slot holds'
+      : 'before its slot switch: the slots are as they were';
+  return { ...base, result: 'failure', code: 'INTERRUPTED', rotated: false, error: `the upgrade was ${cut}, ${where}${left}` };
+}
+
 /** Finish a committed switch from its journal: remaining steps, GRUB writes, records; then the journal goes. */
-async function finishSwitch(deps: AgentDeps, config: AgentConfig, dir: string, warn: (what: string, e: unknown) => void): Promise<'upgrade' | 'swap' | null> {
+async function finishSwitch(deps: AgentDeps, config: AgentConfig, dir: string, warn: (what: string, e: unknown) => void): Promise<{ kind: 'upgrade' | 'swap'; transaction: string; finished: boolean } | null> {
   const journal = await readJournal(dir).catch((e: unknown) => {
     warn('reading the switch journal', e);
     return null;
@@ -203,7 +256,7 @@ async function finishSwitch(deps: AgentDeps, config: AgentConfig, dir: string, w
       if (id !== undefined && id !== runningId) await rm(path.join(dir, f), { force: true });
     }
     await removeJournal(dir);
-    return null;
+    return { kind: journal.kind, transaction: journal.transaction, finished: false };
   }
   await runJournalSteps(deps, dir, journal);
   if (!journal.grubDone && journal.grub !== null) {
@@ -224,7 +277,7 @@ async function finishSwitch(deps: AgentDeps, config: AgentConfig, dir: string, w
     await applyJournalRecords(dir, journal).catch((e: unknown) => warn('recording the slots of the interrupted switch', e));
   }
   await removeJournal(dir);
-  return journal.kind;
+  return { kind: journal.kind, transaction: journal.transaction, finished: true };
 }
 
 /** The running image's identity, as the host model records it for this boot (null: unknown). */

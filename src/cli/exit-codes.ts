@@ -39,6 +39,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, { exit: number; meaning: str
   HOOK_FAILED: { exit: 34, meaning: 'an upgrade hook failed' },
   FSCK_FAILED: { exit: 35, meaning: 'the new image failed its filesystem check' },
   STAGE_FAILED: { exit: 36, meaning: 'staging failed (or was cancelled)' },
+  INTERRUPTED: { exit: 37, meaning: 'an upgrade was interrupted (power cut or crash); the next run undid it (in the last-upgrade record)' },
   COMMAND_FAILED: { exit: 40, meaning: 'a system tool failed' },
   DEVICE_NOT_FOUND: { exit: 41, meaning: 'no partition carries the expected label' },
   MOUNT_FAILED: { exit: 42, meaning: 'a mount or unmount failed' },

@@ -71,7 +71,8 @@ function renderHuman(doc: HostStatusDocument): string {
   if (doc.spec.image) lines.push(`Upgrade source: ${show(doc.spec.image.image)}${doc.spec.verify ? '' : ' (signature verification OFF)'}`);
   const last = st.lastUpgrade;
   if (last) {
-    lines.push(`Last upgrade: ${last.result} (${last.target}, ${last.image !== null ? show(last.image) : '-'}, ${show(last.finishedAt, TEXT_LIMITS.echo)})${last.error ? `: ${show(last.error, TEXT_LIMITS.message)}` : ''}`);
+    const result = last.interruptedAt !== undefined ? `${last.result}, interrupted at ${show(last.interruptedAt, TEXT_LIMITS.echo)}` : last.result;
+    lines.push(`Last upgrade: ${result} (${last.target}, ${last.image !== null ? show(last.image) : '-'}, ${show(last.finishedAt, TEXT_LIMITS.echo)})${last.error ? `: ${show(last.error, TEXT_LIMITS.message)}` : ''}`);
   }
   return `${lines.join('\n')}\n`;
 }

@@ -32,6 +32,7 @@ export const DBUS_ERROR_NAMES: Readonly<Record<ErrorCode, string>> = {
   NO_SPACE: 'NoSpace',
   IMAGE_TOO_LARGE: 'ImageTooLarge',
   STAGE_FAILED: 'StageFailed',
+  INTERRUPTED: 'Interrupted',
   HOOK_FAILED: 'HookFailed',
   FSCK_FAILED: 'FsckFailed',
   GRUBENV_CORRUPT: 'GrubenvCorrupt',

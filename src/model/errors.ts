@@ -28,6 +28,7 @@ export type ErrorCode =
   | 'NO_SPACE' // not enough free space for the transition image
   | 'IMAGE_TOO_LARGE' // the rootfs does not fit the slot
   | 'STAGE_FAILED'
+  | 'INTERRUPTED' // an upgrade stopped by a power cut or crash, found (and undone or finished) by the next run: records only
   | 'HOOK_FAILED'
   | 'FSCK_FAILED'
   | 'BUSY' // another upgrade holds the lock

@@ -59,6 +59,11 @@ export interface UpgradeResult {
   cancelled?: boolean;
   /** What went wrong after the point of no return (the slot is switched; these say what is not as it should be). */
   warnings?: string[];
+  /**
+   * The run was cut (power cut, crash, SIGKILL) at this step (an UPGRADE_STEPS name) and the next run of the agent
+   * found it: undone before the switch (result failure, code INTERRUPTED), finished after it (result success).
+   */
+  interruptedAt?: string;
   startedAt: string;
   finishedAt: string;
 }

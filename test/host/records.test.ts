@@ -2,7 +2,7 @@ import test from 'ava';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { readLastResult, recordResult } from '../../src/host/records.ts';
+import { clearRunning, readLastResult, readRunning, recordResult, recordRunning } from '../../src/host/records.ts';
 import { SysRoot } from '../../src/sys/root.ts';
 import type { UpgradeResult } from '../../src/model/host.ts';
 import { AgentError } from '../../src/model/errors.ts';
@@ -40,4 +40,26 @@ test('a record that cannot be written on COS_PERSISTENT is an error naming the f
   t.is(err?.code, 'STATE_INVALID');
   t.true(err?.message.includes(path.join(dir, 'usr/local/.cos-agent/last-upgrade.json')), err?.message);
   t.is((await readLastResult(new SysRoot(dir)))?.result.finishedAt, '2026-02-01T00:00:00Z', 'the record of this boot was written');
+});
+
+test('the running-upgrade marker: written to /run and COS_PERSISTENT, read back (the persistent one alone after a power cut), removed only by its own transaction', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'running-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await mkdir(path.join(dir, 'usr/local'), { recursive: true });
+  const root = new SysRoot(dir);
+  const running = { transaction: 'a', target: 'system' as const, image: 'r/os:2', imageDigest: null, startedAt: '2026-12-04T10:00:00Z', step: 'record-start' };
+  t.is(await readRunning(root), null);
+  await recordRunning(root, running);
+  t.deepEqual(await readRunning(root), running);
+  // a power cut empties /run: the copy on COS_PERSISTENT is found
+  await rm(path.join(dir, 'run'), { recursive: true });
+  t.deepEqual(await readRunning(root), running);
+  await recordRunning(root, { ...running, step: 'pull' });
+  await clearRunning(root, 'b');
+  t.is((await readRunning(root))?.step, 'pull', 'another run (refused at the lock) removes nothing');
+  await clearRunning(root, 'a');
+  t.is(await readRunning(root), null);
+  // a torn or foreign file is no marker
+  await writeFile(path.join(dir, 'usr/local/.cos-agent/upgrade-running.json'), '{"transaction": "a", "tar');
+  t.is(await readRunning(root), null);
 });

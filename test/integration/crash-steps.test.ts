@@ -23,6 +23,7 @@ import type { CosHost } from '../helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { cosctl, cosStatus, grubList, imageCat, imageLabel, mountOptions, testHost } from '../helpers/cosctl.ts';
+import { startBus, startCosd } from '../helpers/dbus.ts';
 
 const run = promisify(execFile);
 let reg: TestRegistry;
@@ -41,7 +42,7 @@ const image = (tag: string): string => `${reg.host}/cos/os:${tag}`;
 
 /** UPGRADE_STEPS of src/actions/upgrade/upgrade.ts, in order (a step renamed or added there fails the first test). */
 const SYSTEM_POINTS = [
-  'step:config', 'step:lock', 'step:recover', 'step:read-host', 'step:resolve', 'step:already-staged', 'step:estimate',
+  'step:config', 'step:lock', 'step:recover', 'step:record-start', 'step:read-host', 'step:resolve', 'step:already-staged', 'step:estimate',
   'step:verify', 'step:mount-slot-partition', 'step:plan', 'step:clean-leftovers', 'step:prepare-transition',
   'step:skeleton', 'step:hook:before-upgrade', 'step:pull', 'pull:50%', 'step:hook:after-upgrade-chroot',
   'step:read-os-release', 'step:hook:after-upgrade', 'step:seal', 'step:commit-switch', 'step:grub', 'step:record-state',
@@ -181,3 +182,50 @@ test.serial('three crashes in a row (half-unpacked, then mid-switch, then before
   await healthy(t, host, baseline, 'after three crashes and a clean run');
 });
 
+
+/**
+ * The record of an upgrade a power cut stopped: cosd's start (which recovers under the lock, as every action does)
+ * finds the running-upgrade marker and records it as the last upgrade, so status says the upgrade was interrupted
+ * (before the switch: a failure with code INTERRUPTED, the slots as they were) or finished it (after the commit: a
+ * success that names the step it was cut at), never the record of an older upgrade as if nothing had happened.
+ */
+for (const [point, expected] of [
+  ['step:pull', { result: 'failure', code: 'INTERRUPTED', interruptedAt: 'pull', active: '0.8.10' }],
+  ['step:grub', { result: 'success', code: null, interruptedAt: 'grub', active: '2.0.0' }],
+] as const) {
+  test.serial(`an upgrade killed at ${point}: cosd's start records it as interrupted (${expected.result}), and status shows it`, async (t) => {
+    const host = await testHost(t);
+    const args = ['upgrade', '--no-verify', '--image', image('v2')];
+    await crashAt(t, host, args, point);
+    const markers = ['run/cos-agent/upgrade-running.json', 'usr/local/.cos-agent/upgrade-running.json'];
+    const present = async (): Promise<boolean[]> => Promise.all(markers.map((m) => stat(`${host.root}/${m}`).then(() => true, () => false)));
+    t.deepEqual(await present(), [true, true], 'the killed run left its running marker (this boot and COS_PERSISTENT)');
+
+    const bus = await startBus();
+    t.teardown(() => bus.stop());
+    const cosd = await startCosd(bus, host);
+    t.teardown(async () => { await cosd.stop(); });
+    const doc = await cosStatus(host);
+    const last = doc.status.lastUpgrade;
+    t.like(last ?? {}, { result: expected.result, code: expected.code, interruptedAt: expected.interruptedAt, target: 'system', image: image('v2') }, JSON.stringify(last));
+    if (expected.result === 'failure') t.regex(last?.error ?? '', /interrupted \(power cut or crash\) at step pull, before its slot switch/);
+    else t.regex((last?.warnings ?? []).join('\n'), /after its slot switch was committed: the next run of the agent finished it/);
+    t.regex(last?.imageDigest ?? '', /^sha256:[0-9a-f]{64}$/, 'the digest it had resolved');
+    t.is(doc.status.slots.active.version, expected.active, 'status shows the slots as they are');
+    t.deepEqual(await present(), [false, false], 'the marker is gone once recorded');
+    await cosd.stop();
+
+    // the next upgrade: after the undone one, a real upgrade recorded as itself; after the finished one, nothing to
+    // stage (the image is in active), and the record stays the finished upgrade's
+    const next = await cosctl(host, args);
+    t.is(next.code, 0, next.stderr);
+    const after = (await cosStatus(host)).status.lastUpgrade;
+    if (expected.result === 'failure') {
+      t.like(after ?? {}, { result: 'success', interruptedAt: undefined }, JSON.stringify(after));
+      t.not(after?.transaction, last?.transaction);
+    } else {
+      t.is(after?.transaction, last?.transaction, JSON.stringify(after));
+    }
+    t.deepEqual(await present(), [false, false], 'a finished run leaves no marker');
+  });
+}

@@ -27,7 +27,7 @@ import { removeJournal, runJournalSteps, writeJournal, type SwitchJournal } from
 import { recoverInterrupted } from '../recover.ts';
 import { displayText, TEXT_LIMITS } from '../../model/text.ts';
 import { retry } from '../../sys/retry.ts';
-import { recordResult } from '../../host/records.ts';
+import { clearRunning, recordResult, recordRunning, type RunningUpgrade } from '../../host/records.ts';
 import type { AgentDeps, Progress, ProgressFn } from '../../host/deps.ts';
 import { RegistryClient } from '../../oci/registry.ts';
 import { formatReference, parseReference } from '../../oci/reference.ts';
@@ -99,6 +99,7 @@ export type UpgradeStepName =
   | 'config'
   | 'lock'
   | 'recover'
+  | 'record-start'
   | 'read-host'
   | 'resolve'
   | 'already-staged'
@@ -152,9 +153,13 @@ export async function upgrade(deps: AgentDeps, opts: UpgradeOptions = {}): Promi
   try {
     const outcome = await runSteps(new UpgradeRun(deps, opts, transaction, log, result), UPGRADE_STEPS);
     // An upgrade with nothing to do leaves the record of the last real one in place.
-    if (outcome.unchanged !== null) return outcome;
+    if (outcome.unchanged !== null) {
+      await clearRunningMarker(deps, log, transaction);
+      return outcome;
+    }
     // After the point of no return: recorded with retries; a record that cannot be written is a surfaced warning.
     const recorded = await recordWithRetries(deps, log, { ...result, result: 'success', code: null, error: null, rotated: outcome.rotated, finishedAt: deps.now().toISOString(), ...(outcome.warnings.length > 0 ? { warnings: outcome.warnings } : {}) });
+    if (recorded.length === 0) await clearRunningMarker(deps, log, transaction);
     return recorded.length > 0 ? { ...outcome, warnings: [...outcome.warnings, ...recorded] } : outcome;
   } catch (e) {
     const caught = e instanceof AgentError ? e : withContext('upgrade', e);
@@ -166,6 +171,8 @@ export async function upgrade(deps: AgentDeps, opts: UpgradeOptions = {}): Promi
       ...result, result: 'failure', code: err.code, rotated: false, error: err.message, cancelled: opts.signal?.aborted === true, finishedAt: deps.now().toISOString(),
       ...(err instanceof CancelledError ? { cancelled: true } : {}),
     });
+    // Its outcome recorded, the run is no longer one to find interrupted (a refused second run removes nothing).
+    if (warnings.length === 0) await clearRunningMarker(deps, log, transaction);
     log.error({ code: err.code, err: displayText(err.message, TEXT_LIMITS.message), ...(warnings.length > 0 ? { warnings } : {}) }, 'upgrade failed');
     throw err;
   }
@@ -181,7 +188,7 @@ class UpgradeRun {
   readonly transaction: string;
   readonly log: AgentDeps['log'];
   /** The parts of the upgrade's record known so far (upgrade() writes the record, whatever the end). */
-  readonly result: { image: string | null; imageDigest: string | null };
+  readonly result: { image: string | null; imageDigest: string | null; startedAt: string };
   readonly target: 'system' | 'recovery';
   /** Undo jobs, run when the steps end (failed or not). */
   readonly cleanup: CleanupStack = new CleanupStack();
@@ -191,6 +198,8 @@ class UpgradeRun {
   committed = false;
   /** Set by a step that ends the upgrade early (already-staged). */
   outcome: UpgradeOutcome | null = null;
+  /** record-start: the marker of this running upgrade is written (host/records.ts RunningUpgrade). */
+  running: RunningUpgrade | null = null;
 
   // config
   config!: AgentConfig;
@@ -271,6 +280,7 @@ const UPGRADE_STEPS: readonly UpgradeStep[] = [
   { name: 'config', run: readConfig },
   { name: 'lock', run: lock },
   { name: 'recover', run: recover },
+  { name: 'record-start', run: recordStart },
   { name: 'read-host', run: readHostBefore },
   { name: 'resolve', run: resolve },
   { name: 'already-staged', run: stopWhenAlreadyStaged },
@@ -303,6 +313,7 @@ async function runSteps(run: UpgradeRun, steps: readonly UpgradeStep[]): Promise
     for (const step of steps) {
       run.log.debug({ step: step.name }, 'upgrade step');
       run.opts.onStep?.(step.name);
+      await markStep(run, step.name);
       run.deps.testHooks?.onStep?.(step.name);
       if ((await step.run(run)) === 'stop') break;
     }
@@ -353,6 +364,27 @@ async function recover(run: UpgradeRun): Promise<void> {
   run.warnings.push(...r.warnings);
   if (r.unfinished !== null) throw new AgentError('STATE_INVALID', `refusing to change the slots: ${r.unfinished}`);
   if (r.resumed !== null) run.warnings.push(`an interrupted ${r.resumed === 'swap' ? 'permanent rollback' : 'upgrade'} was finished first`);
+}
+
+/**
+ * The marker of this running upgrade (host/records.ts), written once what an earlier run left is dealt with: a power
+ * cut from here on is found by the next run and recorded as this upgrade, interrupted.
+ */
+async function recordStart(run: UpgradeRun): Promise<void> {
+  const running: RunningUpgrade = { transaction: run.transaction, target: run.target, image: run.result.image, imageDigest: null, startedAt: run.result.startedAt, step: 'record-start' };
+  await recordRunning(run.deps.root, running).catch((e: unknown) => { throw withContext('recording the start of the upgrade', e); });
+  run.running = running;
+}
+
+/** The steps whose start updates the marker: where a power cut can leave something to undo or finish. */
+const MARKED_STEPS: ReadonlySet<UpgradeStepName> = new Set(['verify', 'prepare-transition', 'pull', 'seal', 'commit-switch', 'grub', 'record-state']);
+
+async function markStep(run: UpgradeRun, step: UpgradeStepName): Promise<void> {
+  if (run.running === null || !MARKED_STEPS.has(step)) return;
+  run.running = { ...run.running, step, imageDigest: run.result.imageDigest };
+  const running = run.running;
+  // Only a better record of where a cut happened: a failed write is logged, never the upgrade's failure.
+  await recordRunning(run.deps.root, running).catch((e: unknown) => run.log.warn({ err: e instanceof Error ? e.message : String(e), step }, 'could not update the running-upgrade marker'));
 }
 
 /**
@@ -731,6 +763,11 @@ function stagedOutcome(run: UpgradeRun): UpgradeOutcome {
 /** What every hook is told: the transaction, the target, whether hook errors fail the upgrade. */
 function hookContext(run: UpgradeRun): { transaction: string; target: 'system' | 'recovery'; strict: boolean } {
   return { transaction: run.transaction, target: run.plan.target, strict: run.config.strict };
+}
+
+/** Remove this run's running-upgrade marker; a failure is logged (the next run would record it as interrupted). */
+async function clearRunningMarker(deps: AgentDeps, log: AgentDeps['log'], transaction: string): Promise<void> {
+  await clearRunning(deps.root, transaction).catch((e: unknown) => log.warn({ err: e instanceof Error ? e.message : String(e) }, 'could not remove the running-upgrade marker'));
 }
 
 /** Record an upgrade's outcome (this boot and COS_PERSISTENT), retried; returns what could not be recorded. */

@@ -22,7 +22,7 @@ import { osTree } from '../../helpers/os-image.ts';
 import { createFakeHost, pickStateDevice, type FakeHost } from './fake-host.ts';
 
 const ALL_STEPS: readonly UpgradeStepName[] = [
-  'config', 'lock', 'recover', 'read-host', 'resolve', 'already-staged', 'estimate', 'verify', 'mount-slot-partition', 'plan',
+  'config', 'lock', 'recover', 'record-start', 'read-host', 'resolve', 'already-staged', 'estimate', 'verify', 'mount-slot-partition', 'plan',
   'clean-leftovers', 'prepare-transition', 'skeleton', 'hook:before-upgrade', 'pull', 'hook:after-upgrade-chroot',
   'read-os-release', 'hook:after-upgrade', 'seal', 'commit-switch', 'grub', 'record-state', 'read-back',
 ];
@@ -266,7 +266,7 @@ withDevice('already up to date: the run stops after already-staged, with nothing
   run.events.length = 0;
   run.steps.length = 0;
   const out = await run.upgrade();
-  t.deepEqual(run.steps, ['config', 'lock', 'recover', 'read-host', 'resolve', 'already-staged']);
+  t.deepEqual(run.steps, ['config', 'lock', 'recover', 'record-start', 'read-host', 'resolve', 'already-staged']);
   t.regex(out.unchanged ?? '', /the active slot already holds sha256:/);
   t.is(out.imageSizeMiB, 0);
   // The only commands: the read-only looks for leftovers (recover) and at the host model. Nothing after the step
