@@ -1,0 +1,127 @@
+/**
+ * yip's sources (yip.md 2.1, 2.2), read through the root prefix: a directory is walked, a file is read whatever its
+ * name, a URL is fetched (through the caller's fetcher), and anything else is the document text itself (`<STDIN>`).
+ * Each document is decoded (schema.ts); one that fails is skipped with its problem and the rest load, as yip 2617d71
+ * (cOS v0.8) and rancher/yip (Elemental v2) do.
+ *
+ * The walk is go-vfs's: recursive and depth-first, entries sorted byte-wise (a subdirectory at its sorted place, so
+ * `10_a/` before `10_a.yaml`), only names ending exactly in `.yaml` or `.yml` (hidden files too), symlinks to files
+ * followed, symlinks to directories not descended, and a source that is itself a symlink to a directory not walked
+ * unless given with a trailing slash (`/oem/`), as `Lstat` of the walk's root sees it.
+ */
+import { lstat, readdir, readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { SysRoot } from '../sys/root.ts';
+import { decodeYip, type YipConfig, type YipProblem } from './schema.ts';
+
+/** One loaded document: where it came from (the path as walked, the URL, or `<STDIN>`) and its config. */
+export interface YipDocument {
+  /** The op-name root when the document has no `name` (yip.md 2.3). */
+  origin: string;
+  config: YipConfig;
+}
+
+export interface LoadResult {
+  documents: YipDocument[];
+  problems: YipProblem[];
+}
+
+export interface LoadOptions {
+  /** GET a URL source (http(s)); rejects on a transport error. yip reads the body whatever the status. */
+  fetch?: (url: string) => Promise<string>;
+  /** Turn loaded bytes into YAML text before decoding (yip's modifier: dot notation for /proc/cmdline). */
+  modifier?: (text: string) => string;
+}
+
+const YAML_EXT = new Set(['.yaml', '.yml']);
+
+/** Byte-wise order of names, as Go compares strings. */
+export function byteOrder(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
+
+/**
+ * A URL source. yip takes any string with a URL scheme (Go's url.Parse) for a URL and GETs it, so inline text that
+ * starts with `stages:` fails there as "unsupported protocol scheme"; here only http(s) URLs are fetched and any other
+ * text is the document itself.
+ */
+const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
+
+/** The files a directory source yields, in yip's order (host paths as walked: `<source>/<rel>`). */
+export async function walkYamlFiles(root: SysRoot, source: string): Promise<string[]> {
+  const out: string[] = [];
+  // go-vfs Walk: the root is examined with Lstat; a symlink root is not a directory to it (a trailing slash resolves it)
+  // (lstat of `link/` follows the link: that is the trailing-slash case)
+  const top = await lstat(root.path(source)).catch(() => undefined);
+  if (top === undefined || !top.isDirectory()) return out;
+  const walk = async (dir: string): Promise<void> => {
+    const names = (await readdir(root.path(dir))).sort(byteOrder);
+    for (const name of names) {
+      const rel = path.posix.join(dir, name);
+      const st = await lstat(root.path(rel)).catch(() => undefined);
+      if (st === undefined) continue;
+      if (st.isDirectory()) {
+        await walk(rel);
+        continue;
+      }
+      if (!YAML_EXT.has(path.extname(name))) continue;
+      if (st.isFile() || st.isSymbolicLink()) out.push(rel);
+    }
+  };
+  await walk(source);
+  return out;
+}
+
+function decode(text: string, origin: string, opts: LoadOptions, into: LoadResult): void {
+  const r = decodeYip(opts.modifier !== undefined ? opts.modifier(text) : text, origin);
+  into.problems.push(...r.problems);
+  if (r.config !== null) into.documents.push({ origin, config: r.config });
+}
+
+const problem = (file: string, message: string): YipProblem => ({ file, line: 0, stage: null, step: null, key: '', message });
+
+/** Load one source (yip.md 2.1): a directory, a file, a URL, or inline text. Never throws: problems are data. */
+export async function loadSource(root: SysRoot, source: string, opts: LoadOptions = {}): Promise<LoadResult> {
+  const result: LoadResult = { documents: [], problems: [] };
+  // Local paths are absolute (through the root prefix); anything else is a URL or the text itself.
+  const st = source.startsWith('/') ? await stat(root.path(source)).catch(() => undefined) : undefined;
+  if (st?.isDirectory() === true) {
+    let files: string[];
+    try {
+      files = await walkYamlFiles(root, source);
+    } catch (e) {
+      result.problems.push(problem(source, `error loading path '${source}': ${e instanceof Error ? e.message : String(e)}`));
+      return result;
+    }
+    for (const f of files) {
+      const text = await readFile(root.path(f), 'utf8').catch((e: unknown) => {
+        result.problems.push(problem(f, `error loading path '${f}': ${e instanceof Error ? e.message : String(e)}`));
+        return undefined;
+      });
+      if (text !== undefined) decode(text, f, opts, result);
+    }
+    return result;
+  }
+  if (st !== undefined) {
+    const text = await readFile(root.path(source), 'utf8').catch((e: unknown) => {
+      result.problems.push(problem(source, `error loading path '${source}': ${e instanceof Error ? e.message : String(e)}`));
+      return undefined;
+    });
+    if (text !== undefined) decode(text, source, opts, result);
+    return result;
+  }
+  if (isUrl(source)) {
+    if (opts.fetch === undefined) {
+      result.problems.push(problem(source, `error loading path '${source}': fetching URLs is not enabled here`));
+      return result;
+    }
+    const text = await opts.fetch(source).catch((e: unknown) => {
+      result.problems.push(problem(source, `error loading path '${source}': ${e instanceof Error ? e.message : String(e)}`));
+      return undefined;
+    });
+    if (text !== undefined) decode(text, source, opts, result);
+    return result;
+  }
+  decode(source, '<STDIN>', opts, result);
+  return result;
+}
