@@ -328,6 +328,71 @@ export function emptyStep(): YipStep {
   return step(null, '');
 }
 
+/**
+ * yip's IsCloudConfig: the first 10 pieces of the text split on newlines (the 10th holds the rest), each with trailing
+ * whitespace trimmed: exactly `#cloud-config` says yes; empty lines and other `#` lines go on; anything else says no.
+ * Leading spaces are not trimmed.
+ */
+export function isCloudConfig(text: string): boolean {
+  const parts = text.split('\n');
+  const pieces = parts.length > 10 ? [...parts.slice(0, 9), parts.slice(9).join('\n')] : parts;
+  for (const piece of pieces) {
+    const line = piece.replace(/\s+$/, '');
+    if (line === '#cloud-config') return true;
+    if (line === '' || line.startsWith('#')) continue;
+    return false;
+  }
+  return false;
+}
+
+interface CloudUser extends Omit<YipUser, 'name'> {
+  name: string;
+}
+
+const cloudUser = struct<CloudUser>({
+  name: str, passwd: str, ssh_authorized_keys: list(str), gecos: str, homedir: str, no_create_home: bool, primary_group: str, groups: list(str),
+  no_user_group: bool, system: bool, no_log_init: bool, shell: str, lock_passwd: bool, uid: str,
+});
+const cloudFile = struct({ path: str, content: str, encoding: str, owner: str, permissions: str });
+
+/** `permissions` of write_files: a string parsed as octal (`"0644"`, `"644"`, unquoted 644 alike); "" or invalid → 0. */
+function octal(text: string): number {
+  return /^[0-7]+$/.test(text) ? Number.parseInt(text, 8) : 0;
+}
+
+/**
+ * The cloud-config subset yip reads (users, ssh_authorized_keys, write_files, milpa_files, hostname, runcmd,
+ * growpart) as yip stages (yip.md 1.5, yip 2617d71: no `network` stage): `boot` step 0 with runcmd, the files, the
+ * users and their keys (each user's own plus the global ones; the global ones to root when there is no user), then a
+ * `layout` step per growpart device; `initramfs` with the hostname. The steps exist even when empty.
+ */
+function cloudConfigStages(top: Map<string, Node | null>): Record<string, YipStep[]> {
+  const users = list(cloudUser)(top.get('users'), 'users');
+  const globalKeys = list(str)(top.get('ssh_authorized_keys'), 'ssh_authorized_keys');
+  const files = [...list(cloudFile)(top.get('write_files'), 'write_files'), ...list(cloudFile)(top.get('milpa_files'), 'milpa_files')];
+  const runcmd = list(str)(top.get('runcmd'), 'runcmd');
+  const hostname = str(top.get('hostname'), 'hostname');
+  const growpart = struct({ mode: str, devices: list(str) })(top.get('growpart'), 'growpart');
+  const boot = emptyStep();
+  boot.commands = runcmd;
+  boot.files = files.map((f) => ({ path: f.path, permissions: octal(f.permissions), owner: 0, group: 0, content: f.content, encoding: f.encoding, ownerstring: f.owner }));
+  for (const u of users) {
+    boot.users[u.name] = { ...u };
+    boot.authorized_keys[u.name] = [...u.ssh_authorized_keys, ...globalKeys];
+  }
+  if (users.length === 0) boot.authorized_keys['root'] = globalKeys;
+  const steps = [boot];
+  for (const device of growpart.devices) {
+    const s = emptyStep();
+    s.layout.device.path = device;
+    s.layout.expand_partition = { size: 0 };
+    steps.push(s);
+  }
+  const initramfs = emptyStep();
+  initramfs.hostname = hostname;
+  return { boot: steps, initramfs: [initramfs] };
+}
+
 export interface DecodeResult {
   /** Null when the document is rejected (a YAML error or a type mismatch): none of its steps run. */
   config: YipConfig | null;
@@ -348,7 +413,7 @@ export function decodeYip(text: string, file: string): DecodeResult {
   const lines = new LineCounter();
   const docs = parseAllDocuments(text, { version: '1.1', merge: true, uniqueKeys: false, lineCounter: lines, prettyErrors: false });
   const doc = Array.isArray(docs) ? docs[0] : undefined;
-  if (doc === undefined) return { config: { name: '', stages: {} }, problems: [] };
+  if (doc === undefined) return { config: { name: '', stages: isCloudConfig(text) ? cloudConfigStages(new Map()) : {} }, problems: [] };
   const lineOf = (node: Node | null | undefined): number => {
     const off = node?.range?.[0];
     return off === undefined ? 0 : lines.linePos(off).line;
@@ -361,16 +426,17 @@ export function decodeYip(text: string, file: string): DecodeResult {
   current = { doc, visits: 0, resolved: new Map() };
   try {
     const root = deref(doc.contents as Node | null);
-    if (isNull(root)) return { config: { name: '', stages: {} }, problems: [] };
+    if (isNull(root)) return { config: { name: '', stages: isCloudConfig(text) ? cloudConfigStages(new Map()) : {} }, problems: [] };
     if (!isMap(root)) throw new TypeMismatch(root, '', `expected a mapping at the top, got ${kindOf(root)}`);
     const top = entries(root, '');
     const name = str(top.get('name'), 'name');
     const stagesNode = top.get('stages');
-    const stages: Record<string, YipStep[]> = {};
+    // A #cloud-config document: its translation first (yip.md 1.5), then its `stages:` appended (optimistic merge).
+    const stages: Record<string, YipStep[]> = isCloudConfig(text) ? cloudConfigStages(top) : {};
     if (!isNull(stagesNode)) {
       if (!isMap(stagesNode)) throw new TypeMismatch(stagesNode, 'stages', `expected a mapping of stage names to lists of steps, got ${kindOf(stagesNode)}`);
       for (const [stage, stepsNode] of entries(stagesNode, 'stages')) {
-        stages[stage] = list(step)(stepsNode, `stages.${stage}`);
+        stages[stage] = [...(stages[stage] ?? []), ...list(step)(stepsNode, `stages.${stage}`)];
       }
     }
     return { config: { name, stages }, problems: [] };

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { decodeYip, goParseInt, MAX_NODES } from '../../src/yip/schema.ts';
+import { decodeYip, goParseInt, isCloudConfig, MAX_NODES } from '../../src/yip/schema.ts';
 
 const F = '/oem/x.yaml';
 
@@ -162,4 +162,59 @@ test("cOS v0.8.14's own cloud-config files (../shared, unmodified) decode with n
   const ba = decodeYip(await readFile(new URL('08_boot_assessment.yaml', dir), 'utf8'), '08');
   const files = Object.values(ba.config?.stages ?? {}).flat().flatMap((s) => s.files);
   t.true(files.some((f) => f.permissions === 0), JSON.stringify(files.map((f) => [f.path, f.permissions])));
+});
+
+test('#cloud-config detection: the header among the first lines, after blank and # lines only; leading spaces do not count', (t) => {
+  t.true(isCloudConfig('#cloud-config\nhostname: x\n'));
+  t.true(isCloudConfig('## template: jinja\n\n#cloud-config  \r\nusers: []\n'));
+  t.false(isCloudConfig('  #cloud-config\n'));
+  t.false(isCloudConfig('hostname: x\n#cloud-config\n'));
+  t.false(isCloudConfig(`${'#\n'.repeat(9)}#cloud-config\nhostname: x\n`), 'the 10th piece holds the rest of the text: it is not the header line alone');
+  t.true(isCloudConfig(`${'#\n'.repeat(8)}#cloud-config\n`));
+});
+
+test('#cloud-config: boot step 0 (runcmd, files, users and keys), a layout step per growpart device, initramfs hostname; stages: appended', (t) => {
+  const r = decodeYip(`#cloud-config
+hostname: node-1
+users:
+  - name: bob
+    passwd: x
+    groups: [wheel]
+    ssh_authorized_keys: [key-bob]
+ssh_authorized_keys: [key-global]
+write_files:
+  - path: /etc/a
+    content: A
+    owner: "bob:bob"
+    permissions: "0600"
+  - path: /etc/b
+    permissions: 644
+milpa_files:
+  - path: /etc/c
+runcmd: [echo one, echo two]
+growpart: {mode: auto, devices: [/dev/sda2]}
+stages:
+  boot:
+    - name: after-runcmd
+      commands: [echo three]
+`, F);
+  t.deepEqual(r.problems, []);
+  const boot = r.config?.stages['boot'] ?? [];
+  t.is(boot.length, 3);
+  t.deepEqual(boot[0]?.commands, ['echo one', 'echo two']);
+  t.deepEqual(boot[0]?.files.map((f) => [f.path, f.permissions, f.ownerstring, f.content]), [['/etc/a', 0o600, 'bob:bob', 'A'], ['/etc/b', 0o644, '', ''], ['/etc/c', 0, '', '']]);
+  t.like(boot[0]?.users['bob'], { passwd: 'x', groups: ['wheel'] });
+  t.deepEqual(boot[0]?.authorized_keys, { bob: ['key-bob', 'key-global'] });
+  t.like(boot[1]?.layout, { device: { path: '/dev/sda2', label: '' }, expand_partition: { size: 0 } });
+  t.is(boot[2]?.name, 'after-runcmd');
+  t.is(r.config?.stages['initramfs']?.[0]?.hostname, 'node-1');
+});
+
+test('#cloud-config without users: the global keys go to root; the steps exist even when empty; a type error fails the file', (t) => {
+  const r = decodeYip('#cloud-config\nssh_authorized_keys: [k]\n', F);
+  t.deepEqual(r.config?.stages['boot']?.[0]?.authorized_keys, { root: ['k'] });
+  t.is(decodeYip('#cloud-config\n', F).config?.stages['initramfs']?.length, 1);
+  const bad = decodeYip('#cloud-config\nusers:\n  - name: u\n    groups: users\n', F);
+  t.is(bad.config, null);
+  t.like(bad.problems[0], { line: 4, key: 'users[0].groups' });
 });
