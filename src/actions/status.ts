@@ -8,7 +8,7 @@
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { HOST_API_VERSION, HOST_KIND, type HostStatusDocument, type SlotName, type SlotStatus } from '../model/host.ts';
-import { readExtFile } from '../partitions/index.ts';
+import { readExtFile, readSquashfsFile } from '../partitions/index.ts';
 import { parseOsRelease } from '../host/os-release.ts';
 import { CleanupStack } from '../sys/cleanup.ts';
 import { loadActionConfig } from '../host/config.ts';
@@ -72,10 +72,11 @@ async function slotStatus(deps: AgentDeps, host: HostView, slot: SlotName): Prom
   const { record, match } = recordFor(host.facts, slot);
   let version = record?.version ?? null;
   const dir = slot === 'recovery' ? host.dirs.recovery : host.dirs.state;
-  if (f.present && dir !== undefined && f.fs === 'ext2' && version === null) {
+  if (f.present && dir !== undefined && (f.fs === 'ext2' || f.fs === 'squashfs') && version === null) {
     // Hosts installed by elemental record no version, and a stale record names none: read it from the image.
+    const read = f.fs === 'ext2' ? readExtFile : readSquashfsFile;
     for (const file of ['/etc/os-release', '/usr/lib/os-release']) {
-      const text = await readExtFile(deps.runner, path.join(dir, f.file), file).catch(() => undefined);
+      const text = await read(deps.runner, path.join(dir, f.file), file).catch(() => undefined);
       const v = text !== undefined ? parseOsRelease(text).get('VERSION') : undefined;
       if (v !== undefined) {
         version = v;

@@ -89,6 +89,25 @@ export async function readExtFile(runner: Runner, image: string, file: string, o
   return res.stdout === '' ? undefined : res.stdout;
 }
 
+/**
+ * Read a small regular file from inside a squashfs image without mounting it: `unsquashfs -lls` for its type and size
+ * (a symlink, a device or a huge file is not read), then `unsquashfs -cat`. Undefined when it is missing, not a
+ * regular file, too big or empty.
+ */
+export async function readSquashfsFile(runner: Runner, image: string, file: string, opts: { maxBytes?: number } = {}): Promise<string | undefined> {
+  if (!file.startsWith('/') || /[\s"'*?[\]\\]/.test(file)) throw new Error(`readSquashfsFile: unsupported path ${file}`);
+  const rel = file.replace(/^\/+/, '');
+  const maxBytes = opts.maxBytes ?? 64 * 1024;
+  const ls = await runner.run({ argv: ['unsquashfs', '-lls', image, rel], description: `looking at ${file} in ${image}` });
+  // -rw-r--r-- root/root   267 2024-01-01 00:00 squashfs-root/usr/lib/os-release
+  const line = ls.stdout.split('\n').find((l) => l.endsWith(` squashfs-root/${rel}`));
+  const fields = line?.trim().split(/\s+/) ?? [];
+  const size = Number(fields[2] ?? Number.NaN);
+  if (line === undefined || !line.startsWith('-') || !Number.isFinite(size) || size > maxBytes) return undefined;
+  const res = await runner.run({ argv: ['unsquashfs', '-cat', image, rel], description: `reading ${file} from ${image}` });
+  return res.stdout === '' ? undefined : res.stdout;
+}
+
 /** e2fsck exit codes 1..255 are reported as FSCK_FAILED with e2fsck's own output rather than as COMMAND_FAILED. */
 const ALL_NONZERO: readonly number[] = Array.from({ length: 255 }, (_v, i) => i + 1);
 

@@ -33,6 +33,7 @@ export {
   preallocate,
   probeLabel,
   readExtFile,
+  readSquashfsFile,
   setExt2Label,
 } from './fstools.ts';
 export {

@@ -125,6 +125,9 @@ test.serial('the image comes from /etc/cos-upgrade-image when no --image is give
 for (const flavour of ['img', 'squashfs'] as const) {
   test.serial(`a recovery upgrade replaces the ${flavour} recovery image and leaves active and passive alone`, async (t) => {
     const host = await withHost(t, { recovery: flavour });
+    // before: no record names the recovery image; status reads its version from the image itself (ext2 or squashfs)
+    const before = await status(host);
+    t.like(before.status.slots.recovery, { record: 'none', version: '0.8.8', fs: flavour === 'img' ? 'ext2' : 'squashfs' }, JSON.stringify(before.status.slots.recovery));
     const active = await sha256File(host.statePath('cOS/active.img'));
     const passive = await sha256File(host.statePath('cOS/passive.img'));
     const r = await cosctl(host, ['upgrade', '--recovery', '--image', `${reg.host}/cos/os:v2`, '--no-verify']);

@@ -13,6 +13,7 @@ import {
   preallocate,
   probeLabel,
   readExtFile,
+  readSquashfsFile,
   setExt2Label,
 } from '../../src/partitions/index.ts';
 import { runner, sh, tempDir } from './_util.ts';
@@ -217,4 +218,24 @@ test('readExtFile reads a small regular file of an unmounted image, and refuses 
   t.is(await readExtFile(runner, img, '/etc/big'), undefined, 'over 64 KiB: not read');
   t.is((await readExtFile(runner, img, '/etc/big', { maxBytes: 200 * 1024 }))?.length, 100 * 1024);
   t.is(await readExtFile(runner, img, '/etc/missing'), undefined);
+});
+
+test('readSquashfsFile reads a small regular file of a squashfs image, and refuses (undefined) a FIFO, a link, a big file, a missing one', async (t) => {
+  const dir = await tempDir(t);
+  const tree = path.join(dir, 'tree');
+  await mkdir(path.join(tree, 'usr/lib'), { recursive: true });
+  await mkdir(path.join(tree, 'etc'), { recursive: true });
+  await writeFile(path.join(tree, 'usr/lib/os-release'), 'VERSION="2.0"\n');
+  await sh(['ln', '-s', '../usr/lib/os-release', path.join(tree, 'etc/os-release')]);
+  await writeFile(path.join(tree, 'etc/big'), Buffer.alloc(100 * 1024, 0x61));
+  await sh(['mkfifo', path.join(tree, 'etc/fifo')]);
+  const img = path.join(dir, 'recovery.squashfs');
+  await sh(['mksquashfs', tree, img, '-quiet', '-noappend']);
+  t.is(await readSquashfsFile(runner, img, '/usr/lib/os-release'), 'VERSION="2.0"\n');
+  t.is(await readSquashfsFile(runner, img, '/etc/os-release'), undefined, 'a symlink is not followed');
+  t.is(await readSquashfsFile(runner, img, '/etc/fifo'), undefined);
+  t.is(await readSquashfsFile(runner, img, '/etc/big'), undefined, 'over 64 KiB: not read');
+  t.is((await readSquashfsFile(runner, img, '/etc/big', { maxBytes: 200 * 1024 }))?.length, 100 * 1024);
+  t.is(await readSquashfsFile(runner, img, '/etc/missing'), undefined);
+  await t.throwsAsync(readSquashfsFile(runner, img, '/etc/*'), { message: /unsupported path/ });
 });
