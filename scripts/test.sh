@@ -5,8 +5,19 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/node_modules/.bin:$PATH"
 log=$(mktemp)
 bash scripts/build.sh || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
+# The VM suite comes last; its cold builds (package, kernel, debootstrap, disks, images: minutes) start now, beside
+# the other tests, so its boots start at once (vm-tests/lib/prebuild.ts; the cache's locks keep builds single).
+prebuild=
+if [ "$#" -eq 0 ] || printf '%s\n' "$@" | grep -q '^vm-tests'; then
+  prebuild_log=$(mktemp)
+  node vm-tests/lib/prebuild.ts > "$prebuild_log" 2>&1 &
+  prebuild=$!
+fi
 ava --tap "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+if [ -n "$prebuild" ]; then
+  wait "$prebuild"; echo "# $(tail -n 1 "$prebuild_log" | cut -c1-300)"; rm -f "$prebuild_log"
+fi
 pass=$(grep -E '^# pass ' "$log" | tail -1 | awk '{print $3}')
 fail=$(grep -E '^# fail ' "$log" | tail -1 | awk '{print $3}')
 skip=$(grep -E '^# skip ' "$log" | tail -1 | awk '{print $3}')

@@ -12,7 +12,7 @@
  *
  * Each snapshot is then booted once (the steps come through qemu's -fw_cfg, because a cut disk must not be written
  * before its boot: its ext4 journals are still to replay): `check` (the status and COS_STATE/cOS once cosd has started,
- * then power-off), or, after two of the cuts (one before the switch, one inside it),
+ * then power-off), or, after the cut in the middle of the slot switch (`switch:2`, the hardest state to resume),
  * `cosctl upgrade --force` again, which must succeed. The snapshot boots start while the upgrade boot still runs (two
  * VMs at once).
  *
@@ -62,7 +62,7 @@ const RECORD: Readonly<Record<string, { result: 'success' | 'failure'; interrupt
   'step:record-state': { result: 'success', interruptedAt: 'record-state' },
 };
 /** After these cuts the next boot upgrades again; after the others it checks and powers off. */
-const UPGRADE_AFTER: ReadonlySet<string> = new Set(['step:seal', 'switch:2']);
+const UPGRADE_AFTER: ReadonlySet<string> = new Set(['switch:2']);
 /** What an interrupted upgrade may leave in COS_STATE/cOS, and what cosd must have removed once it has started. */
 const LEFTOVERS = /^(transition\.(img|squashfs)|switch\.journal|(active|passive)\.next)$/;
 /** qemu is SIGSTOPped from the serial stream's data event: the pause only covers the host's event loop. */
