@@ -24,12 +24,11 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { BOOT_TIMEOUT_MS, bootOnce, obj, statusOf, type Boot, type Json } from './lib/boots.ts';
-import { cloneDisk, type CosDisk } from './lib/disk.ts';
+import { cloneDisk } from './lib/disk.ts';
 import { run } from './lib/exec.ts';
 import { upgradeStep, writeStep, type Step } from './lib/fallback.ts';
-import { killAllVms, logDir } from './lib/qemu.ts';
-import { NEW_VERSION, OLD_VERSION, pushSigned, upgradeScenario, type PushedImage } from './lib/upgrade-image.ts';
-import { startRegistry, type TestRegistry } from '../test/helpers/registry.ts';
+import { logDir } from './lib/qemu.ts';
+import { NEW_VERSION, OLD_VERSION, useUpgradeScenario } from './lib/upgrade-image.ts';
 import { PAUSE_MARKER } from '../src/sys/crash.ts';
 
 const POINTS: readonly string[] = [
@@ -68,25 +67,7 @@ const LEFTOVERS = /^(transition\.(img|squashfs)|switch\.journal|(active|passive)
 /** qemu is SIGSTOPped from the serial stream's data event: the pause only covers the host's event loop. */
 const PAUSE_SECONDS = 2;
 
-let disk: CosDisk;
-let reg: TestRegistry;
-let v2: PushedImage;
-let setupSeconds = 0;
-
-test.before(async (t) => {
-  t.timeout(40 * 60_000, 'building the package, a cOS disk and the derivative image (debootstrap on a cold cache)');
-  const t0 = Date.now();
-  const sc = await upgradeScenario((l) => t.log(l));
-  disk = sc.disk;
-  reg = await startRegistry();
-  v2 = await pushSigned(reg, sc.image, 'cos/os', 'v2', sc.key);
-  setupSeconds = (Date.now() - t0) / 1000;
-});
-
-test.after.always(async () => {
-  killAllVms();
-  await reg?.stop();
-});
+const scenario = useUpgradeScenario(test);
 
 function statusDoc(r: Json | undefined): Json {
   try {
@@ -134,6 +115,7 @@ interface CutRecord {
 }
 
 test(`power cuts at ${POINTS.length} points of an upgrade in the guest: every next boot reaches a good system, cosd cleans up, upgrades succeed afterwards`, async (t) => {
+  const { disk, v2, setupSeconds } = scenario();
   t.timeout(BOOT_TIMEOUT_MS + 900_000 + POINTS.length * (BOOT_TIMEOUT_MS + 300_000));
   const t0 = Date.now();
   const work = await mkdtemp(path.join(tmpdir(), 'cosvm-powercut-'));

@@ -20,36 +20,18 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { BOOT_TIMEOUT_MS, bootOnce, obj, statusOf, type Boot } from './lib/boots.ts';
-import { cloneDisk, type CosDisk } from './lib/disk.ts';
+import { cloneDisk } from './lib/disk.ts';
 import { upgradeStep, writeStep } from './lib/fallback.ts';
 import { OEM_GRUBENV, readGrubEnv, writeGrubEnv } from './lib/grubenv.ts';
-import { killAllVms, logDir } from './lib/qemu.ts';
-import { NEW_VERSION, OLD_VERSION, pushSigned, upgradeScenario, type PushedImage } from './lib/upgrade-image.ts';
-import { startRegistry, type TestRegistry } from '../test/helpers/registry.ts';
+import { logDir } from './lib/qemu.ts';
+import { NEW_VERSION, OLD_VERSION, useUpgradeScenario } from './lib/upgrade-image.ts';
 
 const RECOVERY_IMG = '/run/initramfs/live/cOS/recovery.squashfs';
 
-let disk: CosDisk;
-let reg: TestRegistry;
-let v2: PushedImage;
-let setupSeconds = 0;
-
-test.before(async (t) => {
-  t.timeout(40 * 60_000, 'building the package, a cOS disk and the derivative image (debootstrap on a cold cache)');
-  const t0 = Date.now();
-  const sc = await upgradeScenario((l) => t.log(l));
-  disk = sc.disk;
-  reg = await startRegistry();
-  v2 = await pushSigned(reg, sc.image, 'cos/os', 'v2', sc.key);
-  setupSeconds = (Date.now() - t0) / 1000;
-});
-
-test.after.always(async () => {
-  killAllVms();
-  await reg?.stop();
-});
+const scenario = useUpgradeScenario(test);
 
 test('from the recovery entry: stage active (the recovery upgrade of the running recovery image is refused); from the new active: upgrade the recovery squashfs; both boot the new image', async (t) => {
+  const { disk, v2, setupSeconds } = scenario();
   t.timeout(3 * BOOT_TIMEOUT_MS + 900_000);
   const t0 = Date.now();
   const work = await mkdtemp(path.join(tmpdir(), 'cosvm-recovery-'));

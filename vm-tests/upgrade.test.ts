@@ -25,35 +25,16 @@ import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseJournalJson, upgradePhases } from './lib/agent.ts';
 import { BOOT_TIMEOUT_MS, bootOnce, multiUserSeconds, obj, statusOf, type Boot } from './lib/boots.ts';
-import { cloneDisk, type CosDisk } from './lib/disk.ts';
+import { cloneDisk } from './lib/disk.ts';
 import { slotImageIdentity, upgradeStep, writeStep } from './lib/fallback.ts';
 import { readGrubEnv, STATE_BOOT_ASSESSMENT } from './lib/grubenv.ts';
-import { killAllVms, logDir } from './lib/qemu.ts';
-import { NEW_VERSION, OLD_VERSION, pushSigned, upgradeScenario, type PushedImage } from './lib/upgrade-image.ts';
-import { startRegistry, type TestRegistry } from '../test/helpers/registry.ts';
+import { logDir } from './lib/qemu.ts';
+import { NEW_VERSION, OLD_VERSION, useUpgradeScenario } from './lib/upgrade-image.ts';
 
-let disk: CosDisk;
-let reg: TestRegistry;
-let v2: PushedImage;
-let setupSeconds = 0;
-
-test.before(async (t) => {
-  t.timeout(40 * 60_000, 'building the package, a cOS disk and the derivative image (debootstrap on a cold cache)');
-  const t0 = Date.now();
-  const sc = await upgradeScenario((l) => t.log(l));
-  disk = sc.disk;
-  reg = await startRegistry();
-  v2 = await pushSigned(reg, sc.image, 'cos/os', 'v2', sc.key);
-  setupSeconds = (Date.now() - t0) / 1000;
-  t.log(`disk ${disk.key}, image ${sc.image.key} (${v2.digest}) as ${v2.guestRef}; ready after ${setupSeconds.toFixed(1)} s`);
-});
-
-test.after.always(async () => {
-  killAllVms();
-  await reg?.stop();
-});
+const scenario = useUpgradeScenario(test);
 
 test('an upgrade through cosd in the guest to a new signed derivative, a reboot into it, the boot marked good', async (t) => {
+  const { disk, v2, setupSeconds } = scenario();
   t.timeout(3 * BOOT_TIMEOUT_MS + 600_000);
   const t0 = Date.now();
   const work = await mkdtemp(path.join(tmpdir(), 'cosvm-upgrade-'));

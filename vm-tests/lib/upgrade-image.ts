@@ -27,7 +27,9 @@ import { agentDiskOptions, agentPackage, COS_FSTAB, dockerfileEnabledUnits } fro
 import { buildCosDisk, type CosDisk } from './disk.ts';
 import { fallbackReporter, osRelease } from './fallback.ts';
 import { makeDerivativeImage, readSnippet } from '../../test/helpers/derivative.ts';
-import type { TestRegistry } from '../../test/helpers/registry.ts';
+import { startRegistry, type TestRegistry } from '../../test/helpers/registry.ts';
+import type { TestFn } from 'ava';
+import { killAllVms } from './qemu.ts';
 import { pushLegacySignature } from '../../test/helpers/sign-push.ts';
 import { signImageWithKey, type KeyPair } from '../../test/helpers/sigstore.ts';
 
@@ -172,4 +174,48 @@ export async function upgradeScenario(log: (line: string) => void): Promise<Upgr
     log,
   });
   return { disk, image, key };
+}
+
+/** An upgrade scenario with the new image pushed (tag v2, signed) to a registry of its own, as the upgrade tests use it. */
+export interface PushedScenario extends UpgradeScenario {
+  reg: TestRegistry;
+  v2: PushedImage;
+  /** Seconds the build (or cache lookup) and the push took. */
+  setupSeconds: number;
+}
+
+/** upgradeScenario(), a registry on 127.0.0.1 and the image pushed and signed as `cos/os:v2`. The caller stops `reg`. */
+export async function pushedUpgradeScenario(log: (line: string) => void): Promise<PushedScenario> {
+  const t0 = Date.now();
+  const sc = await upgradeScenario(log);
+  const reg = await startRegistry();
+  try {
+    const v2 = await pushSigned(reg, sc.image, 'cos/os', 'v2', sc.key);
+    return { ...sc, reg, v2, setupSeconds: (Date.now() - t0) / 1000 };
+  } catch (e) {
+    await reg.stop();
+    throw e;
+  }
+}
+
+/**
+ * The hooks every upgrade scenario file needs: before its tests, pushedUpgradeScenario() (a cold cache builds for
+ * minutes: the hook's timeout allows 40); after them, every VM killed and the registry stopped. Returns the scenario's
+ * getter for the tests.
+ */
+export function useUpgradeScenario(test: TestFn): () => PushedScenario {
+  let sc: PushedScenario | undefined;
+  test.before(async (t) => {
+    t.timeout(40 * 60_000, 'building the package, a cOS disk and the derivative image (debootstrap on a cold cache)');
+    sc = await pushedUpgradeScenario((l) => t.log(l));
+    t.log(`disk ${sc.disk.key}, image ${sc.image.key} (${sc.v2.digest}) as ${sc.v2.guestRef}; ready after ${sc.setupSeconds.toFixed(1)} s`);
+  });
+  test.after.always(async () => {
+    killAllVms();
+    await sc?.reg.stop();
+  });
+  return () => {
+    if (sc === undefined) throw new Error('the upgrade scenario was not set up (its before hook failed)');
+    return sc;
+  };
 }
