@@ -20,6 +20,7 @@ import {
   type DeviceProbe,
 } from '../partitions/index.ts';
 import type { CleanupStack } from '../sys/cleanup.ts';
+import { retry } from '../sys/retry.ts';
 import type { AgentDeps } from './deps.ts';
 
 /** Name prefix of the private read-only mounts under /run/cos-agent. */
@@ -70,7 +71,8 @@ export async function mountRw(deps: AgentDeps, device: string, fallback: string,
       if (existing.readOnly) await remount(deps.runner, existing.dir, 'rw');
       cleanup.push(`remount ${existing.dir} read-only`, async () => {
         await syncFs(existing.dir).catch(() => {});
-        await remount(deps.runner, existing.dir, 'ro');
+        // A loop device detached just before still releases its backing file asynchronously: EBUSY for a moment.
+        await retry(() => remount(deps.runner, existing.dir, 'ro'), { attempts: 5, delayMs: 200 });
       });
     }
     return existing.dir;

@@ -180,6 +180,8 @@ withDevice('booted from active: every step in order, each command in its step, a
     'step:recover',
     '$ mount -o ro <COS_STATE> <root>/run/cos-agent/ro-XXXXXX',
     '$ umount <root>/run/cos-agent/ro-XXXXXX',
+    // the running-upgrade marker: files on the root, no command
+    'step:record-start',
     'step:read-host',
     // The host model before anything changes: COS_STATE read-only, unmounted again at once.
     '$ mount -o ro <COS_STATE> <root>/run/cos-agent/ro-XXXXXX',
