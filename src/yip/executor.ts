@@ -1,0 +1,285 @@
+/**
+ * Running the ops of a stage (yip.md 2.4, 2.5, 3): each op's conditionals (`node`, then `if`), then every plugin in
+ * the fixed order of the yip cOS v0.8 pins, each plugin keeping going through its own list and every error collected;
+ * a failing op never stops the next one. Everything is written through the root prefix, and paths are resolved inside
+ * it (an absolute symlink such as /etc/resolv.conf -> /run/... restarts at the root, `..` stops there): with
+ * `--root DIR` nothing outside DIR is written, the live hostname is never set, and /proc/sys means DIR/proc/sys.
+ *
+ * Implemented here: dns, directories, files, commands, hostname, sysctl. A step that uses another plugin's key gets
+ * an error naming it (never a silent skip).
+ */
+import { randomUUID } from 'node:crypto';
+import { chmod, chown, lstat, mkdir, readFile, readlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import type { SysRoot } from '../sys/root.ts';
+import type { YipOp } from './plan.ts';
+import type { YipDirectory, YipFile, YipStep } from './schema.ts';
+import { renderTemplate } from './template.ts';
+
+export interface YipConsole {
+  /** `sh -c command` with stdin from /dev/null; the exit code and the combined output (never throws on exit != 0). */
+  run(command: string): Promise<{ exitCode: number; output: string }>;
+}
+
+export interface YipEnv {
+  root: SysRoot;
+  console: YipConsole;
+  /** The hostname when the run started (yip's sysinfo), for `node:`. */
+  hostname: string;
+  /** Template data: `{{ .Values.* }}`. */
+  values: Record<string, unknown>;
+  /** The machine id (templates of `hostname:`). */
+  machineId: string;
+  /** Sets the running system's hostname; absent when acting on another root (`--root`), where it is never set. */
+  setHostname?: (name: string) => Promise<void>;
+}
+
+export interface OpReport {
+  op: string;
+  origin: string;
+  index: number;
+  /** Why the op did not run (a conditional said no), or null. */
+  skipped: string | null;
+  /** Every plugin error, in order, each naming its plugin. */
+  errors: string[];
+  /** Templates that did not render (their text was used as it was). */
+  warnings: string[];
+}
+
+/** The plugins of the yip cOS v0.8 pins (elemental-cli v0.0.15), in their order. */
+export const PLUGIN_ORDER = [
+  'dns', 'downloads', 'git', 'ensure_entities', 'directories', 'files', 'commands', 'delete_entities', 'hostname',
+  'sysctl', 'users', 'authorized_keys', 'modules', 'timesyncd', 'systemctl', 'environment', 'systemd_firstboot',
+  'datasource', 'layout',
+] as const;
+type PluginName = (typeof PLUGIN_ORDER)[number];
+
+const MAX_LINKS = 40;
+
+/** The real host path of `hostPath` inside the root: every symlink followed inside it. */
+export async function resolveInRoot(root: SysRoot, hostPath: string): Promise<string> {
+  const parts = hostPath.split('/').filter((p) => p !== '' && p !== '.');
+  const done: string[] = [];
+  let links = 0;
+  while (parts.length > 0) {
+    const part = parts.shift() as string;
+    if (part === '..') {
+      done.pop();
+      continue;
+    }
+    const here = root.path(`/${[...done, part].join('/')}`);
+    const st = await lstat(here).catch(() => undefined);
+    if (st?.isSymbolicLink() === true) {
+      if (++links > MAX_LINKS) throw new Error(`too many symlinks resolving ${hostPath}`);
+      const target = await readlink(here);
+      if (target.startsWith('/')) done.length = 0;
+      parts.unshift(...target.split('/').filter((p) => p !== '' && p !== '.'));
+      continue;
+    }
+    done.push(part);
+  }
+  return root.path(`/${done.join('/')}`);
+}
+
+/** The RE2 subset Go accepts: no lookaround, no backreference (a pattern using them never matches in yip). */
+function goRegExp(pattern: string): RegExp | null {
+  if (/\(\?<?[=!]|\\[1-9]|\\k</.test(pattern)) return null;
+  try {
+    return new RegExp(pattern);
+  } catch {
+    return null;
+  }
+}
+
+function decodeContent(content: string, encoding: string): Buffer {
+  const b64 = (s: string): Buffer => {
+    const clean = s.replace(/[\r\n]/g, '');
+    if (!/^[A-Za-z0-9+/]*={0,2}$/.test(clean) || clean.length % 4 !== 0) throw new Error('illegal base64 data');
+    return Buffer.from(clean, 'base64');
+  };
+  switch (encoding) {
+    case 'b64':
+    case 'base64':
+      return b64(content);
+    case 'gz':
+    case 'gzip':
+      return gunzipSync(Buffer.from(content, 'latin1'));
+    case 'gz+base64':
+    case 'gzip+base64':
+    case 'gz+b64':
+    case 'gzip+b64':
+      return gunzipSync(b64(content));
+    default:
+      return Buffer.from(content);
+  }
+}
+
+/** user[:group] → ids from the root's /etc/passwd and /etc/group (numbers pass through). */
+async function resolveOwner(root: SysRoot, spec: string): Promise<{ uid: number; gid: number }> {
+  const [user = '', group] = spec.split(':');
+  const table = async (file: string): Promise<string[][]> =>
+    (await readFile(root.path(file), 'utf8').catch(() => '')).split('\n').filter(Boolean).map((l) => l.split(':'));
+  const passwd = await table('/etc/passwd');
+  const u = /^\d+$/.test(user) ? passwd.find((l) => l[2] === user) ?? [user, '', user, user] : passwd.find((l) => l[0] === user);
+  if (u === undefined) throw new Error(`user: unknown user ${user}`);
+  let gid = Number(u[3]);
+  if (group !== undefined && group !== '') {
+    if (/^\d+$/.test(group)) gid = Number(group);
+    else {
+      const g = (await table('/etc/group')).find((l) => l[0] === group);
+      if (g === undefined) throw new Error(`group: unknown group ${group}`);
+      gid = Number(g[2]);
+    }
+  }
+  return { uid: Number(u[2]), gid };
+}
+
+/** EnsureDirectories' writePath: chmod/chown an existing dir exactly; create missing ones (parents with the same mode). */
+async function ensureDir(env: YipEnv, d: YipDirectory): Promise<void> {
+  const real = await resolveInRoot(env.root, d.path);
+  const st = await lstat(real).catch(() => undefined);
+  if (st !== undefined && !st.isDirectory()) throw new Error(`'${d.path}' already exists and it is not a directory`);
+  if (st === undefined) {
+    const parent = path.posix.dirname(d.path);
+    if (parent !== d.path) {
+      const pst = await lstat(await resolveInRoot(env.root, parent)).catch(() => undefined);
+      if (pst === undefined) await ensureDir(env, { ...d, path: parent });
+    }
+    await mkdir(real, { mode: d.permissions });
+    await chown(real, d.owner, d.group);
+    return;
+  }
+  await chmod(real, d.permissions);
+  await chown(real, d.owner, d.group);
+}
+
+async function ensureFile(env: YipEnv, f: YipFile, warnings: string[]): Promise<void> {
+  const parent = path.posix.dirname(f.path);
+  const parentReal = await resolveInRoot(env.root, parent);
+  if ((await lstat(parentReal).catch(() => undefined)) === undefined) {
+    const mode = f.permissions < 0o700 ? f.permissions + 0o100 : f.permissions;
+    await ensureDir(env, { path: parent, permissions: mode, owner: f.owner, group: f.group });
+  }
+  const real = await resolveInRoot(env.root, f.path);
+  await writeFile(real, '');
+  const bytes = decodeContent(f.content, f.encoding);
+  const rendered = renderTemplate(bytes.toString('utf8'), { Values: env.values });
+  if (rendered.error !== undefined) warnings.push(`files ${f.path}: template not applied: ${rendered.error}`);
+  await writeFile(real, rendered.error === undefined ? rendered.text : bytes);
+  await chmod(real, f.permissions);
+  const { uid, gid } = f.ownerstring !== '' ? await resolveOwner(env.root, f.ownerstring) : { uid: f.owner, gid: f.group };
+  await chown(real, uid, gid);
+}
+
+function uses(step: YipStep, plugin: PluginName): boolean {
+  const v = step[plugin] as unknown;
+  if (typeof v === 'string') return v !== '';
+  if (Array.isArray(v)) return v.length > 0;
+  if (plugin === 'dns') return step.dns.nameservers.length > 0;
+  if (plugin === 'layout') return step.layout.device.path !== '' || step.layout.device.label !== '' || step.layout.expand_partition !== null || step.layout.add_partitions.length > 0;
+  if (plugin === 'git') return step.git.url !== '';
+  if (plugin === 'systemctl') return Object.values(step.systemctl).some((l) => l.length > 0);
+  if (plugin === 'datasource') return step.datasource.providers.length > 0;
+  return typeof v === 'object' && v !== null && Object.keys(v).length > 0;
+}
+
+type Plugin = (env: YipEnv, step: YipStep, errors: string[], warnings: string[]) => Promise<void>;
+
+const each = async <T>(items: readonly T[], errors: string[], what: (x: T) => string, fn: (x: T) => Promise<void>): Promise<void> => {
+  for (const x of items) {
+    try {
+      await fn(x);
+    } catch (e) {
+      errors.push(`${what(x)}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+};
+
+const PLUGINS: Partial<Record<PluginName, Plugin>> = {
+  dns: async (env, step, errors) => {
+    const d = step.dns;
+    let content = '';
+    if (d.search.length > 0 && d.search.join(' ').trim() !== '.') content += `search ${d.search.join(' ')}\n`;
+    for (const ns of d.nameservers) content += `nameserver ${ns}\n`;
+    if (d.options.join(' ').trim() !== '') content += `options ${d.options.join(' ')}\n`;
+    const file = d.path !== '' ? d.path : '/etc/resolv.conf';
+    await each([file], errors, (f) => `dns ${f}`, async (f) => writeFile(await resolveInRoot(env.root, f), content, { mode: 0o644 }));
+  },
+  directories: async (env, step, errors) => each(step.directories, errors, (d) => `directories ${d.path}`, (d) => ensureDir(env, d)),
+  files: async (env, step, errors, warnings) => each(step.files, errors, (f) => `files ${f.path}`, (f) => ensureFile(env, f, warnings)),
+  commands: async (env, step, errors, warnings) => {
+    for (const raw of step.commands) {
+      const r = renderTemplate(raw, { Values: env.values });
+      if (r.error !== undefined) warnings.push(`commands: template not applied: ${r.error}`);
+      const res = await env.console.run(r.text);
+      if (res.exitCode !== 0) errors.push(`commands: failed to run ${r.text}: exit status ${res.exitCode}\ncommand output:\n${res.output}`);
+    }
+  },
+  hostname: async (env, step, errors) => {
+    const machine = env.machineId;
+    const r = renderTemplate(step.hostname, { UUID: randomUUID(), Random: randomName(), MachineID: machine });
+    if (r.error !== undefined) {
+      errors.push(`hostname: ${r.error}`);
+      return;
+    }
+    const name = r.text;
+    if (env.setHostname !== undefined) await env.setHostname(name).catch((e: unknown) => errors.push(`hostname: setting ${name}: ${e instanceof Error ? e.message : String(e)}`));
+    await each(['/etc/hostname'], errors, (f) => `hostname ${f}`, async (f) => writeFile(await resolveInRoot(env.root, f), `${name}\n`, { mode: 0o644 }));
+    await each(['/etc/hosts'], errors, (f) => `hostname ${f}`, async (f) => {
+      const real = await resolveInRoot(env.root, f);
+      const lines = (await readFile(real, 'utf8')).split('\n');
+      if (lines[lines.length - 1] === '') lines.pop();
+      const out = lines.map((l) => l.trim()).map((l) => (l.split(/\s+/)[0] === '127.0.0.1' ? `127.0.0.1 localhost ${name}` : l));
+      await writeFile(real, out.map((l) => `${l}\n`).join(''), { mode: 0o600 });
+    });
+  },
+  sysctl: async (env, step, errors) => {
+    await each(Object.entries(step.sysctl), errors, ([k]) => `sysctl ${k}`, async ([k, v]) => writeFile(await resolveInRoot(env.root, `/proc/sys/${k.replace(/\./g, '/')}`), v, { mode: 0o644 }));
+  },
+};
+
+function randomName(): string {
+  const chars = '0123456789abcdefghijklmnopqrstuvwxyz';
+  return Array.from({ length: 32 }, () => chars[Math.floor(Math.random() * chars.length)]).join('');
+}
+
+/** Run the ops in order; a skipped or failing op never stops the next. */
+export async function runOps(ops: readonly YipOp[], env: YipEnv): Promise<OpReport[]> {
+  const reports: OpReport[] = [];
+  for (const op of ops) {
+    const report: OpReport = { op: op.name, origin: op.origin, index: op.index, skipped: null, errors: [], warnings: [] };
+    reports.push(report);
+    const { step } = op;
+    if (step.node !== '') {
+      const re = goRegExp(step.node);
+      if (re === null || !re.test(env.hostname)) {
+        report.skipped = re === null ? `node: ${step.node} is not a regular expression yip accepts` : `node: ${env.hostname} does not match ${step.node}`;
+        continue;
+      }
+    }
+    if (step.if !== '') {
+      const r = renderTemplate(step.if, { Values: env.values });
+      if (r.error !== undefined) report.warnings.push(`if: template not applied: ${r.error}`);
+      const res = await env.console.run(r.text);
+      if (res.exitCode !== 0) {
+        report.skipped = `if: ${r.text} exited ${res.exitCode}`;
+        continue;
+      }
+    }
+    for (const name of PLUGIN_ORDER) {
+      if (!uses(step, name)) continue;
+      const plugin = PLUGINS[name];
+      if (plugin === undefined) {
+        report.errors.push(`${name}: this plugin is not implemented in this version of the agent; the step's ${name} did not run`);
+        continue;
+      }
+      try {
+        await plugin(env, step, report.errors, report.warnings);
+      } catch (e) {
+        report.errors.push(`${name}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+  }
+  return reports;
+}

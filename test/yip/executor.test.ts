@@ -1,0 +1,122 @@
+import test from 'ava';
+import { lstat, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { SysRoot } from '../../src/sys/root.ts';
+import { resolveInRoot, runOps, type YipEnv } from '../../src/yip/executor.ts';
+import { planStage } from '../../src/yip/plan.ts';
+import { decodeYip } from '../../src/yip/schema.ts';
+
+/** A temp root and a recording console (yip's own plugin tests record the command strings the same way). */
+async function rig(t: { teardown(fn: () => Promise<void>): void }, exits: Record<string, number> = {}): Promise<{ env: YipEnv; commands: string[]; root: SysRoot; hostnames: string[] }> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'yip-exec-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const root = new SysRoot(dir);
+  await mkdir(root.path('/etc'), { recursive: true });
+  await writeFile(root.path('/etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n');
+  await writeFile(root.path('/etc/group'), 'root:x:0:\nbob:x:1000:\nwheel:x:10:bob\n');
+  const commands: string[] = [];
+  const hostnames: string[] = [];
+  const env: YipEnv = {
+    root,
+    hostname: 'cos-node-1',
+    machineId: 'abcdef0123456789',
+    values: { os: { architecture: 'amd64' } },
+    console: { run: (c) => { commands.push(c); return Promise.resolve({ exitCode: exits[c] ?? 0, output: exits[c] ? 'boom' : '' }); } },
+    setHostname: (n) => { hostnames.push(n); return Promise.resolve(); },
+  };
+  return { env, commands, root, hostnames };
+}
+
+async function run(env: YipEnv, yaml: string, stage = 'boot'): Promise<Awaited<ReturnType<typeof runOps>>> {
+  const d = decodeYip(yaml, '/oem/t.yaml');
+  if (d.config === null) throw new Error(JSON.stringify(d.problems));
+  return runOps(planStage([{ origin: '/oem/t.yaml', config: d.config }], stage).ops, env);
+}
+
+const mode = async (p: string): Promise<number> => (await stat(p)).mode & 0o7777;
+
+test('commands: templated and run in order through the console; a failing one is reported and the next still runs (yip goldens)', async (t) => {
+  const { env, commands } = await rig(t, { 'false': 1 });
+  const r = await run(env, 'stages:\n  boot:\n    - commands: [echo foo, "false", "echo {{.Values.os.architecture}}"]\n    - commands: [echo bar]\n');
+  t.deepEqual(commands, ['echo foo', 'false', 'echo amd64', 'echo bar']);
+  t.deepEqual(r[0]?.errors, ['commands: failed to run false: exit status 1\ncommand output:\nboom']);
+  t.deepEqual(r[1]?.errors, []);
+});
+
+test('conditionals: node is an unanchored Go regexp on the hostname (lookarounds never match); if runs through sh and skips on non-zero', async (t) => {
+  const { env, commands } = await rig(t, { 'test -e /nope': 1 });
+  const r = await run(env, `stages:
+  boot:
+    - {node: cos-node, commands: [a]}
+    - {node: other, commands: [b]}
+    - {node: "^(?!x).*", commands: [c]}
+    - {if: "test -e /nope", commands: [d]}
+    - {if: "[ {{.Values.os.architecture}} = amd64 ]", commands: [e]}
+`);
+  t.deepEqual(commands, ['a', 'test -e /nope', '[ amd64 = amd64 ]', 'e']);
+  t.deepEqual(r.map((x) => x.skipped === null), [true, false, false, false, true]);
+  t.regex(r[2]?.skipped ?? '', /not a regular expression yip accepts/);
+});
+
+test('files: parent made with perm+0100, content decoded (b64, gzip) and templated, exact mode (0 when permissions is missing), owner by ownerstring', async (t) => {
+  const { env, root } = await rig(t);
+  const gz = gzipSync(Buffer.from('zipped {{.Values.os.architecture}}\n')).toString('base64');
+  const r = await run(env, `stages:
+  boot:
+    - files:
+        - {path: /testarea/dir/subdir/foo, permissions: 0640, content: "arch={{.Values.os.architecture}}\\n", ownerstring: "bob:wheel"}
+        - {path: /etc/b64, permissions: 0600, encoding: b64, content: aGVsbG8=}
+        - {path: /etc/gz, permissions: 0644, encoding: gz+b64, content: "${gz}"}
+        - {path: /etc/typo, permsisions: 0644, content: x}
+        - {path: /etc/bad, permissions: 0644, encoding: base64, content: "not base64!"}
+`);
+  t.is(await readFile(root.path('/testarea/dir/subdir/foo'), 'utf8'), 'arch=amd64\n');
+  t.is(await mode(root.path('/testarea/dir/subdir/foo')), 0o640);
+  t.is(await mode(root.path('/testarea/dir/subdir')), 0o740, 'files_test.go: the parent gets 0640 + 0100');
+  const st = await stat(root.path('/testarea/dir/subdir/foo'));
+  t.deepEqual([st.uid, st.gid], [1000, 10]);
+  t.is(await readFile(root.path('/etc/b64'), 'utf8'), 'hello');
+  t.is(await readFile(root.path('/etc/gz'), 'utf8'), 'zipped amd64\n');
+  t.is(await mode(root.path('/etc/typo')), 0, 'permsisions is ignored: mode 0000, as on cOS');
+  t.is(await readFile(root.path('/etc/bad'), 'utf8'), '', 'a decode error leaves the file truncated');
+  t.deepEqual(r[0]?.errors, ['files /etc/bad: illegal base64 data']);
+});
+
+test('directories: created with the mode (parents too), an existing one chmodded exactly; a file in the way is an error', async (t) => {
+  const { env, root } = await rig(t);
+  await mkdir(root.path('/tmp/dir'), { recursive: true, mode: 0o755 });
+  await writeFile(root.path('/tmp/file'), '');
+  const r = await run(env, 'stages:\n  boot:\n    - directories:\n        - {path: /tmp/dir, permissions: 0740}\n        - {path: /tmp/new/sub1/sub2, permissions: 0750}\n        - {path: /tmp/file, permissions: 0700}\n');
+  t.is(await mode(root.path('/tmp/dir')), 0o740);
+  t.true((await lstat(root.path('/tmp/new/sub1/sub2'))).isDirectory());
+  t.deepEqual(r[0]?.errors, ["directories /tmp/file: '/tmp/file' already exists and it is not a directory"]);
+});
+
+test('hostname: set on the live system, /etc/hostname written, 127.0.0.1 lines rewritten in /etc/hosts (hostname_test.go)', async (t) => {
+  const { env, root, hostnames } = await rig(t);
+  await writeFile(root.path('/etc/hosts'), '127.0.0.1 boo\n  ::1 localhost ip6-localhost  \n');
+  await run(env, 'stages:\n  boot:\n    - hostname: "bar-{{ trunc 4 .MachineID }}"\n');
+  t.deepEqual(hostnames, ['bar-abcd']);
+  t.is(await readFile(root.path('/etc/hostname'), 'utf8'), 'bar-abcd\n');
+  t.is(await readFile(root.path('/etc/hosts'), 'utf8'), '127.0.0.1 localhost bar-abcd\n::1 localhost ip6-localhost\n');
+});
+
+test('sysctl and dns write through the root (sysctl_test.go, dns_test.go); a symlink to an absolute path is followed inside the root', async (t) => {
+  const { env, root } = await rig(t);
+  await mkdir(root.path('/proc/sys/debug'), { recursive: true });
+  await mkdir(root.path('/run/systemd/resolve'), { recursive: true });
+  await symlink('/run/systemd/resolve/stub-resolv.conf', root.path('/etc/resolv.conf'));
+  await run(env, 'stages:\n  boot:\n    - sysctl: {debug.exception-trace: "0"}\n      dns: {nameservers: [8.8.8.8], search: [example.com], options: [edns0]}\n');
+  t.is(await readFile(root.path('/proc/sys/debug/exception-trace'), 'utf8'), '0');
+  t.is(await readFile(root.path('/run/systemd/resolve/stub-resolv.conf'), 'utf8'), 'search example.com\nnameserver 8.8.8.8\noptions edns0\n');
+  t.is(await resolveInRoot(root, '/etc/../../../../etc/resolv.conf'), root.path('/run/systemd/resolve/stub-resolv.conf'), '.. stops at the root');
+});
+
+test('a plugin this version does not implement is an error naming it, never a silent skip; the other plugins of the step still run', async (t) => {
+  const { env, commands } = await rig(t);
+  const r = await run(env, 'stages:\n  boot:\n    - commands: [echo x]\n      systemctl: {enable: [foo.service]}\n');
+  t.deepEqual(commands, ['echo x']);
+  t.deepEqual(r[0]?.errors, ["systemctl: this plugin is not implemented in this version of the agent; the step's systemctl did not run"]);
+});
