@@ -5,8 +5,8 @@
  * it (an absolute symlink such as /etc/resolv.conf -> /run/... restarts at the root, `..` stops there): with
  * `--root DIR` nothing outside DIR is written, the live hostname is never set, and /proc/sys means DIR/proc/sys.
  *
- * Implemented here: dns, directories, files, commands, hostname, sysctl. A step that uses another plugin's key gets
- * an error naming it (never a silent skip).
+ * Implemented here: dns, directories, files, commands, hostname, sysctl, systemctl, environment, systemd_firstboot.
+ * A step that uses another plugin's key gets an error naming it (never a silent skip).
  */
 import { randomUUID } from 'node:crypto';
 import { chmod, chown, lstat, mkdir, readFile, readlink, writeFile } from 'node:fs/promises';
@@ -234,10 +234,86 @@ const PLUGINS: Partial<Record<PluginName, Plugin>> = {
       await writeFile(real, out.map((l) => `${l}\n`).join(''), { mode: 0o600 });
     });
   },
+  systemctl: async (env, step, errors) => {
+    const { enable, disable, mask, start } = step.systemctl;
+    const cmds = [...enable.map((u) => `systemctl enable ${u}`), ...disable.map((u) => `systemctl disable ${u}`), ...mask.map((u) => `systemctl mask ${u}`), ...start.map((u) => `systemctl start ${u}`)];
+    for (const c of cmds) {
+      const res = await env.console.run(c);
+      if (res.exitCode !== 0) errors.push(`systemctl: failed to run ${c}: exit status ${res.exitCode}\ncommand output:\n${res.output}`);
+    }
+  },
+  systemd_firstboot: async (env, step, errors) => {
+    const args = Object.entries(step.systemd_firstboot).map(([k, v]) => (v === 'true' ? `--${k.toLowerCase()}` : `--${k.toLowerCase()}=${v}`)).sort();
+    const c = `systemd-firstboot ${args.join(' ')}`;
+    const res = await env.console.run(c);
+    if (res.exitCode !== 0) errors.push(`systemd_firstboot: failed to run ${c}: exit status ${res.exitCode}\ncommand output:\n${res.output}`);
+  },
+  environment: async (env, step, errors, warnings) => {
+    const file = step.environment_file !== '' ? step.environment_file : '/etc/environment';
+    await each([file], errors, (f) => `environment ${f}`, async (f) => {
+      const parent = path.posix.dirname(f);
+      if ((await lstat(await resolveInRoot(env.root, parent)).catch(() => undefined)) === undefined) {
+        await mkdir(await resolveInRoot(env.root, parent), { recursive: true, mode: 0o744 });
+      }
+      const real = await resolveInRoot(env.root, f);
+      const current = parseDotenv(await readFile(real, 'utf8').catch(() => ''));
+      for (const [k, v] of Object.entries(step.environment)) {
+        const r = renderTemplate(v, { Values: env.values });
+        if (r.error !== undefined) warnings.push(`environment ${k}: template not applied: ${r.error}`);
+        current.set(k, r.text);
+      }
+      await writeFile(real, writeDotenv(current));
+      await chmod(real, 0o644);
+    });
+  },
   sysctl: async (env, step, errors) => {
     await each(Object.entries(step.sysctl), errors, ([k]) => `sysctl ${k}`, async ([k, v]) => writeFile(await resolveInRoot(env.root, `/proc/sys/${k.replace(/\./g, '/')}`), v, { mode: 0o644 }));
   },
 };
+
+/** Go's strconv.Atoi: an optional sign and decimal digits. */
+const goAtoi = (v: string): number | null => (/^[+-]?\d+$/.test(v) && Number.isSafeInteger(Number(v)) ? Number(v) : null);
+
+/**
+ * godotenv.Unmarshal, as far as yip relies on it: blank and `#` lines skipped, `export ` dropped, `KEY=value` or
+ * `KEY: value`, single quotes literal, double quotes with `\n` `\r` `\"` `\\` escapes, unquoted values trimmed and
+ * cut at ` #`. A line that does not parse ends the parse: what came before it is kept (yip ignores the error).
+ */
+export function parseDotenv(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const raw of text.split(/\r?\n/)) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^(?:export\s+)?([A-Za-z0-9_.-]+)\s*[=:]\s*(.*)$/.exec(line);
+    if (m === null) break;
+    const key = m[1] as string;
+    let v = m[2] as string;
+    if (v.startsWith("'")) {
+      const end = v.indexOf("'", 1);
+      if (end < 0) break;
+      v = v.slice(1, end);
+    } else if (v.startsWith('"')) {
+      const q = /^"((?:[^"\\]|\\.)*)"/.exec(v);
+      if (q === null) break;
+      v = (q[1] as string).replace(/\\(.)/g, (_x, c: string) => (c === 'n' ? '\n' : c === 'r' ? '\r' : c));
+    } else {
+      v = v.replace(/\s+#.*$/, '').trim();
+    }
+    out.set(key, v);
+  }
+  return out;
+}
+
+/** godotenv.Write (v1.4+): sorted `K=<int>` or `K="<escaped>"` lines, ending with a newline. */
+export function writeDotenv(env: ReadonlyMap<string, string>): string {
+  const lines = [...env].map(([k, v]) => {
+    const n = goAtoi(v);
+    if (n !== null) return `${k}=${n}`;
+    const escaped = v.replace(/[\\"!$`]/g, (c) => `\\${c}`).replace(/\n/g, '\\n').replace(/\r/g, '\\r');
+    return `${k}="${escaped}"`;
+  });
+  return `${lines.sort().join('\n')}\n`;
+}
 
 function randomName(): string {
   const chars = '0123456789abcdefghijklmnopqrstuvwxyz';

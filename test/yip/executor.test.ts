@@ -116,7 +116,28 @@ test('sysctl and dns write through the root (sysctl_test.go, dns_test.go); a sym
 
 test('a plugin this version does not implement is an error naming it, never a silent skip; the other plugins of the step still run', async (t) => {
   const { env, commands } = await rig(t);
-  const r = await run(env, 'stages:\n  boot:\n    - commands: [echo x]\n      systemctl: {enable: [foo.service]}\n');
+  const r = await run(env, 'stages:\n  boot:\n    - commands: [echo x]\n      timesyncd: {NTP: 0.pool}\n');
   t.deepEqual(commands, ['echo x']);
-  t.deepEqual(r[0]?.errors, ["systemctl: this plugin is not implemented in this version of the agent; the step's systemctl did not run"]);
+  t.deepEqual(r[0]?.errors, ["timesyncd: this plugin is not implemented in this version of the agent; the step's timesyncd did not run"]);
+});
+
+test('systemctl: enable, disable, mask, start in that order through the console (systemctl_test.go); systemd-firstboot args sorted, "true" a bare flag', async (t) => {
+  const { env, commands } = await rig(t);
+  await run(env, 'stages:\n  boot:\n    - systemctl: {start: [moz], mask: [baz], disable: [bar], enable: [foo]}\n      systemd_firstboot: {keymap: us, LOCALE: en_US.UTF-8, force: "true", timezone: UTC}\n');
+  t.deepEqual(commands, ['systemctl enable foo', 'systemctl disable bar', 'systemctl mask baz', 'systemctl start moz', 'systemd-firstboot --force --keymap=us --locale=en_US.UTF-8 --timezone=UTC']);
+});
+
+test('environment: godotenv v1.4 output (sorted, integers bare, escapes, trailing newline), existing entries kept, parent 0744, file 0644 (environment_test.go)', async (t) => {
+  const { env, root } = await rig(t);
+  await writeFile(root.path('/etc/environment'), '# comment\nexport OLD="kept"\nZ=1\n');
+  await run(env, `stages:
+  boot:
+    - environment: {A: plain, B: "with space", C: 'q"uote', G: $HOME, J: "1.5", K: "", NUM: "007", T: "{{.Values.os.architecture}}"}
+    - environment: {foo: "0"}
+      environment_file: /run/cos/cos-layout.env
+`);
+  t.is(await readFile(root.path('/etc/environment'), 'utf8'), 'A="plain"\nB="with space"\nC="q\\"uote"\nG="\\$HOME"\nJ="1.5"\nK=""\nNUM=7\nOLD="kept"\nT="amd64"\nZ=1\n');
+  t.is(await mode(root.path('/etc/environment')), 0o644);
+  t.is(await readFile(root.path('/run/cos/cos-layout.env'), 'utf8'), 'foo=0\n');
+  t.is(await mode(root.path('/run/cos')), 0o744);
 });
