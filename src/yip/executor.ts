@@ -5,7 +5,8 @@
  * it (an absolute symlink such as /etc/resolv.conf -> /run/... restarts at the root, `..` stops there): with
  * `--root DIR` nothing outside DIR is written, the live hostname is never set, and /proc/sys means DIR/proc/sys.
  *
- * Implemented here: dns, directories, files, commands, hostname, sysctl, systemctl, environment, systemd_firstboot.
+ * Implemented here: dns, directories, files, commands, hostname, sysctl, authorized_keys, timesyncd, systemctl,
+ * environment, systemd_firstboot.
  * A step that uses another plugin's key gets an error naming it (never a silent skip).
  */
 import { randomUUID } from 'node:crypto';
@@ -33,6 +34,8 @@ export interface YipEnv {
   machineId: string;
   /** Sets the running system's hostname; absent when acting on another root (`--root`), where it is never set. */
   setHostname?: (name: string) => Promise<void>;
+  /** GET a URL (authorized_keys `github:user`, `https://…`); absent: such keys are an error. */
+  fetch?: (url: string) => Promise<string>;
 }
 
 export interface OpReport {
@@ -266,6 +269,46 @@ const PLUGINS: Partial<Record<PluginName, Plugin>> = {
       await chmod(real, 0o644);
     });
   },
+  timesyncd: async (env, step) => {
+    // yip 2617d71 (and rancher/yip): timesyncd.conf itself; a save error is ignored, as yip ignores it
+    const real = await resolveInRoot(env.root, '/etc/systemd/timesyncd.conf');
+    const current = await readFile(real, 'utf8').catch(() => '');
+    await writeFile(real, iniSet(current, 'Time', step.timesyncd)).catch(() => undefined);
+  },
+  authorized_keys: async (env, step, errors) => {
+    for (const [user, keys] of Object.entries(step.authorized_keys)) {
+      try {
+        const passwd = (await readFile(env.root.path('/etc/passwd'), 'utf8').catch(() => '')).split('\n').map((l) => l.split(':'));
+        const u = passwd.find((l) => l[0] === user);
+        if (u === undefined) throw new Error(`user ${user} not found`);
+        const [uid, gid, home] = [Number(u[2]), Number(u[3]), u[5] ?? ''];
+        const sshDir = await resolveInRoot(env.root, path.posix.join(home, '.ssh'));
+        if ((await lstat(sshDir).catch(() => undefined)) === undefined) await mkdir(sshDir, { mode: 0o700 });
+        await chown(sshDir, uid, gid);
+        const file = path.join(sshDir, 'authorized_keys');
+        let content = await readFile(file, 'utf8').catch(() => undefined);
+        if (content === undefined) {
+          await writeFile(file, '', { mode: 0o600 });
+          content = '';
+        }
+        for (const key of keys) {
+          let text = key;
+          const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):[^ ]*$/.exec(key);
+          if (scheme !== null) {
+            const url = scheme[1] === 'github' ? `https://github.com/${key.slice(7)}.keys` : scheme[1] === 'gitlab' ? `https://gitlab.com/${key.slice(7)}.keys` : key;
+            if (env.fetch === undefined) throw new Error(`fetching ${url}: no network access here`);
+            text = await env.fetch(url);
+          }
+          if (content.includes(text)) continue;
+          content += `${text}\n`;
+          await writeFile(file, content);
+          await chown(file, uid, gid);
+        }
+      } catch (e) {
+        errors.push(`authorized_keys ${user}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+  },
   sysctl: async (env, step, errors) => {
     await each(Object.entries(step.sysctl), errors, ([k]) => `sysctl ${k}`, async ([k, v]) => writeFile(await resolveInRoot(env.root, `/proc/sys/${k.replace(/\./g, '/')}`), v, { mode: 0o644 }));
   },
@@ -313,6 +356,77 @@ export function writeDotenv(env: ReadonlyMap<string, string>): string {
     return `${k}="${escaped}"`;
   });
   return `${lines.sort().join('\n')}\n`;
+}
+
+/** An ini.v1 value as it writes it: quoted when it has surrounding spaces, backticks around `#`/`;`, triple quotes for newlines. */
+function iniValue(v: string): string {
+  if (v.includes('\n') || v.includes('`')) return `"""${v}"""`;
+  if (v.includes('#') || v.includes(';')) return `\`${v}\``;
+  if (v !== v.trim()) return `"${v}"`;
+  return v;
+}
+
+/**
+ * gopkg.in/ini.v1's load, set of `[section] key`, and save, for timesyncd.conf: other sections and keys kept, comments
+ * normalised to `# c`, keys padded to the longest of their section, no blank line after the last section.
+ */
+export function iniSet(text: string, section: string, values: Readonly<Record<string, string>>): string {
+  type Entry = { comments: string[]; key: string; value: string };
+  const sections: Array<{ name: string; leading: string[]; entries: Entry[]; trailing: string[] }> = [{ name: '', leading: [], entries: [], trailing: [] }];
+  let pending: string[] = [];
+  for (const raw of text.split(/\r?\n/)) {
+    const line = raw.trim();
+    const cur = sections[sections.length - 1] as (typeof sections)[number];
+    if (line === '') continue;
+    if (line.startsWith('#') || line.startsWith(';')) {
+      pending.push(`${line[0] as string} ${line.slice(1).trim()}`);
+      continue;
+    }
+    const sec = /^\[(.*)\]$/.exec(line);
+    if (sec !== null) {
+      // a comment before a section header is that section's (ini.v1)
+      const name = (sec[1] as string).trim();
+      const existing = sections.find((x) => x.name === name);
+      if (existing !== undefined) {
+        existing.leading.push(...pending);
+        sections.push(sections.splice(sections.indexOf(existing), 1)[0] as (typeof sections)[number]);
+      } else {
+        sections.push({ name, leading: pending, entries: [], trailing: [] });
+      }
+      pending = [];
+      continue;
+    }
+    const kv = /^([^=:]+?)\s*[=:]\s*(.*)$/.exec(line);
+    if (kv === null) continue;
+    let v = kv[2] as string;
+    const q = /^"(.*)"$/.exec(v) ?? /^`(.*)`$/.exec(v);
+    if (q !== null) v = q[1] as string;
+    const e = cur.entries.find((x) => x.key === kv[1]);
+    if (e !== undefined) e.value = v;
+    else cur.entries.push({ comments: pending, key: kv[1] as string, value: v });
+    pending = [];
+  }
+  (sections[sections.length - 1] as (typeof sections)[number]).trailing.push(...pending);
+  let target = sections.find((x) => x.name === section);
+  if (target === undefined) {
+    target = { name: section, leading: [], entries: [], trailing: [] };
+    sections.push(target);
+  }
+  for (const [k, v] of Object.entries(values)) {
+    const e = target.entries.find((x) => x.key === k);
+    if (e !== undefined) e.value = v;
+    else target.entries.push({ comments: [], key: k, value: v });
+  }
+  const blocks: string[] = [];
+  for (const sec of sections) {
+    if (sec.name === '' && sec.entries.length === 0 && sec.trailing.length === 0) continue;
+    const width = Math.max(0, ...sec.entries.map((e) => e.key.length));
+    const lines = [...sec.leading, ...(sec.name === '' ? [] : [`[${sec.name}]`])];
+    for (const e of sec.entries) lines.push(...e.comments, `${e.key.padEnd(width)} = ${iniValue(e.value)}`);
+    lines.push(...sec.trailing);
+    blocks.push(lines.map((l) => `${l}\n`).join(''));
+  }
+  return blocks.join('\n');
 }
 
 function randomName(): string {

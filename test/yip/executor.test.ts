@@ -116,9 +116,9 @@ test('sysctl and dns write through the root (sysctl_test.go, dns_test.go); a sym
 
 test('a plugin this version does not implement is an error naming it, never a silent skip; the other plugins of the step still run', async (t) => {
   const { env, commands } = await rig(t);
-  const r = await run(env, 'stages:\n  boot:\n    - commands: [echo x]\n      timesyncd: {NTP: 0.pool}\n');
+  const r = await run(env, 'stages:\n  boot:\n    - commands: [echo x]\n      modules: [dummy]\n');
   t.deepEqual(commands, ['echo x']);
-  t.deepEqual(r[0]?.errors, ["timesyncd: this plugin is not implemented in this version of the agent; the step's timesyncd did not run"]);
+  t.deepEqual(r[0]?.errors, ["modules: this plugin is not implemented in this version of the agent; the step's modules did not run"]);
 });
 
 test('systemctl: enable, disable, mask, start in that order through the console (systemctl_test.go); systemd-firstboot args sorted, "true" a bare flag', async (t) => {
@@ -140,4 +140,29 @@ test('environment: godotenv v1.4 output (sorted, integers bare, escapes, trailin
   t.is(await mode(root.path('/etc/environment')), 0o644);
   t.is(await readFile(root.path('/run/cos/cos-layout.env'), 'utf8'), 'foo=0\n');
   t.is(await mode(root.path('/run/cos')), 0o744);
+});
+
+test('timesyncd: [Time] keys set in timesyncd.conf the way ini.v1 saves it (timesyncd_test.go): aligned keys, other sections kept', async (t) => {
+  const { env, root } = await rig(t);
+  await mkdir(root.path('/etc/systemd'), { recursive: true });
+  await run(env, 'stages:\n  boot:\n    - timesyncd: {NTP: 0.pool}\n');
+  t.is(await readFile(root.path('/etc/systemd/timesyncd.conf'), 'utf8'), '[Time]\nNTP = 0.pool\n');
+  await writeFile(root.path('/etc/systemd/timesyncd.conf'), '#c\n[Other]\nA=1\n[Time]\nNTP=old\n');
+  await run(env, 'stages:\n  boot:\n    - timesyncd: {NTP: a.pool, FallbackNTP: " b.pool"}\n');
+  t.is(await readFile(root.path('/etc/systemd/timesyncd.conf'), 'utf8'), '# c\n[Other]\nA = 1\n\n[Time]\nNTP         = a.pool\nFallbackNTP = " b.pool"\n');
+});
+
+test('authorized_keys: ~/.ssh 0700 and authorized_keys 0600 owned by the user, keys appended once, github: keys fetched; an unknown user is an error', async (t) => {
+  const { env, root } = await rig(t);
+  await mkdir(root.path('/home/bob'), { recursive: true });
+  const fetched: string[] = [];
+  env.fetch = (url) => { fetched.push(url); return Promise.resolve('ssh-rsa AAAAgithub mudler'); };
+  const r = await run(env, 'stages:\n  boot:\n    - authorized_keys:\n        bob: ["efafeeafea,t,t,pgl3,pbar", "github:mudler", "efafeeafea,t,t,pgl3,pbar"]\n        nobody: [k]\n');
+  t.deepEqual(fetched, ['https://github.com/mudler.keys']);
+  t.is(await readFile(root.path('/home/bob/.ssh/authorized_keys'), 'utf8'), 'efafeeafea,t,t,pgl3,pbar\nssh-rsa AAAAgithub mudler\n');
+  t.is(await mode(root.path('/home/bob/.ssh')), 0o700);
+  t.is(await mode(root.path('/home/bob/.ssh/authorized_keys')), 0o600);
+  const st = await stat(root.path('/home/bob/.ssh/authorized_keys'));
+  t.deepEqual([st.uid, st.gid], [1000, 1000]);
+  t.deepEqual(r[0]?.errors, ['authorized_keys nobody: user nobody not found']);
 });
