@@ -5,8 +5,8 @@
  * it (an absolute symlink such as /etc/resolv.conf -> /run/... restarts at the root, `..` stops there): with
  * `--root DIR` nothing outside DIR is written, the live hostname is never set, and /proc/sys means DIR/proc/sys.
  *
- * Implemented here: dns, directories, files, commands, hostname, sysctl, authorized_keys, timesyncd, systemctl,
- * environment, systemd_firstboot.
+ * Implemented here: dns, ensure_entities, directories, files, commands, delete_entities, hostname, sysctl,
+ * authorized_keys, timesyncd, systemctl, environment, systemd_firstboot.
  * A step that uses another plugin's key gets an error naming it (never a silent skip).
  */
 import { randomUUID } from 'node:crypto';
@@ -15,7 +15,8 @@ import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import type { SysRoot } from '../sys/root.ts';
 import type { YipOp } from './plan.ts';
-import type { YipDirectory, YipFile, YipStep } from './schema.ts';
+import type { YipDirectory, YipEntity, YipFile, YipStep } from './schema.ts';
+import { applyToText, deleteFromText, DEFAULT_FILES, parseEntity, prepareEntity, readOrEmpty, writeKeepingMode, type Entity } from './entities.ts';
 import { renderTemplate } from './template.ts';
 
 export interface YipConsole {
@@ -269,6 +270,8 @@ const PLUGINS: Partial<Record<PluginName, Plugin>> = {
       await chmod(real, 0o644);
     });
   },
+  ensure_entities: async (env, step, errors, warnings) => entityItems(env, step.ensure_entities, 'ensure_entities', errors, warnings, applyToText),
+  delete_entities: async (env, step, errors, warnings) => entityItems(env, step.delete_entities, 'delete_entities', errors, warnings, deleteFromText),
   timesyncd: async (env, step) => {
     // yip 2617d71 (and rancher/yip): timesyncd.conf itself; a save error is ignored, as yip ignores it
     const real = await resolveInRoot(env.root, '/etc/systemd/timesyncd.conf');
@@ -432,6 +435,19 @@ export function iniSet(text: string, section: string, values: Readonly<Record<st
 function randomName(): string {
   const chars = '0123456789abcdefghijklmnopqrstuvwxyz';
   return Array.from({ length: 32 }, () => chars[Math.floor(Math.random() * chars.length)]).join('');
+}
+
+/** ensure_entities / delete_entities: each item templated, parsed, prepared and applied to its file; an error skips that item. */
+async function entityItems(env: YipEnv, items: readonly YipEntity[], plugin: string, errors: string[], warnings: string[], change: (text: string, e: Entity) => string): Promise<void> {
+  await each(items, errors, (item) => `${plugin} ${item.path !== '' ? item.path : '(default file)'}`, async (item) => {
+    const r = renderTemplate(item.entity, { Values: env.values });
+    if (r.error !== undefined) warnings.push(`${plugin}: template not applied: ${r.error}`);
+    const { kind, data } = parseEntity(r.text);
+    const files = { passwd: await readOrEmpty(env.root.path('/etc/passwd')), group: await readOrEmpty(env.root.path('/etc/group')), now: new Date() };
+    const entity = prepareEntity(kind, data, files);
+    const file = await resolveInRoot(env.root, item.path !== '' ? item.path : DEFAULT_FILES[kind]);
+    await writeKeepingMode(file, change(await readOrEmpty(file), entity));
+  });
 }
 
 /** Run the ops in order; a skipped or failing op never stops the next. */

@@ -166,3 +166,38 @@ test('authorized_keys: ~/.ssh 0700 and authorized_keys 0600 owned by the user, k
   t.deepEqual([st.uid, st.gid], [1000, 1000]);
   t.deepEqual(r[0]?.errors, ['authorized_keys nobody: user nobody not found']);
 });
+
+test('ensure_entities / delete_entities: yip goldens for groups; a user line replaced; a plain shadow password hashed, empty fields kept', async (t) => {
+  const { env, root } = await rig(t);
+  await writeFile(root.path('/etc/group'), 'nm-openconnect:x:979:\n');
+  await writeFile(root.path('/etc/shadow'), 'root:$6$old$hash:18820:0:99999:7:::\n', { mode: 0o640 });
+  await run(env, `stages:
+  boot:
+    - ensure_entities:
+        - entity: |
+            kind: group
+            group_name: foo
+            password: xx
+            gid: 1
+            users: one,two,tree
+        - entity: |
+            kind: user
+            username: bob
+            password: x
+            uid: 1000
+            gid: 1000
+            homedir: /srv/bob
+            shell: /bin/bash
+        - entity: |
+            kind: shadow
+            username: root
+            password: cos
+`);
+  t.is(await readFile(root.path('/etc/group'), 'utf8'), 'nm-openconnect:x:979:\nfoo:xx:1:one,two,tree\n');
+  t.is(await readFile(root.path('/etc/passwd'), 'utf8'), 'root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000:Created by entities:/srv/bob:/bin/bash\n');
+  const shadow = await readFile(root.path('/etc/shadow'), 'utf8');
+  t.regex(shadow, /^root:\$6\$[0-9a-zA-Z]{8}\$[./0-9A-Za-z]{86}:18820:0:99999:7:::\n$/);
+  t.is(await mode(root.path('/etc/shadow')), 0o640, 'the file keeps its mode');
+  await run(env, "stages:\n  boot:\n    - delete_entities:\n        - entity: |\n            kind: group\n            group_name: foo\n        - entity: |\n            kind: group\n            group_name: not-there\n");
+  t.is(await readFile(root.path('/etc/group'), 'utf8'), 'nm-openconnect:x:979:\n', 'deleting a missing group removes nothing (entities would remove line 1)');
+});
