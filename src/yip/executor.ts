@@ -5,7 +5,7 @@
  * it (an absolute symlink such as /etc/resolv.conf -> /run/... restarts at the root, `..` stops there): with
  * `--root DIR` nothing outside DIR is written, the live hostname is never set, and /proc/sys means DIR/proc/sys.
  *
- * Implemented here: dns, ensure_entities, directories, files, commands, delete_entities, hostname, sysctl,
+ * Implemented here: dns, ensure_entities, directories, files, commands, delete_entities, hostname, sysctl, users,
  * authorized_keys, timesyncd, systemctl, environment, systemd_firstboot.
  * A step that uses another plugin's key gets an error naming it (never a silent skip).
  */
@@ -15,7 +15,7 @@ import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import type { SysRoot } from '../sys/root.ts';
 import type { YipOp } from './plan.ts';
-import type { YipDirectory, YipEntity, YipFile, YipStep } from './schema.ts';
+import { emptyStep as step0, type YipDirectory, type YipEntity, type YipFile, type YipStep, type YipUser } from './schema.ts';
 import { applyToText, deleteFromText, DEFAULT_FILES, parseEntity, prepareEntity, readOrEmpty, writeKeepingMode, type Entity } from './entities.ts';
 import { renderTemplate } from './template.ts';
 
@@ -270,6 +270,18 @@ const PLUGINS: Partial<Record<PluginName, Plugin>> = {
       await chmod(real, 0o644);
     });
   },
+  users: async (env, step, errors) => {
+    // sorted by name (yip >= 1.x; 2617d71 took Go's random map order), so ids come out the same on every run
+    for (const name of Object.keys(step.users).sort()) {
+      try {
+        await ensureUser(env, name, step.users[name] as YipUser);
+      } catch (e) {
+        errors.push(`users ${name}: ${e instanceof Error ? e.message : String(e)}`);
+        // yip returns at a failed update of an existing user, skipping the rest; one failed creation skips that user
+        if (e instanceof ExistingUserError) return;
+      }
+    }
+  },
   ensure_entities: async (env, step, errors, warnings) => entityItems(env, step.ensure_entities, 'ensure_entities', errors, warnings, applyToText),
   delete_entities: async (env, step, errors, warnings) => entityItems(env, step.delete_entities, 'delete_entities', errors, warnings, deleteFromText),
   timesyncd: async (env, step) => {
@@ -435,6 +447,81 @@ export function iniSet(text: string, section: string, values: Readonly<Record<st
 function randomName(): string {
   const chars = '0123456789abcdefghijklmnopqrstuvwxyz';
   return Array.from({ length: 32 }, () => chars[Math.floor(Math.random() * chars.length)]).join('');
+}
+
+class ExistingUserError extends Error {}
+
+const table = (text: string): string[][] => text.split('\n').filter(Boolean).map((l) => l.split(':'));
+
+/** The lowest free id in 1000..60000 among the third fields of `text`. */
+function lowestFree(text: string): number {
+  const used = new Set(table(text).map((l) => Number(l[2])));
+  for (let id = 1000; id <= 60000; id++) if (!used.has(id)) return id;
+  throw new Error('no free id in 1000-60000');
+}
+
+/** Apply one entity (already prepared) to its default file under the root. */
+async function applyEntity(env: YipEnv, e: Entity): Promise<void> {
+  const file = await resolveInRoot(env.root, DEFAULT_FILES[e.kind]);
+  await writeKeepingMode(file, applyToText(await readOrEmpty(file), e));
+}
+
+/** yip's User plugin for one user (yip.md 3.11): create it, or only replace the password of an existing one. */
+async function ensureUser(env: YipEnv, name: string, u: YipUser): Promise<void> {
+  const passwdFile = env.root.path('/etc/passwd');
+  const groupFile = env.root.path('/etc/group');
+  const now = new Date();
+  const existing = table(await readOrEmpty(passwdFile)).find((l) => l[0] === name);
+  if (existing !== undefined) {
+    if (u.passwd === '') return;
+    try {
+      await applyEntity(env, prepareEntity('shadow', { username: name, password: u.passwd }, { passwd: '', group: '', now }));
+    } catch (e) {
+      throw new ExistingUserError(e instanceof Error ? e.message : String(e));
+    }
+    return;
+  }
+  const pass = u.lock_passwd ? '!' : u.passwd;
+  const defaults = parseDotenv(await readOrEmpty(env.root.path('/etc/default/useradd')));
+  const home = defaults.get('HOME') ?? '/home';
+  const shell = u.shell !== '' ? u.shell : defaults.get('SHELL') ?? '/bin/sh';
+  // the primary group: an existing one by name, or one named after the user with the lowest free gid
+  let gid: number;
+  if (u.primary_group !== '') {
+    const g = table(await readOrEmpty(groupFile)).find((l) => l[0] === u.primary_group);
+    if (g === undefined) throw new Error(`primary group ${u.primary_group} not found`);
+    gid = Number(g[2]);
+  } else {
+    const groups = await readOrEmpty(groupFile);
+    const own = table(groups).find((l) => l[0] === name);
+    gid = own !== undefined ? Number(own[2]) : lowestFree(groups);
+    await applyEntity(env, { kind: 'group', fields: [name, 'x', String(gid), name], gidGiven: own === undefined });
+  }
+  const homedir = u.homedir !== '' ? u.homedir : path.posix.join(home, name);
+  let uid: number;
+  if (u.uid !== '') {
+    uid = goAtoi(u.uid) ?? Number.NaN;
+    if (!Number.isInteger(uid)) throw new Error(`uid ${u.uid} is not a number`);
+  } else {
+    const owner = await lstat(await resolveInRoot(env.root, homedir)).then((st) => st.uid, () => undefined);
+    uid = owner ?? lowestFree(await readOrEmpty(passwdFile));
+  }
+  await applyEntity(env, { kind: 'user', fields: [name, 'x', String(uid), String(gid), u.gecos !== '' ? u.gecos : 'Created by entities', homedir, shell] });
+  await applyEntity(env, prepareEntity('shadow', { username: name, password: pass, last_changed: 'now' }, { passwd: '', group: '', now }));
+  if (!u.no_create_home) {
+    const real = await resolveInRoot(env.root, homedir);
+    await mkdir(real, { recursive: true, mode: 0o755 });
+    await chown(real, uid, gid);
+  }
+  // existing supplementary groups get the user as a member; groups that do not exist are ignored, as in yip
+  const groups = table(await readOrEmpty(groupFile));
+  for (const g of u.groups) {
+    if (groups.some((l) => l[0] === g)) await applyEntity(env, { kind: 'group', fields: [g, '', '', name], gidGiven: false });
+  }
+  if (u.ssh_authorized_keys.length > 0) {
+    // yip discards the SSH plugin's error for a user's own keys
+    await (PLUGINS.authorized_keys as Plugin)(env, { ...step0(), authorized_keys: { [name]: u.ssh_authorized_keys } }, [], []);
+  }
 }
 
 /** ensure_entities / delete_entities: each item templated, parsed, prepared and applied to its file; an error skips that item. */

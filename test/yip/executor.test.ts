@@ -201,3 +201,40 @@ test('ensure_entities / delete_entities: yip goldens for groups; a user line rep
   await run(env, "stages:\n  boot:\n    - delete_entities:\n        - entity: |\n            kind: group\n            group_name: foo\n        - entity: |\n            kind: group\n            group_name: not-there\n");
   t.is(await readFile(root.path('/etc/group'), 'utf8'), 'nm-openconnect:x:979:\n', 'deleting a missing group removes nothing (entities would remove line 1)');
 });
+
+test('users: yip user_test.go goldens: group per user, lowest free ids in name order, shadow line, home dir, supplementary groups merged', async (t) => {
+  const { env, root } = await rig(t);
+  await writeFile(root.path('/etc/group'), '');
+  await writeFile(root.path('/etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+  await run(env, 'stages:\n  boot:\n    - users:\n        foo: {passwd: $fkekofe}\n');
+  t.is(await readFile(root.path('/etc/group'), 'utf8'), 'foo:x:1000:foo\n');
+  t.regex(await readFile(root.path('/etc/shadow'), 'utf8'), /^foo:\$fkekofe:\d+::::::\n$/);
+  t.regex(await readFile(root.path('/etc/passwd'), 'utf8'), /\nfoo:x:1000:1000:Created by entities:\/home\/foo:\/bin\/sh\n$/);
+  const home = await stat(root.path('/home/foo'));
+  t.deepEqual([home.isDirectory(), home.uid, home.gid, home.mode & 0o777], [true, 1000, 1000, 0o755]);
+
+  await run(env, 'stages:\n  boot:\n    - users:\n        admin: {}\n    - users:\n        bar: {groups: [admin, missing]}\n    - users:\n        baz: {groups: [admin]}\n');
+  t.is(await readFile(root.path('/etc/group'), 'utf8'), 'foo:x:1000:foo\nadmin:x:1001:admin,bar,baz\nbar:x:1002:bar\nbaz:x:1003:baz\n');
+
+  await run(env, 'stages:\n  boot:\n    - users:\n        lock: {lock_passwd: true, uid: "5000", homedir: /run/lock-home, shell: /bin/bash, passwd: ignored}\n');
+  t.regex(await readFile(root.path('/etc/shadow'), 'utf8'), /\nlock:!:\d+::::::\n$/);
+  t.regex(await readFile(root.path('/etc/passwd'), 'utf8'), /\nlock:x:5000:1004:Created by entities:\/run\/lock-home:\/bin\/bash\n$/);
+
+  // an existing user: only the password changes, hashed, the other shadow fields kept
+  await writeFile(root.path('/etc/shadow'), 'foo:old:18820:1:365:14:30:20000:\n');
+  await run(env, 'stages:\n  boot:\n    - users:\n        foo: {passwd: newpass, shell: /bin/zsh}\n');
+  t.regex(await readFile(root.path('/etc/shadow'), 'utf8'), /^foo:\$6\$[0-9a-zA-Z]{8}\$[./0-9A-Za-z]{86}:18820:1:365:14:30:20000:\n$/);
+  t.regex(await readFile(root.path('/etc/passwd'), 'utf8'), /\nfoo:x:1000:1000:Created by entities:\/home\/foo:\/bin\/sh\n/, 'the shell of an existing user is not changed');
+});
+
+test('users created together get ids in name order, the same on a re-run (user_test.go)', async (t) => {
+  const { env, root } = await rig(t);
+  await writeFile(root.path('/etc/group'), '');
+  await writeFile(root.path('/etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+  const yaml = 'stages:\n  boot:\n    - users:\n        foo: {no_create_home: true}\n        bar: {no_create_home: true}\n        x: {no_create_home: true}\n        a: {no_create_home: true, ssh_authorized_keys: [ssh-ed25519 AAAA a@host]}\n';
+  await run(env, yaml);
+  const ids = async (): Promise<string> => (await readFile(root.path('/etc/passwd'), 'utf8')).split('\n').filter((l) => l !== '' && !l.startsWith('root')).map((l) => l.split(':').slice(0, 3).join(':')).join(' ');
+  t.is(await ids(), 'a:x:1000 bar:x:1001 foo:x:1002 x:x:1003');
+  await run(env, yaml);
+  t.is(await ids(), 'a:x:1000 bar:x:1001 foo:x:1002 x:x:1003');
+});
