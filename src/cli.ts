@@ -21,6 +21,7 @@ import { connectDaemon } from './cli/remote.ts';
 import { progressRenderer } from './cli/progress.ts';
 import { runHealthChecks } from './actions/health.ts';
 import { installAssessment } from './actions/boot-assessment.ts';
+import { renderRunStage, runStageAction, strictFailure } from './actions/run-stage.ts';
 import { checkTimeoutMs, renderHealthReport, reportError } from './actions/health-plan.ts';
 
 export interface CliIo {
@@ -43,6 +44,9 @@ const USAGE = `usage: cosctl [--root DIR] [--no-daemon] [--verbose] <command>
   health-check [--json] [--no-reboot]                run the health checks (greenboot layout), mark the boot good or
                                                      bad, and reboot into the fallback on failure (root, in-process)
   boot-assessment [--json]                           install or update GRUB's boot assessment (N tries) on this host
+  run-stage STAGE [--strict] [--dry-run] [--json]    run a cloud-config (yip) stage from /system/oem, /oem and
+                                                     /usr/local/cloud-config: STAGE.before, STAGE, STAGE.after (root,
+                                                     in-process; --strict: exit 65 when a step had errors)
 cosctl talks to the daemon (cosd) when it runs, and runs the action itself otherwise or with --no-daemon.`;
 
 function usage(msg: string): AgentError {
@@ -78,6 +82,7 @@ const COMMANDS: Record<string, readonly string[]> = {
   'mark-bad': [],
   'health-check': ['json', 'no-reboot'],
   'boot-assessment': ['json'],
+  'run-stage': ['strict', 'dry-run', 'json'],
 };
 
 async function run(argv: readonly string[], io: CliIo): Promise<number> {
@@ -102,6 +107,8 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
         yaml: { type: 'boolean' },
         watch: { type: 'boolean' },
         'no-reboot': { type: 'boolean' },
+        strict: { type: 'boolean' },
+        'dry-run': { type: 'boolean' },
       },
     });
   } catch (e) {
@@ -114,8 +121,9 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
   }
   const [command, ...rest] = positionals;
   if (command === undefined) throw usage('missing command');
-  const operand = command === 'verify' ? rest.shift() : undefined;
+  const operand = command === 'verify' || command === 'run-stage' ? rest.shift() : undefined;
   if (command === 'verify' && operand === undefined) throw usage('verify needs an IMAGE');
+  if (command === 'run-stage' && operand === undefined) throw usage('run-stage needs a STAGE');
   if (rest.length > 0) throw usage(`unexpected argument ${rest[0]}`);
   const own = COMMANDS[command];
   if (own === undefined) throw usage(`unknown command ${command}`);
@@ -154,7 +162,7 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
   }
 }
 
-type Values = Partial<Record<'image' | 'json' | 'yaml' | 'watch' | 'recovery' | 'no-verify' | 'force' | 'reboot' | 'permanent' | 'no-reboot', string | boolean>>;
+type Values = Partial<Record<'image' | 'json' | 'yaml' | 'watch' | 'recovery' | 'no-verify' | 'force' | 'reboot' | 'permanent' | 'no-reboot' | 'strict' | 'dry-run', string | boolean>>;
 
 async function dispatch(command: string, operand: string | undefined, values: Values, backend: Backend, io: CliIo, deps: AgentDeps): Promise<number> {
   const out = (s: string): void => {
@@ -249,6 +257,17 @@ async function dispatch(command: string, operand: string | undefined, values: Va
       out(values.json ? `${JSON.stringify(report, null, 2)}\n` : renderHealthReport(report));
       if (report.mark.result === 'done') warn(report.mark.warnings);
       const err = reportError(report);
+      if (err !== null) throw err;
+      return EXIT_OK;
+    }
+    case 'run-stage': {
+      // In-process (as elemental run-stage is, from the cos-setup units); it writes the system, so root only, but a
+      // dry run only reads.
+      const dryRun = values['dry-run'] === true;
+      if (!dryRun && process.getuid?.() !== 0) throw new AgentError('ACCESS_DENIED', 'run-stage writes files, users and units as the cloud-config says: run it as root (or with --dry-run)');
+      const o = await runStageAction(deps, { stage: operand ?? '', dryRun });
+      out(values.json ? `${JSON.stringify(o, null, 2)}\n` : renderRunStage(o));
+      const err = values.strict === true ? strictFailure(o) : null;
       if (err !== null) throw err;
       return EXIT_OK;
     }

@@ -47,6 +47,7 @@ export const EXIT_CODES: Readonly<Record<ErrorCode, { exit: number; meaning: str
   GRUBENV_CORRUPT: { exit: 50, meaning: 'a GRUB environment block is corrupt' },
   GRUBENV_OVERFLOW: { exit: 51, meaning: 'GRUB variables do not fit in the environment block' },
   STATE_INVALID: { exit: 52, meaning: 'the on-disk state is inconsistent' },
+  CLOUD_INIT_FAILED: { exit: 65, meaning: 'a cloud-config stage had errors and --strict was given (exit 65, as elemental run-stage --strict)' },
   HEALTH_CHECK_FAILED: { exit: 60, meaning: 'a required health check failed: the boot is not good' },
   IMAGE_FAILED_BEFORE: { exit: 61, meaning: 'the image failed boot assessment on this host (--force stages it again)' },
 };

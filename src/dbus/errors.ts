@@ -39,6 +39,7 @@ export const DBUS_ERROR_NAMES: Readonly<Record<ErrorCode, string>> = {
   GRUBENV_OVERFLOW: 'GrubenvOverflow',
   STATE_INVALID: 'StateInvalid',
   HEALTH_CHECK_FAILED: 'HealthCheckFailed',
+  CLOUD_INIT_FAILED: 'CloudInitFailed',
   IMAGE_FAILED_BEFORE: 'ImageFailedBefore',
   VERIFY_FAILED: 'VerifyFailed',
   SIGNATURE_NOT_FOUND: 'SignatureNotFound',

@@ -41,6 +41,7 @@ export type ErrorCode =
   | 'STATE_INVALID'
   | 'NOT_SUPPORTED'
   // boot health
+  | 'CLOUD_INIT_FAILED' // a cloud-config stage ran with errors and --strict was given (elemental run-stage --strict)
   | 'HEALTH_CHECK_FAILED' // a required health check failed: the boot is not good (cosctl health-check)
   | 'IMAGE_FAILED_BEFORE' // the image failed boot assessment on this host; upgrading to it again needs --force
   // signatures: each names the check that failed

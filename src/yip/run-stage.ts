@@ -13,6 +13,7 @@ import { runOps, type OpReport, type YipEnv } from './executor.ts';
 import { loadSource } from './loader.ts';
 import { planStage } from './plan.ts';
 import type { YipProblem } from './schema.ts';
+import type { SysRoot } from '../sys/root.ts';
 
 export const DEFAULT_PATHS: readonly string[] = ['/system/oem', '/oem/', '/usr/local/cloud-config/'];
 
@@ -53,14 +54,19 @@ export function cmdlineSources(cmdline: string): string[] {
   return out;
 }
 
-export async function runStage(env: YipEnv, opts: RunStageOptions): Promise<RunStageResult> {
-  const candidates = [...DEFAULT_PATHS, ...(opts.extraPaths ?? []), ...cmdlineSources(opts.cmdline)];
+/** The sources of a stage: the default paths, the extra ones, the command line's; local paths that do not exist dropped. */
+export async function stageSources(root: SysRoot, extraPaths: readonly string[], cmdline: string): Promise<string[]> {
   const sources: string[] = [];
-  for (const src of candidates) {
+  for (const src of [...DEFAULT_PATHS, ...extraPaths, ...cmdlineSources(cmdline)]) {
     if (src === '') continue;
     if (/^https?:\/\//i.test(src)) sources.push(src);
-    else if (src.startsWith('/') && (await stat(env.root.path(src)).then(() => true, () => false))) sources.push(src);
+    else if (src.startsWith('/') && (await stat(root.path(src)).then(() => true, () => false))) sources.push(src);
   }
+  return sources;
+}
+
+export async function runStage(env: YipEnv, opts: RunStageOptions): Promise<RunStageResult> {
+  const sources = await stageSources(env.root, opts.extraPaths ?? [], opts.cmdline);
   const runs: StageRun[] = [];
   let errors = 0;
   // Sources are loaded again for each stage (an earlier stage may write a file a later one runs, as in yip); a file

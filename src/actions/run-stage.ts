@@ -1,0 +1,114 @@
+/**
+ * `cosctl run-stage STAGE [--strict] [--dry-run]`: a yip cloud-config stage run by the agent (src/yip), as
+ * `elemental run-stage` runs it from cOS's cos-setup-* units: the sources /system/oem, /oem/, /usr/local/cloud-config/,
+ * CLOUD_INIT_PATHS (space or comma separated), `cos.setup=` on the kernel command line, then the command line's dot
+ * notation. Commands run through `sh -c`, chrooted into the root when it is not `/` (`--root /sysroot` for an
+ * initrd); the live hostname is set only when the root is `/`. Errors never stop the stage; with `strict` they make
+ * it fail with CLOUD_INIT_FAILED (exit 65, as elemental's: strictFailure). `dryRun` loads and orders, and runs nothing.
+ */
+import { readFile, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { AgentError } from '../model/errors.ts';
+import { shellConsole } from '../sys/console.ts';
+import { parseOsRelease } from '../host/os-release.ts';
+import type { AgentDeps } from '../host/deps.ts';
+import { loadSource } from '../yip/loader.ts';
+import { planStage } from '../yip/plan.ts';
+import { runStage, stageSources, type RunStageResult } from '../yip/run-stage.ts';
+import type { YipEnv } from '../yip/executor.ts';
+
+export interface RunStageActionOptions {
+  stage: string;
+  dryRun: boolean;
+}
+
+export interface RunStageOutcome {
+  stage: string;
+  sources: string[];
+  /** Per stage (STAGE.before, STAGE, STAGE.after) and source: the ops in order, what was skipped and why, the errors. */
+  runs: Array<{ stage: string; source: string; ops: Array<{ op: string; skipped: string | null; errors: string[]; warnings: string[] }>; problems: string[]; warnings: string[] }>;
+  errors: number;
+  dryRun: boolean;
+}
+
+const STAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+export async function runStageAction(deps: AgentDeps, opts: RunStageActionOptions): Promise<RunStageOutcome> {
+  if (!STAGE_NAME.test(opts.stage) || opts.stage.length > 100) throw new AgentError('USAGE', `run-stage: ${JSON.stringify(opts.stage.slice(0, 100))} is not a stage name (letters, digits, . _ -)`);
+  const { root } = deps;
+  const read = (p: string): Promise<string> => readFile(root.path(p), 'utf8').catch(() => '');
+  const cmdline = (await read('/proc/cmdline')).trim();
+  const extraPaths = (deps.env['CLOUD_INIT_PATHS'] ?? '').split(/[\s,]+/).filter(Boolean);
+  const osRelease = parseOsRelease((await read('/etc/os-release')) || (await read('/usr/lib/os-release')));
+  const live = root.isHostRoot;
+  const node = live ? hostname() : (await read('/etc/hostname')).trim();
+  const machineId = (await read('/etc/machine-id')).trim();
+  const env: YipEnv = {
+    root,
+    console: shellConsole({ root: root.prefix }),
+    hostname: node,
+    machineId,
+    values: {
+      node: { hostname: node, machineid: machineId },
+      os: { name: osRelease.get('PRETTY_NAME') ?? '', vendor: osRelease.get('ID') ?? '', version: osRelease.get('VERSION_ID') ?? '', architecture: process.arch === 'x64' ? 'amd64' : process.arch },
+    },
+    ...(live ? { setHostname: (name: string) => writeFile('/proc/sys/kernel/hostname', name) } : {}),
+  };
+  let result: RunStageResult;
+  if (opts.dryRun) {
+    const sources = await stageSources(root, extraPaths, cmdline);
+    result = { sources, runs: [], errors: 0 };
+    for (const stage of [`${opts.stage}.before`, opts.stage, `${opts.stage}.after`]) {
+      for (const source of sources) {
+        if (!source.startsWith('/')) continue;
+        const loaded = await loadSource(root, source);
+        const plan = planStage(loaded.documents, stage);
+        result.runs.push({ stage, source, problems: loaded.problems, warnings: plan.warnings, reports: plan.ops.map((o) => ({ op: o.name, origin: o.origin, index: o.index, skipped: 'dry run', errors: [], warnings: [] })) });
+      }
+    }
+  } else {
+    result = await runStage(env, { stage: opts.stage, extraPaths, cmdline });
+  }
+  const where = (p: { file: string; line: number; step: number | null; key: string; message: string }): string =>
+    `${p.file}${p.line > 0 ? `:${p.line}` : ''}${p.step !== null ? ` step ${p.step}` : ''}${p.key !== '' ? ` ${p.key}` : ''}: ${p.message}`;
+  const outcome: RunStageOutcome = {
+    stage: opts.stage,
+    sources: result.sources,
+    runs: result.runs.filter((r) => r.reports.length > 0 || r.problems.length > 0).map((r) => ({
+      stage: r.stage, source: r.source,
+      ops: r.reports.map((o) => ({ op: o.op, skipped: o.skipped, errors: o.errors, warnings: o.warnings })),
+      problems: r.source === 'cmdline' ? [] : r.problems.map(where),
+      warnings: r.warnings.map(where),
+    })),
+    errors: result.errors,
+    dryRun: opts.dryRun,
+  };
+  for (const r of outcome.runs) {
+    for (const p of r.problems) deps.log.warn({ stage: r.stage, source: r.source, problem: p }, 'cloud-config file skipped');
+    for (const o of r.ops) for (const e of o.errors) deps.log.warn({ stage: r.stage, op: o.op, err: e }, 'cloud-config step error');
+  }
+  return outcome;
+}
+
+/** With --strict, a stage that had errors fails (after its report is printed): CLOUD_INIT_FAILED naming the first. */
+export function strictFailure(outcome: RunStageOutcome): AgentError | null {
+  if (outcome.errors === 0) return null;
+  const first = outcome.runs.flatMap((r) => [...r.problems, ...r.ops.flatMap((o) => o.errors.map((e) => `${o.op}: ${e}`))])[0] ?? '';
+  return new AgentError('CLOUD_INIT_FAILED', `stage ${outcome.stage}: ${outcome.errors} error(s) (--strict); the first: ${first.split('\n')[0] ?? ''}`);
+}
+
+/** The human report: per stage and source, each op and what happened to it. */
+export function renderRunStage(o: RunStageOutcome): string {
+  const lines: string[] = [];
+  for (const r of o.runs) {
+    lines.push(`${r.stage} from ${r.source}:`);
+    for (const p of r.problems) lines.push(`  skipped file: ${p}`);
+    for (const w of r.warnings) lines.push(`  warning: ${w}`);
+    for (const op of r.ops) {
+      lines.push(`  ${op.op}: ${op.skipped !== null ? `skipped (${op.skipped})` : op.errors.length > 0 ? `${op.errors.length} error(s)` : 'done'}`);
+      for (const e of op.errors) lines.push(`    error: ${e.split('\n')[0] ?? ''}`);
+    }
+  }
+  lines.push(`${o.dryRun ? 'Dry run: nothing was run. ' : ''}Stage ${o.stage}: ${o.runs.reduce((n, r) => n + r.ops.length, 0)} step(s) from ${o.sources.length} source(s), ${o.errors} error(s).`);
+  return `${lines.join('\n')}\n`;
+}
