@@ -15,6 +15,7 @@
  *    host reads COS_STATE/boot_assessment on the disk image: marked good = enable_boot_assessment empty, the
  *    countdown cleared.
  */
+import './lib/timing.ts';
 import test from 'ava';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';

@@ -15,6 +15,7 @@
  * 4. power cut: qemu is SIGKILLed the moment the initrd reports the passive slot loop-mounted; GRUB's save_env from
  *    earlier in that boot is on the raw disk.
  */
+import './lib/timing.ts';
 import test, { type ExecutionContext } from 'ava';
 import { once } from 'node:events';
 import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';

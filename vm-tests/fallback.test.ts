@@ -20,6 +20,7 @@
  *    filesystem UUID differ). Boot 1 (A): one-shot rollback. Boot 2 (B, from passive, once): rollback --permanent
  *    swaps the files. Boot 3: the default entry runs B, now in active.img; the labels inside the images are swapped.
  */
+import './lib/timing.ts';
 import test, { type ExecutionContext } from 'ava';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';

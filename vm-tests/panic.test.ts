@@ -17,6 +17,7 @@
  * all in a panicking boot), and COS_STATE/boot_assessment read from the raw disk after every boot; never on the
  * kernel's prose. Times are logged, not asserted.
  */
+import './lib/timing.ts';
 import test, { type ExecutionContext } from 'ava';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';

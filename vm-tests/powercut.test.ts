@@ -19,6 +19,7 @@
  * Asserted on data only: the `boot` and `status-before` results of the guest (which image runs, COS_STATE/cOS as the
  * cut left it and after cosd started, cosd's mounts), the status documents, the marker lines.
  */
+import './lib/timing.ts';
 import test, { type ExecutionContext } from 'ava';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';

@@ -2,6 +2,7 @@
  * The VM harness's pure parts, without booting anything: result-line parsing (JSON after a marker, never prose),
  * assertion reports, and the qemu command line (TCG, OVMF, virtio, user networking).
  */
+import './lib/timing.ts';
 import test from 'ava';
 import { bootReport, markerJson, qemuArgs, OVMF_CODE, type BootResult } from './lib/qemu.ts';
 

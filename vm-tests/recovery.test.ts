@@ -15,6 +15,7 @@
  * `cosctl upgrade --recovery --image <v2>` builds a new recovery squashfs in the guest. Boot 3 (next_entry=recovery
  * again): the new recovery squashfs boots (cosvm-2.0), and its status agrees.
  */
+import './lib/timing.ts';
 import test from 'ava';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';

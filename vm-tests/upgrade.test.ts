@@ -19,6 +19,7 @@
  * new active's multi-user.target, split into resolve+verify, download (streamed download and unpack), staging (seal,
  * switch, GRUB, records) and reboot (cosctl returned → orderly shutdown → firmware, GRUB, kernel → multi-user).
  */
+import './lib/timing.ts';
 import test from 'ava';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
