@@ -13,6 +13,7 @@ import { SpawnRunner } from './sys/runner.ts';
 import { createLogger } from './sys/log.ts';
 import { crashHooks } from './sys/crash.ts';
 import { NoHooks } from './host/hooks.ts';
+import { YipHooks } from './actions/hooks.ts';
 import { describeSignature } from './actions/verify-image.ts';
 import type { AgentDeps } from './host/deps.ts';
 import type { Backend } from './cli/backend.ts';
@@ -152,7 +153,8 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
     // Test-only seam: shorter registry backoff so fault tests do not wait out production retry delays.
     ...(io.env.AGENT_TEST_REGISTRY_RETRY_MS ? { registry: { retryBaseMs: Number(io.env.AGENT_TEST_REGISTRY_RETRY_MS) } } : {}),
   };
-  deps.hooks = new NoHooks((name) => deps.log.info({ hook: name }, 'hook point (no yip engine in this build)'));
+  // The upgrade hooks are yip stages run by the agent's engine (before-upgrade, after-upgrade-chroot, after-upgrade).
+  deps.hooks = new YipHooks(deps);
 
   const backend = (values['no-daemon'] ? null : await connectDaemon(io.env, deps)) ?? localBackend(deps);
   try {

@@ -25,6 +25,7 @@ import { SpawnRunner } from './sys/runner.ts';
 import { createLogger, type Logger } from './sys/log.ts';
 import { crashHooks } from './sys/crash.ts';
 import { NoHooks } from './host/hooks.ts';
+import { YipHooks } from './actions/hooks.ts';
 import { AgentDaemon } from './daemon/daemon.ts';
 import type { AgentDeps } from './host/deps.ts';
 import { startService, type RunningService } from './dbus/service.ts';
@@ -73,7 +74,8 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
     root,
     runner,
     log,
-    hooks: new NoHooks((name, ctx) => log.info({ transaction: ctx.transaction, hook: name }, 'hook point (no yip engine in this build)')),
+    // Replaced below by the yip hooks, which need these deps.
+    hooks: new NoHooks(),
     env,
     now: () => new Date(),
     ...(env.AGENT_TEST_DISK ? { testDisk: env.AGENT_TEST_DISK } : {}),
@@ -81,6 +83,7 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
     // Test-only seam: shorter registry backoff so fault tests do not wait out production retry delays.
     ...(env.AGENT_TEST_REGISTRY_RETRY_MS ? { registry: { retryBaseMs: Number(env.AGENT_TEST_REGISTRY_RETRY_MS) } } : {}),
   };
+  agent.hooks = new YipHooks(agent);
 
   const daemon: AgentDaemon = new AgentDaemon({
     agent,

@@ -20,6 +20,8 @@ import type { YipEnv } from '../yip/executor.ts';
 export interface RunStageActionOptions {
   stage: string;
   dryRun: boolean;
+  /** Sources after the default ones and before CLOUD_INIT_PATHS (the config's cloud-init-paths). */
+  extraPaths?: readonly string[];
 }
 
 export interface RunStageOutcome {
@@ -33,12 +35,17 @@ export interface RunStageOutcome {
 
 const STAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
+/** A stage name as yip's: letters, digits, `.`, `_`, `-`, at most 100 characters; else USAGE naming it. */
+export function checkStageName(stage: string): void {
+  if (!STAGE_NAME.test(stage) || stage.length > 100) throw new AgentError('USAGE', `run-stage: ${JSON.stringify(stage.slice(0, 100))} is not a stage name (letters, digits, . _ -)`);
+}
+
 export async function runStageAction(deps: AgentDeps, opts: RunStageActionOptions): Promise<RunStageOutcome> {
-  if (!STAGE_NAME.test(opts.stage) || opts.stage.length > 100) throw new AgentError('USAGE', `run-stage: ${JSON.stringify(opts.stage.slice(0, 100))} is not a stage name (letters, digits, . _ -)`);
+  checkStageName(opts.stage);
   const { root } = deps;
   const read = (p: string): Promise<string> => readFile(root.path(p), 'utf8').catch(() => '');
   const cmdline = (await read('/proc/cmdline')).trim();
-  const extraPaths = (deps.env['CLOUD_INIT_PATHS'] ?? '').split(/[\s,]+/).filter(Boolean);
+  const extraPaths = [...(opts.extraPaths ?? []), ...(deps.env['CLOUD_INIT_PATHS'] ?? '').split(/[\s,]+/).filter(Boolean)];
   const osRelease = parseOsRelease((await read('/etc/os-release')) || (await read('/usr/lib/os-release')));
   const live = root.isHostRoot;
   const node = live ? hostname() : (await read('/etc/hostname')).trim();

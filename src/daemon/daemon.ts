@@ -19,6 +19,7 @@ import type { UpgradeOutcome } from '../actions/upgrade/upgrade.ts';
 import type { CheckOutcome } from '../actions/check.ts';
 import type { RollbackOutcome } from '../actions/rollback.ts';
 import type { MarkOutcome } from '../actions/mark.ts';
+import { checkStageName, type RunStageOutcome } from '../actions/run-stage.ts';
 import { readLastResult } from '../host/records.ts';
 import { boundRecord, readLastTransaction, recordedThisBoot, recordTransaction, RESULT, type TransactionDetails, type TransactionRecord } from './transactions.ts';
 
@@ -42,6 +43,12 @@ export interface CheckRequest {
 
 export interface RollbackRequest {
   permanent?: boolean;
+}
+
+export interface RunStageRequest {
+  stage: string;
+  /** Errors fail the job (CLOUD_INIT_FAILED), as elemental run-stage --strict. */
+  strict?: boolean;
 }
 
 /** The Progress property: the running job's progress; depth 1 inside a job, 0 when idle. */
@@ -143,7 +150,7 @@ export interface AgentPort {
   cancel(): boolean;
   mark(good: boolean): Promise<string>;
   statusJson(): Promise<string>;
-  runStage(stage: string): Promise<void>;
+  runStage(req: RunStageRequest): Promise<string>;
 }
 
 const IDLE_PROGRESS: ProgressState = { percent: 0, message: '', depth: 0, bytesDone: 0, bytesTotal: 0 };
@@ -499,8 +506,15 @@ export class AgentDaemon implements AgentPort {
     return cancelled;
   }
 
-  runStage(stage: string): Promise<void> {
-    return Promise.reject(new AgentError('NOT_SUPPORTED', `RunStage "${displayText(stage, TEXT_LIMITS.echo)}": this build has no yip engine to run stages`));
+  /** A yip stage as a job (the same engine as `cosctl run-stage`): its steps, errors and sources go to the record. */
+  async runStage(req: RunStageRequest): Promise<string> {
+    checkStageName(req.stage);
+    const jm = await this.jobs();
+    const startedAt = this.deps.agent.now().toISOString();
+    const tx = jm.runStage(req.stage, req.strict === true);
+    this.pending.set(tx, { kind: 'run-stage', startedAt, details: { stage: req.stage, strict: req.strict === true }, reboot: false, configuredSource: false });
+    this.log.child({ transaction: tx }).info({ kind: 'run-stage', stage: req.stage, strict: req.strict === true }, 'job started');
+    return tx;
   }
 
   /** Stop: cancel a job that can still be cancelled, wait for any job (and its announcement) to finish. */
@@ -619,6 +633,18 @@ export class AgentDaemon implements AgentPort {
     if (kind === 'rollback' && outcome !== null) {
       const o = outcome as RollbackOutcome;
       return { permanent: o.permanent, ...(o.nextEntry !== null ? { nextEntry: o.nextEntry } : {}), ...(o.warnings.length > 0 ? { warnings: o.warnings } : {}) };
+    }
+    if (kind === 'run-stage' && outcome !== null) {
+      const o = outcome as RunStageOutcome;
+      // A file that does not load is reported by each of STAGE.before, STAGE, STAGE.after: named once, as it is counted.
+      const errors = [...new Set(o.runs.flatMap((r) => [
+        ...r.problems.map((p) => `skipped ${p}`),
+        ...r.ops.flatMap((op) => op.errors.map((e) => `${r.stage} ${op.op}: ${e.split('\n')[0] ?? ''}`)),
+      ]))];
+      return {
+        sources: o.sources, steps: o.runs.reduce((n, r) => n + r.ops.filter((op) => op.skipped === null).length, 0), stepErrors: o.errors,
+        ...(errors.length > 0 ? { warnings: errors } : {}),
+      };
     }
     if ((kind === 'mark-good' || kind === 'mark-bad') && outcome !== null) {
       const o = outcome as MarkOutcome;

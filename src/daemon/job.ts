@@ -11,8 +11,9 @@ import { upgrade, type UpgradeOptions, type UpgradeOutcome } from '../actions/up
 import { rollback, type RollbackOptions, type RollbackOutcome } from '../actions/rollback.ts';
 import { checkForUpdate, type CheckOutcome } from '../actions/check.ts';
 import { markBooted, type MarkOutcome } from '../actions/mark.ts';
+import { runStageAction, strictFailure, type RunStageOutcome } from '../actions/run-stage.ts';
 
-export type JobKind = 'upgrade' | 'check' | 'rollback' | 'mark-good' | 'mark-bad';
+export type JobKind = 'upgrade' | 'check' | 'rollback' | 'mark-good' | 'mark-bad' | 'run-stage';
 
 /** Completion result codes of the Completed signal: 0 success, 1 failure, 2 cancelled. */
 export const RESULT_OK = 0;
@@ -25,7 +26,7 @@ export interface RunningJob {
   startedAt: string;
 }
 
-export type JobOutcome = UpgradeOutcome | RollbackOutcome | CheckOutcome | MarkOutcome | null;
+export type JobOutcome = UpgradeOutcome | RollbackOutcome | CheckOutcome | MarkOutcome | RunStageOutcome | null;
 
 export interface JobListener {
   operation(op: Operation, transaction: string | null): void;
@@ -39,9 +40,10 @@ export interface JobActions {
   rollback: typeof rollback;
   checkForUpdate: typeof checkForUpdate;
   markBooted: typeof markBooted;
+  runStageAction: typeof runStageAction;
 }
 
-const REAL_ACTIONS: JobActions = { upgrade, rollback, checkForUpdate, markBooted };
+const REAL_ACTIONS: JobActions = { upgrade, rollback, checkForUpdate, markBooted, runStageAction };
 
 export class JobManager {
   private readonly deps: AgentDeps;
@@ -80,6 +82,19 @@ export class JobManager {
 
   mark(good: boolean): string {
     return this.start(good ? 'mark-good' : 'mark-bad', () => this.actions.markBooted(this.deps, good));
+  }
+
+  /**
+   * A yip stage (RunStage): every step runs, errors are collected; with `strict` a stage that had errors fails with
+   * CLOUD_INIT_FAILED, its outcome (what ran, the errors) kept on the error for the transaction record.
+   */
+  runStage(stage: string, strict: boolean): string {
+    return this.start('run-stage', async () => {
+      const outcome = await this.actions.runStageAction(this.deps, { stage, dryRun: false });
+      const failure = strict ? strictFailure(outcome) : null;
+      if (failure !== null) throw Object.assign(failure, { outcome });
+      return outcome;
+    });
   }
 
   /**
@@ -122,6 +137,8 @@ export class JobManager {
         outcome = await run(transaction, abort.signal, onProgress, onCommit);
       } catch (e) {
         error = e instanceof AgentError ? e : new AgentError('STAGE_FAILED', e instanceof Error ? e.message : String(e), { cause: e });
+        // A failure that still has an outcome to report (a strict run-stage: what ran, the errors).
+        if (typeof e === 'object' && e !== null && 'outcome' in e) outcome = (e as { outcome: JobOutcome }).outcome;
         result = abort.signal.aborted ? RESULT_CANCELLED : RESULT_FAILED;
       } finally {
         this.job = null;

@@ -62,6 +62,13 @@ export interface TransactionDetails {
   nextBoot?: string;
   /** mark-good / mark-bad: whether boot assessment was changed (mark-good leaves a staged upgrade's armed). */
   assessmentChanged?: boolean;
+  /** run-stage: the yip stage, and whether errors fail it. */
+  stage?: string;
+  strict?: boolean;
+  /** run-stage: the sources read (paths, URLs), the steps that ran, and the errors counted (load problems and step errors). */
+  sources?: string[];
+  steps?: number;
+  stepErrors?: number;
 }
 
 export interface TransactionRecord {
@@ -77,7 +84,7 @@ export interface TransactionRecord {
   details: TransactionDetails;
 }
 
-const KINDS: ReadonlySet<string> = new Set(['upgrade', 'check', 'rollback', 'mark-good', 'mark-bad']);
+const KINDS: ReadonlySet<string> = new Set(['upgrade', 'check', 'rollback', 'mark-good', 'mark-bad', 'run-stage']);
 
 /** Ids, codes and timestamps: short by nature; capped all the same (a record read back may come from anywhere). */
 const SHORT = 128;

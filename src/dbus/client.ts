@@ -20,6 +20,7 @@ import {
   decodeProperty,
   encodeCheckOptions,
   encodeRollbackOptions,
+  encodeRunStageOptions,
   encodeUpgradeOptions,
   INTERFACE_NAME,
   OBJECT_PATH,
@@ -199,8 +200,9 @@ export class AgentClient {
     return JSON.parse(await this.getStatusText()) as HostStatusDocument;
   }
 
-  async runStage(stage: string): Promise<void> {
-    await this.call('RunStage', 's', [stage]);
+  /** Start a yip stage as a job; resolves with its transaction id (the outcome comes with Completed). */
+  async runStage(stage: string, opts: { strict?: boolean } = {}): Promise<string> {
+    return String((await this.call('RunStage', 'sa{sv}', [stage, encodeRunStageOptions(opts, mkVariant)]))[0]);
   }
 
   async getProperty<K extends PropertyName>(name: K): Promise<AgentProperties[K]> {

@@ -80,10 +80,11 @@ type OptionType = 's' | 'b';
 type OptionSpec = Readonly<Record<string, OptionType>>;
 
 /** The options each method takes, and the one type each key has. */
-export const METHOD_OPTIONS: Readonly<Record<'Upgrade' | 'Check' | 'Rollback', OptionSpec>> = {
+export const METHOD_OPTIONS: Readonly<Record<'Upgrade' | 'Check' | 'Rollback' | 'RunStage', OptionSpec>> = {
   Upgrade: { image: 's', recovery: 'b', 'no-verify': 'b', reboot: 'b', force: 'b' },
   Check: { image: 's', recovery: 'b' },
   Rollback: { permanent: 'b' },
+  RunStage: { strict: 'b' },
 };
 
 const TYPE_NAMES: Readonly<Record<OptionType, string>> = { s: "a string ('s')", b: "a boolean ('b')" };
@@ -178,6 +179,11 @@ export function decodeRollbackOptions(dict: unknown): RollbackRequest {
   return o.permanent !== undefined ? { permanent: o.permanent as boolean } : {};
 }
 
+export function decodeRunStageOptions(dict: unknown): { strict?: boolean } {
+  const o = readOptions('RunStage', dict);
+  return o.strict !== undefined ? { strict: o.strict as boolean } : {};
+}
+
 /** Build an a{sv} from plain values (only defined ones), typed by the method's spec. */
 function writeOptions(method: keyof typeof METHOD_OPTIONS, values: Record<string, string | boolean | undefined>, mk: MakeVariant): Record<string, unknown> {
   const spec = METHOD_OPTIONS[method];
@@ -201,6 +207,10 @@ export function encodeCheckOptions(req: CheckRequest, mk: MakeVariant): Record<s
 
 export function encodeRollbackOptions(req: RollbackRequest, mk: MakeVariant): Record<string, unknown> {
   return writeOptions('Rollback', { permanent: req.permanent }, mk);
+}
+
+export function encodeRunStageOptions(req: { strict?: boolean }, mk: MakeVariant): Record<string, unknown> {
+  return writeOptions('RunStage', { strict: req.strict }, mk);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -281,6 +291,7 @@ const DETAIL_KEYS: ReadonlyArray<[keyof TransactionDetails, string, string]> = [
   ['reboot', 'reboot', 'b'], ['force', 'force', 'b'], ['unchanged', 'unchanged', 's'], ['rolledBack', 'rolled-back', 'b'], ['currentDigest', 'current-digest', 's'],
   ['updateAvailable', 'update-available', 'b'], ['permanent', 'permanent', 'b'], ['nextEntry', 'next-entry', 's'],
   ['warnings', 'warnings', 'as'], ['assessmentChanged', 'assessment-changed', 'b'], ['nextBoot', 'next-boot', 's'],
+  ['stage', 'stage', 's'], ['strict', 'strict', 'b'], ['sources', 'sources', 'as'], ['steps', 'steps', 'u'], ['stepErrors', 'step-errors', 'u'],
 ];
 
 /** The D-Bus value of one property, from the daemon state. */

@@ -19,6 +19,7 @@ import {
   BUS_NAME,
   decodeCheckOptions,
   decodeRollbackOptions,
+  decodeRunStageOptions,
   decodeStageName,
   decodeUpgradeOptions,
   encodeProperty,
@@ -55,7 +56,7 @@ const METHODS: Readonly<Record<string, MethodSpec>> = {
   MarkGood: { in: '', out: 's', privileged: true, call: async (a) => [await a.mark(true)] },
   MarkBad: { in: '', out: 's', privileged: true, call: async (a) => [await a.mark(false)] },
   GetStatus: { in: '', out: 's', privileged: false, call: async (a) => [await a.statusJson()] },
-  RunStage: { in: 's', out: '', privileged: true, call: async (a, [stage]) => { await a.runStage(decodeStageName(stage)); return []; } },
+  RunStage: { in: 'sa{sv}', out: 's', privileged: true, call: async (a, [stage, o]) => [await a.runStage({ stage: decodeStageName(stage), ...decodeRunStageOptions(o) })] },
 };
 
 const PROPERTY_NAMES = Object.keys(PROPERTY_SIGNATURES) as PropertyName[];

@@ -1,6 +1,6 @@
 /**
- * Hook points of the upgrade (cos-layout.md 2.5/2.6), called through one interface. The yip engine that fills it is
- * a later issue; until then the agent runs with a HookRunner that runs nothing and says so in the log.
+ * Hook points of the upgrade (cos-layout.md 2.5/2.6), called through one interface. cosd and cosctl fill it with the
+ * yip engine (src/actions/hooks.ts); NoHooks runs nothing (for tests of other parts, and until the deps exist).
  */
 export type HookName = 'before-upgrade' | 'after-upgrade-chroot' | 'after-upgrade';
 
@@ -13,13 +13,15 @@ export interface HookContext {
   chroot?: string;
   /** Whether hook errors fail the upgrade (elemental --strict). */
   strict: boolean;
+  /** The config's cloud-init-paths: sources after the default ones (inside the chroot for after-upgrade-chroot). */
+  extraPaths?: readonly string[];
 }
 
 export interface HookRunner {
   run(name: HookName, ctx: HookContext): Promise<void>;
 }
 
-/** Runs nothing (no yip engine yet): logs each hook point so the sequence is visible. */
+/** Runs nothing: logs each hook point so the sequence is visible. */
 export class NoHooks implements HookRunner {
   private readonly log: (name: HookName, ctx: HookContext) => void;
   constructor(log: (name: HookName, ctx: HookContext) => void = () => {}) {

@@ -76,7 +76,7 @@ function actions(over: Partial<JobActions> = {}): JobActions {
   const unexpected = (name: string) => async (): Promise<never> => {
     throw new Error(`unexpected call of ${name}`);
   };
-  return { upgrade: unexpected('upgrade'), rollback: unexpected('rollback'), checkForUpdate: unexpected('checkForUpdate'), markBooted: unexpected('markBooted'), ...over };
+  return { upgrade: unexpected('upgrade'), rollback: unexpected('rollback'), checkForUpdate: unexpected('checkForUpdate'), markBooted: unexpected('markBooted'), runStageAction: unexpected('runStageAction'), ...over };
 }
 
 /**

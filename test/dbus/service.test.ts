@@ -5,7 +5,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { AgentError } from '../../src/model/errors.ts';
@@ -135,12 +135,52 @@ test('a call with the wrong signature is rejected with InvalidArgs', async (t) =
   t.regex(err.message, /Upgrade takes \(a\{sv\}\), got \(s\)/);
 });
 
-test('RunStage answers NotSupported: there is no yip engine yet', async (t) => {
-  const { client } = await setup(t);
-  const err = await rejection(t, client.runStage('after-upgrade'));
-  t.is(err.code, 'NOT_SUPPORTED');
-  t.is(err.cause.type, 'io.costoolkit.Agent1.Error.NotSupported');
-  t.regex(err.message, /after-upgrade/);
+const STAGE_FILES: Record<string, string> = {
+  'oem/10_custom.yaml': `stages:
+  custom:
+    - name: a file
+      files:
+        - path: /etc/custom.conf
+          content: "written by RunStage\\n"
+          permissions: 0640
+    - name: a directory
+      directories:
+        - path: /var/lib/custom
+  other:
+    - files:
+        - path: /etc/other.conf
+          content: other
+`,
+  'oem/20_broken.yaml': 'stages:\n  custom:\n    - files: "not a list"\n',
+};
+
+test('RunStage runs a yip stage as a job: its files are written in the root, the record counts steps and names each error', async (t) => {
+  const { client, root } = await setup(t, 'packaging', STAGE_FILES);
+  const rec = await client.runJob(() => client.runStage('custom'));
+  t.is(rec.kind, 'run-stage');
+  t.is(rec.result, 0, 'errors never fail a stage without strict');
+  t.is(await readFile(path.join(root, 'etc/custom.conf'), 'utf8'), 'written by RunStage\n');
+  t.true((await stat(path.join(root, 'var/lib/custom'))).isDirectory());
+  await t.throwsAsync(stat(path.join(root, 'etc/other.conf')), undefined, 'another stage did not run');
+  t.like(rec.details, { stage: 'custom', strict: false, sources: ['/oem/'], steps: 2, stepErrors: 1 });
+  t.deepEqual(rec.details.warnings, ['skipped /oem/20_broken.yaml:3 step 0 files: expected a list, got the scalar "not a list"']);
+  const last = await client.getProperty('LastTransaction');
+  t.like(last, { kind: 'run-stage', details: { stage: 'custom', steps: 2, stepErrors: 1, sources: ['/oem/'] } });
+});
+
+test('RunStage with strict fails the job with CloudInitFailed when the stage had errors, and still records what ran', async (t) => {
+  const { client, root } = await setup(t, 'packaging', STAGE_FILES);
+  const err = await rejection(t, client.runJob(() => client.runStage('custom', { strict: true })));
+  t.is(err.code, 'CLOUD_INIT_FAILED');
+  const rec = JSON.parse(await readFile(path.join(root, 'run/cos-agent/last-transaction.json'), 'utf8')) as { result: number; code: string; error: string; details: object };
+  t.like(rec, { result: 1, code: 'CLOUD_INIT_FAILED', details: { stage: 'custom', strict: true, steps: 2, stepErrors: 1 } });
+  t.regex(rec.error, /stage custom: 1 error\(s\)/);
+  t.like(await client.getProperty('LastTransaction'), { code: 'CLOUD_INIT_FAILED', details: { stepErrors: 1 } });
+  t.is(await readFile(path.join(root, 'etc/custom.conf'), 'utf8'), 'written by RunStage\n', 'the good steps ran');
+  // A file that does not load fails every stage under strict (its steps may have been for any); without it, none.
+  await rm(path.join(root, 'oem/20_broken.yaml'));
+  const clean = await client.runJob(() => client.runStage('other', { strict: true }));
+  t.like(clean, { result: 0, details: { stage: 'other', steps: 1, stepErrors: 0 } });
 });
 
 test('RunStage with a 10 MB stage name is refused with a short InvalidArgs naming its length; a hostile name is echoed escaped', async (t) => {
@@ -150,9 +190,11 @@ test('RunStage with a 10 MB stage name is refused with a short InvalidArgs namin
   t.is(err.cause.type, 'io.costoolkit.Agent1.Error.InvalidArgs');
   t.is(err.message, 'RunStage: the stage name is 10485760 bytes long, over the limit of 256 bytes');
   const hostile = await rejection(t, client.runStage('\x1b]0;pwned\x07after-upgrade'));
-  t.is(hostile.code, 'NOT_SUPPORTED');
-  t.regex(hostile.message, /^RunStage "\\x1b\]0;pwned\\x07after-upgrade": this build has no yip engine/);
+  t.is(hostile.code, 'USAGE');
+  t.regex(hostile.message, /^run-stage: "\\u001b\]0;pwned\\u0007after-upgrade" is not a stage name/);
   t.false(/[\x00-\x1f\x7f-\x9f]/.test(hostile.message));
+  t.regex((await rejection(t, client.call('RunStage', 's', ['boot']))).message, /RunStage takes \(sa\{sv\}\)/);
+  t.is(await client.getProperty('LastTransaction'), null, 'nothing ran');
   t.true(Math.max(...cosd.logs.map((l) => JSON.stringify(l).length)) < 8 << 10, 'no log line echoes the 10 MB');
 });
 
@@ -218,7 +260,7 @@ test('when a looser policy lets the call through, the service itself refuses a n
   const r = await asUser(65534, bus, 'upgrade');
   t.is(r.code, 'ACCESS_DENIED');
   t.regex(r.message ?? '', /Upgrade is for root only .*uid 65534/);
-  t.is((await asUser(65534, bus, 'runStage')).code, 'ACCESS_DENIED', 'checked before NotSupported');
+  t.is((await asUser(65534, bus, 'runStage')).code, 'ACCESS_DENIED', 'checked before the stage name');
   t.is(await client.getProperty('LastTransaction'), null, 'no job ran');
   const refused = cosd.logs.find((l) => l.msg === 'refused a call from a non-root caller');
   t.like(refused, { method: 'Upgrade', uid: 65534 });

@@ -18,6 +18,7 @@ import { Variant } from 'dbus-next';
 import {
   decodeCheckOptions,
   decodeRollbackOptions,
+  decodeRunStageOptions,
   decodeStageName,
   decodeUpgradeOptions,
   encodeCheckOptions,
@@ -32,14 +33,15 @@ import { TEXT_LIMITS, utf8Length } from '../../src/model/text.ts';
 import { contract, corpus, fc, fuzz } from './fuzz.ts';
 
 type Method = keyof typeof METHOD_OPTIONS;
-const METHODS: readonly Method[] = ['Upgrade', 'Check', 'Rollback'];
+const METHODS: readonly Method[] = ['Upgrade', 'Check', 'Rollback', 'RunStage'];
 const DECODE: Record<Method, (dict: unknown) => Record<string, unknown>> = {
   Upgrade: (d) => ({ ...decodeUpgradeOptions(d) }),
   Check: (d) => ({ ...decodeCheckOptions(d) }),
   Rollback: (d) => ({ ...decodeRollbackOptions(d) }),
+  RunStage: (d) => ({ ...decodeRunStageOptions(d) }),
 };
 /** The request field each option key becomes. */
-const FIELD: Readonly<Record<string, string>> = { image: 'image', recovery: 'recovery', 'no-verify': 'noVerify', reboot: 'reboot', force: 'force', permanent: 'permanent' };
+const FIELD: Readonly<Record<string, string>> = { image: 'image', recovery: 'recovery', 'no-verify': 'noVerify', reboot: 'reboot', force: 'force', permanent: 'permanent', strict: 'strict' };
 /** Values carry this marker, keys never do: a message containing it echoed a value. */
 const MARK = '§§';
 

@@ -761,8 +761,8 @@ function stagedOutcome(run: UpgradeRun): UpgradeOutcome {
 }
 
 /** What every hook is told: the transaction, the target, whether hook errors fail the upgrade. */
-function hookContext(run: UpgradeRun): { transaction: string; target: 'system' | 'recovery'; strict: boolean } {
-  return { transaction: run.transaction, target: run.plan.target, strict: run.config.strict };
+function hookContext(run: UpgradeRun): { transaction: string; target: 'system' | 'recovery'; strict: boolean; extraPaths: readonly string[] } {
+  return { transaction: run.transaction, target: run.plan.target, strict: run.config.strict, extraPaths: run.config.cloudInitPaths };
 }
 
 /** Remove this run's running-upgrade marker; a failure is logged (the next run would record it as interrupted). */
