@@ -3,6 +3,8 @@
 #
 #   systemd/cosd.service                  -> DESTDIR/usr/lib/systemd/system/cosd.service
 #   systemd/cos-agent-healthcheck.service -> DESTDIR/usr/lib/systemd/system/cos-agent-healthcheck.service
+#   systemd/cos-setup-{fs,boot,network,reconcile}.service, systemd/cos-setup-reconcile.timer
+#                                          -> DESTDIR/usr/lib/systemd/system/ (the yip runtime stages, cOS's units)
 #   packaging/io.costoolkit.Agent1.conf    -> DESTDIR/usr/share/dbus-1/system.d/io.costoolkit.Agent1.conf
 #   packaging/io.costoolkit.Agent1.service -> DESTDIR/usr/share/dbus-1/system-services/io.costoolkit.Agent1.service
 #   src/dbus/interface.xml                 -> DESTDIR/usr/share/dbus-1/interfaces/io.costoolkit.Agent1.xml
@@ -57,6 +59,9 @@ put() {
 
 put systemd/cosd.service                   usr/lib/systemd/system/cosd.service
 put systemd/cos-agent-healthcheck.service  usr/lib/systemd/system/cos-agent-healthcheck.service
+for unit in cos-setup-fs.service cos-setup-boot.service cos-setup-network.service cos-setup-reconcile.service cos-setup-reconcile.timer; do
+  put "systemd/$unit" "usr/lib/systemd/system/$unit"
+done
 put packaging/io.costoolkit.Agent1.conf    usr/share/dbus-1/system.d/io.costoolkit.Agent1.conf
 put packaging/io.costoolkit.Agent1.service usr/share/dbus-1/system-services/io.costoolkit.Agent1.service
 put src/dbus/interface.xml                 usr/share/dbus-1/interfaces/io.costoolkit.Agent1.xml

@@ -156,7 +156,10 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
   // The upgrade hooks are yip stages run by the agent's engine (before-upgrade, after-upgrade-chroot, after-upgrade).
   deps.hooks = new YipHooks(deps);
 
-  const backend = (values['no-daemon'] ? null : await connectDaemon(io.env, deps)) ?? localBackend(deps);
+  // run-stage always runs in-process (as elemental's): the fs stage runs before D-Bus exists, and a stage must not
+  // wait on the daemon it may configure.
+  const inProcess = values['no-daemon'] === true || command === 'run-stage';
+  const backend = (inProcess ? null : await connectDaemon(io.env, deps)) ?? localBackend(deps);
   try {
     return await dispatch(command, operand, values, backend, io, deps);
   } finally {

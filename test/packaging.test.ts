@@ -42,6 +42,8 @@ const FILES: Readonly<Record<string, string>> = {
   'usr/share/polkit-1/actions/io.costoolkit.agent1.policy': 'packaging/io.costoolkit.agent1.policy',
   [POLKIT_DROP_IN]: 'packaging/io.costoolkit.Agent1.polkit.conf',
   'usr/share/doc/cos-agent/README.md': 'README.md',
+  ...Object.fromEntries(['cos-setup-fs.service', 'cos-setup-boot.service', 'cos-setup-network.service', 'cos-setup-reconcile.service', 'cos-setup-reconcile.timer']
+    .map((u) => [`usr/lib/systemd/system/${u}`, `systemd/${u}`])),
 };
 /** Installed executables (0755), installed path -> source, and the directories installed empty. */
 const EXECUTABLES: Readonly<Record<string, string>> = {
@@ -313,6 +315,39 @@ test('systemd-analyze verify catches a broken health-check unit (a bad Type=, no
   const noProgram = await verifyHealth(t, dest, text, false);
   t.false(noProgram.clean);
   t.regex(noProgram.stderr, /\/usr\/bin\/cosctl is not executable/);
+});
+
+/**
+ * The yip runtime-stage units keep cOS v0.8.14's own units' ordering, install and scheduling (read from
+ * ../shared/cos-v0.8.14/cos-setup), with `cosctl run-stage STAGE` where cOS runs `elemental run-stage STAGE`; each
+ * passes systemd-analyze verify without a diagnostic (a stub /usr/bin/cosctl).
+ */
+test('the cos-setup units run cosctl run-stage with the ordering, install and timer of cOS v0.8.14\'s own units', async (t) => {
+  const dest = await install(t);
+  const cos = path.join(REPO, '../shared/cos-v0.8.14/cos-setup');
+  for (const unit of ['cos-setup-fs.service', 'cos-setup-boot.service', 'cos-setup-network.service', 'cos-setup-reconcile.service', 'cos-setup-reconcile.timer']) {
+    const ours = await readFile(path.join(dest, 'usr/lib/systemd/system', unit), 'utf8');
+    const theirs = await readFile(path.join(cos, unit), 'utf8');
+    const pick = (text: string, name: string, keys: readonly string[]): Record<string, string | undefined> =>
+      Object.fromEntries(keys.map((k) => [k, section(text, name)[k]]));
+    const unitKeys = ['DefaultDependencies', 'After', 'Wants', 'Before'];
+    t.deepEqual(pick(ours, 'Unit', unitKeys), pick(theirs, 'Unit', unitKeys), `${unit} [Unit] ordering`);
+    t.deepEqual(section(ours, 'Install'), section(theirs, 'Install'), `${unit} [Install]`);
+    if (unit.endsWith('.timer')) {
+      t.deepEqual(section(ours, 'Timer'), section(theirs, 'Timer'), `${unit} [Timer]`);
+      continue;
+    }
+    const service = section(ours, 'Service');
+    const stage = unit.replace(/^cos-setup-|\.service$/g, '');
+    const theirService = section(theirs, 'Service');
+    t.true((theirService.ExecStart ?? '').includes(`elemental run-stage ${stage}`));
+    t.true((service.ExecStart ?? '').endsWith(`/usr/bin/cosctl run-stage ${stage}`), `${unit}: ${service.ExecStart}`);
+    for (const k of ['Type', 'RemainAfterExit', 'Nice', 'IOSchedulingPriority', 'TimeoutStopSec', 'KillMode', 'KillSignal']) t.is(service[k], theirService[k], `${unit} ${k}`);
+    if (unit === 'cos-setup-reconcile.service') t.regex(service.ExecStart ?? '', /^\/usr\/bin\/systemd-inhibit /, 'reconcile runs under systemd-inhibit, as cOS\'s');
+    // ExecStart='s program must exist: reconcile's is systemd-inhibit (which runs cosctl).
+    const r = await verify(t, dest, ours, true, `usr/lib/systemd/system/${unit}`, unit === 'cos-setup-reconcile.service' ? 'usr/bin/systemd-inhibit' : 'usr/bin/cosctl');
+    t.true(r.clean, `${unit}: ${r.stderr}${r.stdout}`);
+  }
 });
 
 test('the shipped health check is a POSIX sh script that calls GetStatus on the agent\'s bus name', async (t) => {
