@@ -14,6 +14,9 @@
  *    RSS, the `cosctl status --json` document and the health-check unit's result; after the guest powered off the
  *    host reads COS_STATE/boot_assessment on the disk image: marked good = enable_boot_assessment empty, the
  *    countdown cleared.
+ * 2. in the same boot, the yip stages run by the agent from cOS's cos-setup units (the snippet enables them): the
+ *    image's /system/oem/50_cosvm.yaml (boot: a hostname, a user with an authorized key) and COS_OEM's
+ *    /oem/60_cosvm.yaml (boot: a file; network: a sysctl and a file), checked from the host in the guest's report.
  */
 import './lib/timing.ts';
 import test from 'ava';
@@ -27,6 +30,40 @@ import { bootReport, bootVm, killAllVms, logDir, markerJson } from './lib/qemu.t
 
 const BOOT_TIMEOUT_MS = 300_000;
 
+/** An ed25519 public key (test data, no private key exists for it). */
+const COSVM_KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIM7d8bJ7Q1m5mFf3Q0cT1c6f0m0cosvmTESTkeyOnly0 cosvm@vm-tests';
+
+/** The image's own cloud-config (/system/oem), as a derivative ships it. */
+const SYSTEM_OEM = `name: "cos-agent VM test: the image's cloud-config"
+stages:
+  boot:
+    - name: hostname and a user with a key
+      hostname: cosvm-yip
+      users:
+        cosvm:
+          passwd: cosvm
+          groups: [users]
+          ssh_authorized_keys:
+            - ${COSVM_KEY}
+`;
+
+/** The host's cloud-config on COS_OEM (/oem), as an installer or operator writes it. */
+const OEM = `stages:
+  boot:
+    - name: a file from /oem
+      files:
+        - path: /etc/cosvm-from-oem
+          content: "written by cos-agent from /oem at boot\\n"
+          permissions: 0640
+  network:
+    - name: a sysctl once the network is up
+      sysctl:
+        vm.swappiness: "13"
+      files:
+        - path: /run/cosvm-network-stage
+          content: "network stage ran"
+`;
+
 let disk: CosDisk;
 let pkg: AgentPackage;
 let enabled: string[] = [];
@@ -38,7 +75,10 @@ test.before(async (t) => {
   pkg = await agentPackage((l) => t.log(l));
   enabled = await dockerfileEnabledUnits();
   const reporter = agentReporter();
-  disk = await buildCosDisk(agentDiskOptions(pkg.path, enabled, reporter));
+  disk = await buildCosDisk({
+    ...agentDiskOptions(pkg.path, enabled, reporter, [{ path: '/system/oem/50_cosvm.yaml', content: SYSTEM_OEM, mode: 0o600 }]),
+    oemFiles: [{ path: '60_cosvm.yaml', text: OEM }],
+  });
   buildSeconds = (Date.now() - t0) / 1000;
   t.log(`package ${path.relative(process.cwd(), pkg.path)} sha256 ${pkg.sha256.slice(0, 16)}… (${pkg.built === null ? 'up to date in dist/' : `built: ${pkg.built}`}, ${pkg.seconds.toFixed(1)} s); enabled: ${enabled.join(' ')}; disk ${disk.key} ready after ${buildSeconds.toFixed(1)} s`);
 });
@@ -69,7 +109,7 @@ test('first boot under boot assessment: cosd runs under systemd, status says act
   t.log(`boot: ${(b.durationMs / 1000).toFixed(1)} s, serial log ${b.logPath}`);
   const byKind = new Map<string, Json>();
   for (const r of b.results) byKind.set(String(r['kind']), r);
-  const missing = ['env-before', 'cosd', 'rss', 'status', 'healthcheck', 'cosd-journal', 'done'].filter((k) => !byKind.has(k));
+  const missing = ['env-before', 'cosd', 'rss', 'status', 'healthcheck', 'yip', 'cosd-journal', 'done'].filter((k) => !byKind.has(k));
   if (b.timedOut || missing.length > 0) t.fail(`the guest did not report ${missing.join(', ') || '(timed out)'}\n${report}`);
   const envBefore = obj(byKind.get('env-before'));
   const cosd = obj(byKind.get('cosd'));
@@ -130,6 +170,25 @@ test('first boot under boot assessment: cosd runs under systemd, status says act
   t.is(done['target'], 'active', `multi-user.target\n${diag}`);
   t.is(done['failed'], '', `no failed units\n${diag}`);
   t.true(b.exitCode === 0 && !b.timedOut, `the guest powered off by itself\n${report}`);
+
+  // (f) the yip stages of the cos-setup units, run by the agent from /system/oem and /oem
+  const yip = obj(byKind.get('yip'));
+  const yipDiag = `${JSON.stringify({ ...yip, journal: undefined })}\n--- cos-setup journal (guest) ---\n${String(yip['journal'] ?? '')}\n${report}`;
+  t.deepEqual(String(yip['units'] ?? '').trim().split('\n'), [
+    'cos-setup-fs active success 0', 'cos-setup-boot active success 0', 'cos-setup-network inactive success 0',
+  ], `the cos-setup units ran cosctl run-stage fs, boot and network with exit 0\n${yipDiag}`);
+  t.is(yip['hostname'], 'cosvm-yip', `hostname set live by the boot stage\n${yipDiag}`);
+  t.is(yip['etcHostname'], 'cosvm-yip', `/etc/hostname\n${yipDiag}`);
+  const passwd = String(yip['passwd'] ?? '').split(':');
+  t.deepEqual([passwd[0], passwd[5], passwd[6]], ['cosvm', '/home/cosvm', '/bin/sh'], `the user cosvm\n${yipDiag}`);
+  t.true(Number(passwd[2]) >= 1000, `a regular uid: ${passwd[2] ?? ''}`);
+  t.regex(String(yip['group'] ?? ''), /^cosvm:x:\d+:(cosvm)?$/, `the user's own group\n${yipDiag}`);
+  t.is(yip['keys'], COSVM_KEY, `~cosvm/.ssh/authorized_keys\n${yipDiag}`);
+  t.is(yip['keysStat'], 'cosvm cosvm 600', `owned by the user, 0600\n${yipDiag}`);
+  t.is(yip['oemFile'], 'written by cos-agent from /oem at boot', `the /oem file\n${yipDiag}`);
+  t.is(yip['oemFileStat'], 'root 640', `its mode\n${yipDiag}`);
+  t.is(yip['swappiness'], '13', `the network stage's sysctl\n${yipDiag}`);
+  t.is(yip['network'], 'network stage ran', `the network stage's file\n${yipDiag}`);
 
   // (e) on the disk, after power-off: the health check's mark-good disarmed boot assessment and cleared the countdown
   const after = await readGrubEnv(image, STATE_BOOT_ASSESSMENT);

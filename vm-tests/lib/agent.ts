@@ -20,6 +20,8 @@
  *     node-baseline how long `/usr/lib/cos-agent/node -e 0` takes in the guest (for scale: TCG is slow)
  *     status       `cosctl status --json`: exit code, stdout (the document, as a string), stderr
  *     healthcheck  cos-agent-healthcheck.service Result, ExecMainStatus, ActiveState, its journal (-o cat)
+ *     yip          what the cos-setup units' stages did: hostname, the user cosvm (passwd, group, authorized_keys),
+ *                  /etc/cosvm-from-oem, vm.swappiness, /run/cosvm-network-stage, the units' results and journal
  *     cosd-journal `journalctl -u cosd -o json --output-fields=MESSAGE` (the last 200 entries: the lines with their
  *                  monotonic timestamps, for the start-up breakdown; `parseJournalJson()` parses them)
  *     done         the failed units, uptime
@@ -183,6 +185,10 @@ emit "{\\"kind\\":\\"status\\",\\"exit\\":$rc,\\"us\\":$((t1 - t0)),\\"stdout\\"
 hc=cos-agent-healthcheck.service
 emit "{\\"kind\\":\\"healthcheck\\",\\"active\\":$(j "$(systemctl is-active $hc)"),\\"result\\":$(j "$(show $hc Result)"),\\"execMainStatus\\":$(num "$(show $hc ExecMainStatus)"),\\"execMainStartUs\\":$(num "$(show $hc ExecMainStartTimestampMonotonic)"),\\"execMainExitUs\\":$(num "$(show $hc ExecMainExitTimestampMonotonic)"),\\"journal\\":$(j "$(journalctl -u $hc -o cat --no-pager | tail -n 100)")}"
 
+# (e) the yip stages the agent ran from the cos-setup units (cloud-config of the scenario that has some; else empty)
+yip_units=$(for u in cos-setup-fs cos-setup-boot cos-setup-network; do printf '%s %s %s %s\\n' "$u" "$(show $u.service ActiveState)" "$(show $u.service Result)" "$(show $u.service ExecMainStatus)"; done)
+emit "{\\"kind\\":\\"yip\\",\\"hostname\\":$(j "$(hostname)"),\\"etcHostname\\":$(j "$(cat /etc/hostname)"),\\"passwd\\":$(j "$(getent passwd cosvm)"),\\"group\\":$(j "$(getent group cosvm)"),\\"keys\\":$(j "$(cat /home/cosvm/.ssh/authorized_keys)"),\\"keysStat\\":$(j "$(stat -c '%U %G %a' /home/cosvm/.ssh/authorized_keys)"),\\"oemFile\\":$(j "$(cat /etc/cosvm-from-oem)"),\\"oemFileStat\\":$(j "$(stat -c '%U %a' /etc/cosvm-from-oem)"),\\"swappiness\\":$(j "$(cat /proc/sys/vm/swappiness)"),\\"network\\":$(j "$(cat /run/cosvm-network-stage)"),\\"units\\":$(j "$yip_units"),\\"journal\\":$(j "$(journalctl -u cos-setup-fs -u cos-setup-boot -u cos-setup-network -o cat --no-pager | tail -n 60)")}"
+
 emit "{\\"kind\\":\\"cosd-journal\\",\\"json\\":$(j "$(journalctl -u cosd.service -o json --output-fields=MESSAGE --no-pager | tail -n 200)")}"
 
 failed=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | paste -sd' ')
@@ -207,7 +213,7 @@ WantedBy=multi-user.target
 
 export const REPORT_UNIT: string = `[Unit]
 Description=cos-agent VM test: report cosd, its status and the health check on ttyS0, then power off
-After=multi-user.target cos-agent-healthcheck.service cosd.service
+After=multi-user.target cos-agent-healthcheck.service cosd.service cos-setup-boot.service cos-setup-network.service
 
 [Service]
 Type=oneshot

@@ -57,6 +57,8 @@ export interface CosDiskOptions {
   /** COS_STATE files that replace (same path) or add to the cOS ones of cosStateBootFiles(), e.g. the agent's own
    * grub_boot_assessment in place of cOS's. */
   stateFiles?: readonly BootFile[];
+  /** COS_OEM files besides the harness's (grubenv, grubmenu), e.g. cloud-config the agent runs from /oem. */
+  oemFiles?: readonly BootFile[];
   /** Files written into one slot image only, after passive.img was copied from active.img (debugfs, no mount): two
    * images that differ, e.g. an upgrade in active with a failing health check and the good image in passive, or two
    * os-release VERSIONs. Every file replaces any same path; parent directories are created. */
@@ -86,8 +88,8 @@ export async function buildCosDisk(opts: CosDiskOptions = {}): Promise<CosDisk> 
   const initrd = await buildInitrd(kernel);
   const overrides = opts.stateFiles ?? [];
   const stateFiles = [...cosStateBootFiles().filter((f) => !overrides.some((o) => o.path === f.path)), ...overrides];
-  const oemFiles = cosOemBootFiles(opts.grubTimeout ?? 0);
-  const { rootfs: _rootfs, stateFiles: _stateFiles, slotFiles, ...sizeOpts } = opts;
+  const oemFiles = [...cosOemBootFiles(opts.grubTimeout ?? 0), ...(opts.oemFiles ?? [])];
+  const { rootfs: _rootfs, stateFiles: _stateFiles, oemFiles: _oemFiles, slotFiles, ...sizeOpts } = opts;
   // slot files by content hash, as rootfsKey does: hashKey would walk a Buffer byte by byte (an initrd: seconds)
   const slotKey = Object.entries(slotFiles ?? {}).map(([slot, files]) => [slot, files.map((f) => [f.path, hashKey(Buffer.from(f.content).toString('base64')), f.mode ?? 0o644])]);
   const key = hashKey(kernel.key, initrd.key, grubEfi.key, rkey, stateFiles, oemFiles, sizeOpts, slotKey, sourceOf(import.meta.url));
