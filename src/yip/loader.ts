@@ -31,6 +31,12 @@ export interface LoadOptions {
   fetch?: (url: string) => Promise<string>;
   /** Turn loaded bytes into YAML text before decoding (yip's modifier: dot notation for /proc/cmdline). */
   modifier?: (text: string) => string;
+  /**
+   * Decoded documents by origin and exact text, shared by the loads of one run (STAGE.before, STAGE, STAGE.after read
+   * every source again, as yip does, so a file an earlier stage wrote is seen): a file whose text is unchanged is
+   * not parsed again. The decoded configs are never mutated (plan and executor only read them).
+   */
+  decoded?: Map<string, ReturnType<typeof decodeYip>>;
 }
 
 const YAML_EXT = new Set(['.yaml', '.yml']);
@@ -73,7 +79,12 @@ export async function walkYamlFiles(root: SysRoot, source: string): Promise<stri
 }
 
 function decode(text: string, origin: string, opts: LoadOptions, into: LoadResult): void {
-  const r = decodeYip(opts.modifier !== undefined ? opts.modifier(text) : text, origin);
+  const key = `${origin}\0${text}`;
+  let r = opts.decoded?.get(key);
+  if (r === undefined) {
+    r = decodeYip(opts.modifier !== undefined ? opts.modifier(text) : text, origin);
+    opts.decoded?.set(key, r);
+  }
   into.problems.push(...r.problems);
   if (r.config !== null) into.documents.push({ origin, config: r.config });
 }

@@ -10,7 +10,7 @@ import { stat } from 'node:fs/promises';
 import { stringify } from 'yaml';
 import { dotNotation } from './dot-notation.ts';
 import { runOps, type OpReport, type YipEnv } from './executor.ts';
-import { loadSource } from './loader.ts';
+import { loadSource, type LoadOptions } from './loader.ts';
 import { planStage } from './plan.ts';
 import type { YipProblem } from './schema.ts';
 import type { SysRoot } from '../sys/root.ts';
@@ -72,10 +72,11 @@ export async function runStage(env: YipEnv, opts: RunStageOptions): Promise<RunS
   // Sources are loaded again for each stage (an earlier stage may write a file a later one runs, as in yip); a file
   // that fails to load counts once.
   const counted = new Set<string>();
+  const decoded: NonNullable<LoadOptions['decoded']> = new Map();
   const stages = [`${opts.stage}.before`, opts.stage, `${opts.stage}.after`];
   for (const stage of stages) {
     for (const source of sources) {
-      const loaded = await loadSource(env.root, source, opts.fetch !== undefined ? { fetch: opts.fetch } : {});
+      const loaded = await loadSource(env.root, source, { decoded, ...(opts.fetch !== undefined ? { fetch: opts.fetch } : {}) });
       const plan = planStage(loaded.documents, stage);
       const reports = await runOps(plan.ops, env);
       for (const p of loaded.problems) counted.add(`${p.file}\n${p.message}`);
@@ -85,7 +86,7 @@ export async function runStage(env: YipEnv, opts: RunStageOptions): Promise<RunS
   }
   const modifier = (text: string): string => stringify(dotNotation(text).value, { version: '1.1' });
   for (const stage of stages) {
-    const loaded = await loadSource(env.root, opts.cmdline.trim(), { modifier });
+    const loaded = await loadSource(env.root, opts.cmdline.trim(), { modifier, decoded });
     const plan = planStage(loaded.documents, stage);
     const reports = await runOps(plan.ops, env);
     errors += reports.reduce((n, r) => n + r.errors.length, 0);

@@ -52,3 +52,22 @@ test('errors are counted, never stop the run; a bad file is a problem and the ot
   const bad = r.runs.find((x) => x.source === '/oem/' && x.stage === 'network')?.problems[0];
   t.like(bad, { file: '/oem/02.yaml', key: 'stages' });
 });
+
+test('a file an earlier stage writes or rewrites is what the later stages run (every source is read again per stage)', async (t) => {
+  const { env, commands } = await rig(t, {
+    '/oem/01.yaml': `stages:
+  boot.before:
+    - commands: [before]
+      files:
+        - path: /oem/01.yaml
+          content: "stages:\\n  boot:\\n    - commands: [rewritten-boot]\\n"
+        - path: /oem/02.yaml
+          content: "stages:\\n  boot.after:\\n    - commands: [new-file-after]\\n"
+  boot:
+    - commands: [original-boot]
+`,
+  });
+  const r = await runStage(env, { stage: 'boot', cmdline: '' });
+  t.deepEqual(commands, ['before', 'rewritten-boot', 'new-file-after']);
+  t.is(r.errors, 0);
+});
