@@ -59,7 +59,12 @@ export async function runStageAction(deps: AgentDeps, opts: RunStageActionOption
       node: { hostname: node, machineid: machineId },
       os: { name: osRelease.get('PRETTY_NAME') ?? '', vendor: osRelease.get('ID') ?? '', version: osRelease.get('VERSION_ID') ?? '', architecture: process.arch === 'x64' ? 'amd64' : process.arch },
     },
-    ...(live ? { setHostname: (name: string) => writeFile('/proc/sys/kernel/hostname', name) } : {}),
+    ...(live ? {
+      setHostname: (name: string) => writeFile('/proc/sys/kernel/hostname', name),
+      modprobe: async (name: string, params: readonly string[]) => {
+        await deps.runner.run({ argv: ['modprobe', name, ...params], description: `loading the kernel module ${name}` });
+      },
+    } : {}),
   };
   let result: RunStageResult;
   if (opts.dryRun) {

@@ -5,8 +5,8 @@
  * it (an absolute symlink such as /etc/resolv.conf -> /run/... restarts at the root, `..` stops there): with
  * `--root DIR` nothing outside DIR is written, the live hostname is never set, and /proc/sys means DIR/proc/sys.
  *
- * Implemented here: dns, ensure_entities, directories, files, commands, delete_entities, hostname, sysctl, users,
- * authorized_keys, timesyncd, systemctl, environment, systemd_firstboot.
+ * Implemented here: dns, downloads, ensure_entities, directories, files, commands, delete_entities, hostname, sysctl,
+ * users, authorized_keys, modules, timesyncd, systemctl, environment, systemd_firstboot.
  * A step that uses another plugin's key gets an error naming it (never a silent skip).
  */
 import { randomUUID } from 'node:crypto';
@@ -15,7 +15,7 @@ import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import type { SysRoot } from '../sys/root.ts';
 import type { YipOp } from './plan.ts';
-import { emptyStep as step0, type YipDirectory, type YipEntity, type YipFile, type YipStep, type YipUser } from './schema.ts';
+import { emptyStep as step0, type YipDirectory, type YipDownload, type YipEntity, type YipFile, type YipStep, type YipUser } from './schema.ts';
 import { applyToText, deleteFromText, DEFAULT_FILES, parseEntity, prepareEntity, readOrEmpty, writeKeepingMode, type Entity } from './entities.ts';
 import { renderTemplate } from './template.ts';
 
@@ -37,6 +37,11 @@ export interface YipEnv {
   setHostname?: (name: string) => Promise<void>;
   /** GET a URL (authorized_keys `github:user`, `https://…`); absent: such keys are an error. */
   fetch?: (url: string) => Promise<string>;
+  /**
+   * Load a kernel module with its parameters (`modprobe name params...`); absent when acting on another root
+   * (`--root`), where the running kernel is never touched: a `modules` entry is then an error naming it.
+   */
+  modprobe?: (name: string, params: readonly string[]) => Promise<void>;
 }
 
 export interface OpReport {
@@ -200,7 +205,90 @@ const each = async <T>(items: readonly T[], errors: string[], what: (x: T) => st
   }
 };
 
+/** The file name a response gives (Content-Disposition filename), else the URL's last path segment (grab's rule). */
+function downloadName(url: URL, disposition: string | undefined): string {
+  const m = /filename\*?=(?:UTF-8'')?"?([^";]+)"?/i.exec(disposition ?? '');
+  const fromHeader = m?.[1] !== undefined ? path.posix.basename(decodeURIComponent(m[1])) : '';
+  if (fromHeader !== '' && fromHeader !== '.' && fromHeader !== '..') return fromHeader;
+  const base = path.posix.basename(decodeURIComponent(url.pathname));
+  if (base === '' || base === '/' || base === '.' || base === '..') throw new Error(`no file name in ${url.href} (give a file path, not a directory)`);
+  return base;
+}
+
+/**
+ * downloads (yip.md 3.2, grab): GET the URL with User-Agent `grab` and the entry's timeout (seconds, 0 = none); a
+ * directory path (existing, or ending in /) takes the response's file name. An existing file is resumed with a Range
+ * request (206 appends, 416 means complete and leaves it alone, 200 replaces it). Then chmod(permissions), whose
+ * default 0 gives mode 0000 as in yip, and chown(owner, group), or the ownerstring's ids applied to `path` itself.
+ */
+async function download(env: YipEnv, d: YipDownload): Promise<void> {
+  let url: URL;
+  try {
+    url = new URL(d.url);
+  } catch {
+    throw new Error(`${JSON.stringify(d.url)} is not a URL`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`only http and https URLs are downloaded, not ${url.protocol}`);
+  const target = await resolveInRoot(env.root, d.path);
+  const targetSt = await lstat(target).catch(() => undefined);
+  const intoDir = d.path.endsWith('/') || targetSt?.isDirectory() === true;
+  if (intoDir) await mkdir(target, { recursive: true });
+  else await mkdir(path.dirname(target), { recursive: true });
+  const guess = intoDir ? path.join(target, downloadName(url, undefined)) : target;
+  const have = await lstat(guess).then((s) => (s.isFile() ? s.size : 0), () => 0);
+  const { default: got } = await import('got');
+  const stream = got.stream(url, {
+    headers: { 'user-agent': 'grab', ...(have > 0 ? { range: `bytes=${have}-` } : {}) },
+    throwHttpErrors: false,
+    followRedirect: true,
+    retry: { limit: 0 },
+    ...(d.timeout > 0 ? { timeout: { request: d.timeout * 1000 } } : {}),
+  });
+  const response = await new Promise<{ statusCode: number; headers: Record<string, string | string[] | undefined> }>((resolve, reject) => {
+    stream.once('response', resolve);
+    stream.once('error', reject);
+  });
+  let file = guess;
+  if (response.statusCode === 416 && have > 0) {
+    stream.destroy();
+  } else if (response.statusCode === 200 || (response.statusCode === 206 && have > 0)) {
+    const disposition = response.headers['content-disposition'];
+    if (intoDir) file = path.join(target, downloadName(url, typeof disposition === 'string' ? disposition : undefined));
+    if (response.statusCode === 206 && file !== guess) {
+      stream.destroy();
+      throw new Error(`GET ${url.href}: the server resumed ${path.basename(guess)} but names the file ${path.basename(file)}`);
+    }
+    const { createWriteStream } = await import('node:fs');
+    const { pipeline } = await import('node:stream/promises');
+    await pipeline(stream, createWriteStream(file, { flags: response.statusCode === 206 && file === guess ? 'a' : 'w' }));
+  } else {
+    stream.destroy();
+    throw new Error(`GET ${url.href}: HTTP ${response.statusCode}`);
+  }
+  await chmod(file, d.permissions);
+  if (d.ownerstring !== '') {
+    const { uid, gid } = await resolveOwner(env.root, d.ownerstring);
+    // yip applies the ownerstring's chown to the entry's path, not the resolved file name (yip.md 3.2).
+    await chown(target, uid, gid);
+  } else {
+    await chown(file, d.owner, d.group);
+  }
+}
+
+/** modules (yip.md 3.13): every entry "name [params...]" whose name /proc/modules does not list is loaded. */
+async function loadModules(env: YipEnv, step: YipStep, errors: string[]): Promise<void> {
+  const loaded = new Set((await readFile(env.root.path('/proc/modules'), 'utf8').catch(() => '')).split('\n').map((l) => l.split(' ')[0] ?? '').filter(Boolean));
+  await each(step.modules, errors, (m) => `modules ${m}`, async (entry) => {
+    const [name = '', ...params] = entry.split(/\s+/).filter(Boolean);
+    if (name === '' || loaded.has(name)) return;
+    if (env.modprobe === undefined) throw new Error('not loaded: kernel modules are loaded only on the live system, and this run acts on another root');
+    await env.modprobe(name, params);
+  });
+}
+
 const PLUGINS: Partial<Record<PluginName, Plugin>> = {
+  downloads: async (env, step, errors) => each(step.downloads, errors, (d) => `downloads ${d.url}`, (d) => download(env, d)),
+  modules: async (env, step, errors) => loadModules(env, step, errors),
   dns: async (env, step, errors) => {
     const d = step.dns;
     let content = '';

@@ -2,6 +2,8 @@ import test from 'ava';
 import { lstat, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import { SysRoot } from '../../src/sys/root.ts';
 import { resolveInRoot, runOps, type YipEnv } from '../../src/yip/executor.ts';
@@ -116,9 +118,72 @@ test('sysctl and dns write through the root (sysctl_test.go, dns_test.go); a sym
 
 test('a plugin this version does not implement is an error naming it, never a silent skip; the other plugins of the step still run', async (t) => {
   const { env, commands } = await rig(t);
-  const r = await run(env, 'stages:\n  boot:\n    - commands: [echo x]\n      modules: [dummy]\n');
+  const r = await run(env, 'stages:\n  boot:\n    - commands: [echo x]\n      datasource: {providers: [cdrom]}\n');
   t.deepEqual(commands, ['echo x']);
-  t.deepEqual(r[0]?.errors, ["modules: this plugin is not implemented in this version of the agent; the step's modules did not run"]);
+  t.deepEqual(r[0]?.errors, ["datasource: this plugin is not implemented in this version of the agent; the step's datasource did not run"]);
+});
+
+test('modules: entries /proc/modules lists are skipped (exact name), the others loaded with their parameters; without the live system, an error each', async (t) => {
+  const { env, root } = await rig(t);
+  await mkdir(root.path('/proc'), { recursive: true });
+  await writeFile(root.path('/proc/modules'), 'loop 32768 0 - Live 0x0000000000000000\nbr_netfilter 32768 0 - Live 0x0\n');
+  const loaded: string[][] = [];
+  const live: YipEnv = { ...env, modprobe: (name, params) => { loaded.push([name, ...params]); return name === 'nosuch' ? Promise.reject(new Error('modprobe: FATAL: Module nosuch not found')) : Promise.resolve(); } };
+  const r = await run(live, 'stages:\n  boot:\n    - modules: [loop, "dummy numdummies=2", br-netfilter, nosuch, "overlay"]\n');
+  t.deepEqual(loaded, [['dummy', 'numdummies=2'], ['br-netfilter'], ['nosuch'], ['overlay']], '- and _ are not normalised, as in yip');
+  t.deepEqual(r[0]?.errors, ['modules nosuch: modprobe: FATAL: Module nosuch not found']);
+  const other = await run(env, 'stages:\n  boot:\n    - modules: [loop, dummy]\n');
+  t.deepEqual(other[0]?.errors, ['modules dummy: not loaded: kernel modules are loaded only on the live system, and this run acts on another root']);
+});
+
+test('downloads: to a file or into a directory (the URL\'s name, or Content-Disposition\'s), resumed with Range, mode 0000 by default, owner set; a 404 or a bad URL is an error of that entry only', async (t) => {
+  const { env, root } = await rig(t);
+  const body = Buffer.from('0123456789abcdefghij');
+  const seen: Array<{ url: string; range: string | undefined; agent: string | undefined }> = [];
+  const server = createServer((req, res) => {
+    seen.push({ url: req.url ?? '', range: req.headers.range, agent: req.headers['user-agent'] });
+    if (req.url === '/missing') { res.writeHead(404).end('no'); return; }
+    if (req.url === '/named') { res.writeHead(200, { 'content-disposition': 'attachment; filename="from-header.bin"' }).end(body); return; }
+    const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
+    if (m !== null) {
+      const from = Number(m[1]);
+      if (from >= body.length) { res.writeHead(416).end(); return; }
+      res.writeHead(206, { 'content-range': `bytes ${from}-${body.length - 1}/${body.length}` }).end(body.subarray(from));
+      return;
+    }
+    res.writeHead(200).end(body);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  await mkdir(root.path('/opt/partial'), { recursive: true });
+  await writeFile(root.path('/opt/partial/data.bin'), body.subarray(0, 8));
+  await writeFile(root.path('/opt/complete.bin'), body);
+  const r = await run(env, `stages:
+  boot:
+    - downloads:
+        - {url: "${base}/unittest.txt", path: /tmp/test/}
+        - {url: "${base}/file.bin", path: /opt/file.bin, permissions: 0640, owner: 1000, group: 10}
+        - {url: "${base}/named", path: /opt/named/}
+        - {url: "${base}/data.bin", path: /opt/partial/data.bin, permissions: 0644}
+        - {url: "${base}/complete.bin", path: /opt/complete.bin, permissions: 0644}
+        - {url: "${base}/missing", path: /opt/missing}
+        - {url: "not a url", path: /opt/x}
+        - {url: "${base}/owned", path: /opt/owned, permissions: 0600, ownerstring: "bob:wheel"}
+`);
+  t.deepEqual(await readFile(root.path('/tmp/test/unittest.txt')), body, 'into a directory, named after the URL (yip\'s download_test.go)');
+  t.is(await mode(root.path('/tmp/test/unittest.txt')), 0, 'permissions default to 0: mode 0000, as in yip');
+  t.deepEqual(await readFile(root.path('/opt/file.bin')), body);
+  t.is(await mode(root.path('/opt/file.bin')), 0o640);
+  t.like(await stat(root.path('/opt/file.bin')), { uid: 1000, gid: 10 });
+  t.deepEqual(await readFile(root.path('/opt/named/from-header.bin')), body, 'Content-Disposition names the file');
+  t.deepEqual(await readFile(root.path('/opt/partial/data.bin')), body, 'resumed: the first 8 bytes kept, the rest appended');
+  t.deepEqual(seen.find((s) => s.url === '/data.bin')?.range, 'bytes=8-');
+  t.deepEqual(await readFile(root.path('/opt/complete.bin')), body, 'complete (416): left alone');
+  t.like(await stat(root.path('/opt/owned')), { uid: 1000, gid: 10 });
+  t.true(seen.every((s) => s.agent === 'grab'), 'User-Agent grab');
+  t.deepEqual(r[0]?.errors, [`downloads ${base}/missing: GET ${base}/missing: HTTP 404`, 'downloads not a url: "not a url" is not a URL']);
+  await t.throwsAsync(stat(root.path('/opt/missing')), undefined, 'nothing written for the 404');
 });
 
 test('systemctl: enable, disable, mask, start in that order through the console (systemctl_test.go); systemd-firstboot args sorted, "true" a bare flag', async (t) => {
