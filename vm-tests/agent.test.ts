@@ -73,7 +73,7 @@ test.before(async (t) => {
   t.timeout(40 * 60_000, 'building the package and the cOS disk (debootstrap on a cold cache)');
   const t0 = Date.now();
   pkg = await agentPackage((l) => t.log(l));
-  enabled = await dockerfileEnabledUnits();
+  enabled = await dockerfileEnabledUnits({ yipStages: true });
   const reporter = agentReporter();
   disk = await buildCosDisk({
     ...agentDiskOptions(pkg.path, enabled, reporter, [{ path: '/system/oem/50_cosvm.yaml', content: SYSTEM_OEM, mode: 0o600 }]),

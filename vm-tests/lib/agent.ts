@@ -93,14 +93,19 @@ export async function agentPackage(log: (line: string) => void = () => {}): Prom
   return { path: tarball, sha256: await fileHash(tarball), version, built, seconds: (Date.now() - t0) / 1000 };
 }
 
-/** The units packaging/Dockerfile.snippet's `RUN systemctl enable ...` line enables. */
-export async function dockerfileEnabledUnits(): Promise<string[]> {
+/**
+ * The units packaging/Dockerfile.snippet's `RUN systemctl enable ...` line enables. Without `yipStages`, the
+ * cos-setup-* units (the yip stages) are left disabled: only the agent scenario's guest carries cloud-config for
+ * them, and in every other scenario they would add three cosctl starts to each of some 25 boots (about 10 s each
+ * under TCG), which the VM suite's 20-minute budget cannot pay for nothing.
+ */
+export async function dockerfileEnabledUnits(opts: { yipStages?: boolean } = {}): Promise<string[]> {
   const text = await readFile(path.join(REPO, 'packaging/Dockerfile.snippet'), 'utf8');
   const line = text.split('\n').find((l) => /^RUN\s+systemctl\s+enable\s/.test(l));
   if (line === undefined) throw new Error('packaging/Dockerfile.snippet has no `RUN systemctl enable ...` line');
   const units = line.replace(/^RUN\s+systemctl\s+enable\s+/, '').trim().split(/\s+/);
   if (units.some((u) => !/^[\w@.-]+$/.test(u))) throw new Error(`unexpected RUN line in packaging/Dockerfile.snippet: ${line}`);
-  return units;
+  return opts.yipStages === true ? units : units.filter((u) => !u.startsWith('cos-setup-'));
 }
 
 /** /etc/fstab of the guest: the cOS mounts the agent uses besides COS_STATE (which the initrd mounts). */

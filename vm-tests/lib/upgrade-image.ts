@@ -110,7 +110,9 @@ export async function buildUpgradeImage(opts: { rootfs: RootfsOptions; pkg: stri
       await prepareRootfs(path.join(bundle, 'rootfs'), kernel, initrd.path, opts.rootfs);
       await run(['umoci', 'repack', '--history.created_by', 'cos-agent VM tests: the guest root filesystem (vm-tests/lib/rootfs.ts)', '--history.created', '2024-01-02T03:04:05Z', '--image', `${layout}:base`, bundle]);
       await removeTree(bundle);
-      await makeDerivativeImage({ layout, baseTag: 'base', tag, tarball: opts.pkg, work: path.join(work, 'derivative') });
+      // The snippet's RUN without the cos-setup units, as the disk's guest (dockerfileEnabledUnits in lib/agent.ts).
+      const argv = snippet.run.argv.filter((a) => !a.startsWith('cos-setup-'));
+      await makeDerivativeImage({ layout, baseTag: 'base', tag, tarball: opts.pkg, work: path.join(work, 'derivative'), snippet: { ...snippet, run: { line: `RUN ${argv.join(' ')}`, argv } } });
       await run(['umoci', 'gc', '--layout', layout]);
       opts.log?.(`vm-image: built the derivative image in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     } finally {
