@@ -10,7 +10,8 @@
  * A step that uses another plugin's key gets an error naming it (never a silent skip).
  */
 import { randomUUID } from 'node:crypto';
-import { chmod, chown, lstat, mkdir, readFile, readlink, writeFile } from 'node:fs/promises';
+import { chmodSync, chownSync, lstatSync, mkdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { chmod, chown, lstat, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import type { SysRoot } from '../sys/root.ts';
@@ -78,10 +79,12 @@ export async function resolveInRoot(root: SysRoot, hostPath: string): Promise<st
       continue;
     }
     const here = root.path(`/${[...done, part].join('/')}`);
-    const st = await lstat(here).catch(() => undefined);
+    // Synchronous: a few microseconds each, where a thread-pool round trip per path component made the engine's
+    // own time grow with the host's load (bench/yip.ts).
+    const st = lstatSync(here, { throwIfNoEntry: false });
     if (st?.isSymbolicLink() === true) {
       if (++links > MAX_LINKS) throw new Error(`too many symlinks resolving ${hostPath}`);
-      const target = await readlink(here);
+      const target = readlinkSync(here);
       if (target.startsWith('/')) done.length = 0;
       parts.unshift(...target.split('/').filter((p) => p !== '' && p !== '.'));
       continue;
@@ -147,38 +150,45 @@ async function resolveOwner(root: SysRoot, spec: string): Promise<{ uid: number;
 /** EnsureDirectories' writePath: chmod/chown an existing dir exactly; create missing ones (parents with the same mode). */
 async function ensureDir(env: YipEnv, d: YipDirectory): Promise<void> {
   const real = await resolveInRoot(env.root, d.path);
-  const st = await lstat(real).catch(() => undefined);
+  const st = lstatSync(real, { throwIfNoEntry: false });
   if (st !== undefined && !st.isDirectory()) throw new Error(`'${d.path}' already exists and it is not a directory`);
   if (st === undefined) {
     const parent = path.posix.dirname(d.path);
     if (parent !== d.path) {
-      const pst = await lstat(await resolveInRoot(env.root, parent)).catch(() => undefined);
+      const pst = lstatSync(await resolveInRoot(env.root, parent), { throwIfNoEntry: false });
       if (pst === undefined) await ensureDir(env, { ...d, path: parent });
     }
-    await mkdir(real, { mode: d.permissions });
-    await chown(real, d.owner, d.group);
+    mkdirSync(real, { mode: d.permissions });
+    chownSync(real, d.owner, d.group);
     return;
   }
-  await chmod(real, d.permissions);
-  await chown(real, d.owner, d.group);
+  chmodSync(real, d.permissions);
+  chownSync(real, d.owner, d.group);
 }
 
 async function ensureFile(env: YipEnv, f: YipFile, warnings: string[]): Promise<void> {
   const parent = path.posix.dirname(f.path);
   const parentReal = await resolveInRoot(env.root, parent);
-  if ((await lstat(parentReal).catch(() => undefined)) === undefined) {
+  if (lstatSync(parentReal, { throwIfNoEntry: false }) === undefined) {
     const mode = f.permissions < 0o700 ? f.permissions + 0o100 : f.permissions;
     await ensureDir(env, { path: parent, permissions: mode, owner: f.owner, group: f.group });
   }
   const real = await resolveInRoot(env.root, f.path);
-  await writeFile(real, '');
-  const bytes = decodeContent(f.content, f.encoding);
+  // Small files, synchronous (see resolveInRoot). As yip: the file exists (empty) even when its content does not decode,
+  // then it is written, chmodded, chowned.
+  let bytes: Buffer;
+  try {
+    bytes = decodeContent(f.content, f.encoding);
+  } catch (e) {
+    writeFileSync(real, '');
+    throw e;
+  }
   const rendered = renderTemplate(bytes.toString('utf8'), { Values: env.values });
   if (rendered.error !== undefined) warnings.push(`files ${f.path}: template not applied: ${rendered.error}`);
-  await writeFile(real, rendered.error === undefined ? rendered.text : bytes);
-  await chmod(real, f.permissions);
+  writeFileSync(real, rendered.error === undefined ? rendered.text : bytes);
+  chmodSync(real, f.permissions);
   const { uid, gid } = f.ownerstring !== '' ? await resolveOwner(env.root, f.ownerstring) : { uid: f.owner, gid: f.group };
-  await chown(real, uid, gid);
+  chownSync(real, uid, gid);
 }
 
 function uses(step: YipStep, plugin: PluginName): boolean {

@@ -9,6 +9,7 @@
  * followed, symlinks to directories not descended, and a source that is itself a symlink to a directory not walked
  * unless given with a trailing slash (`/oem/`), as `Lstat` of the walk's root sees it.
  */
+import { lstatSync, readFileSync } from 'node:fs';
 import { lstat, readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { SysRoot } from '../sys/root.ts';
@@ -64,7 +65,8 @@ export async function walkYamlFiles(root: SysRoot, source: string): Promise<stri
     const names = (await readdir(root.path(dir))).sort(byteOrder);
     for (const name of names) {
       const rel = path.posix.join(dir, name);
-      const st = await lstat(root.path(rel)).catch(() => undefined);
+      // Synchronous (small metadata calls; a thread-pool round trip each made loading grow with the host's load).
+      const st = lstatSync(root.path(rel), { throwIfNoEntry: false });
       if (st === undefined) continue;
       if (st.isDirectory()) {
         await walk(rel);
@@ -105,10 +107,13 @@ export async function loadSource(root: SysRoot, source: string, opts: LoadOption
       return result;
     }
     for (const f of files) {
-      const text = await readFile(root.path(f), 'utf8').catch((e: unknown) => {
+      let text: string | undefined;
+      try {
+        // Cloud-config files are small: read synchronously, as the walk stats them.
+        text = readFileSync(root.path(f), 'utf8');
+      } catch (e) {
         result.problems.push(problem(f, `error loading path '${f}': ${e instanceof Error ? e.message : String(e)}`));
-        return undefined;
-      });
+      }
       if (text !== undefined) decode(text, f, opts, result);
     }
     return result;
