@@ -46,6 +46,8 @@ const INTEGRATION_FILES: Readonly<Record<string, string>> = {
   'usr/share/polkit-1/actions/io.costoolkit.agent1.policy': 'packaging/io.costoolkit.agent1.policy',
   'usr/share/doc/cos-agent/examples/io.costoolkit.Agent1.polkit.conf': 'packaging/io.costoolkit.Agent1.polkit.conf',
   'usr/share/doc/cos-agent/README.md': 'README.md',
+  ...Object.fromEntries(['cos-setup-fs.service', 'cos-setup-boot.service', 'cos-setup-network.service', 'cos-setup-reconcile.service', 'cos-setup-reconcile.timer']
+    .map((u) => [`usr/lib/systemd/system/${u}`, `systemd/${u}`])),
 };
 
 interface RunResult {
@@ -323,7 +325,7 @@ test('a derivative image built by the Dockerfile snippet (umoci) holds cosd, the
   const snippet = await readSnippet();
   t.regex(snippet.add.source, new RegExp(`^cos-agent-${PKG.version.replaceAll('.', '\\.')}-linux-(amd64|arm64)\\.tar\\.gz$`), 'the snippet ADDs this version\'s tarball');
   t.is(snippet.add.dest, '/');
-  t.deepEqual(snippet.run.argv, ['systemctl', 'enable', 'cosd.service', 'cos-agent-healthcheck.service']);
+  t.deepEqual(snippet.run.argv, ['systemctl', 'enable', 'cosd.service', 'cos-agent-healthcheck.service', 'cos-setup-fs.service', 'cos-setup-boot.service', 'cos-setup-network.service', 'cos-setup-reconcile.timer']);
 
   const dir = await mkdtemp(path.join(tmpdir(), 'cos-derivative-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -348,12 +350,17 @@ test('a derivative image built by the Dockerfile snippet (umoci) holds cosd, the
   t.deepEqual(inTarball.filter((n) => added.get(n)?.type !== 'file'), []);
 
   // The RUN layer: the symlinks systemctl enable makes (cosd: WantedBy=multi-user.target; the health checks: also
-  // RequiredBy=boot-complete.target), and nothing else but their dirs.
+  // RequiredBy=boot-complete.target; the cos-setup units), and nothing else but their dirs.
   const enabled = await layerEntries(layout, image.layers.run);
   const links = {
     'etc/systemd/system/multi-user.target.wants/cosd.service': 'cosd.service',
     'etc/systemd/system/multi-user.target.wants/cos-agent-healthcheck.service': 'cos-agent-healthcheck.service',
     'etc/systemd/system/boot-complete.target.requires/cos-agent-healthcheck.service': 'cos-agent-healthcheck.service',
+    // the yip stages, with cOS's install sections
+    'etc/systemd/system/sysinit.target.wants/cos-setup-fs.service': 'cos-setup-fs.service',
+    'etc/systemd/system/multi-user.target.wants/cos-setup-boot.service': 'cos-setup-boot.service',
+    'etc/systemd/system/multi-user.target.wants/cos-setup-network.service': 'cos-setup-network.service',
+    'etc/systemd/system/multi-user.target.wants/cos-setup-reconcile.timer': 'cos-setup-reconcile.timer',
   };
   for (const [name, unit] of Object.entries(links)) {
     const link = enabled.find((e) => e.name === name);
