@@ -109,6 +109,14 @@ export function strictFailure(outcome: RunStageOutcome): AgentError | null {
   return new AgentError('CLOUD_INIT_FAILED', `stage ${outcome.stage}: ${outcome.errors} error(s) (--strict); the first: ${first.split('\n')[0] ?? ''}`);
 }
 
+/** One line for an op error: its first line, and the last line a failed command printed (yip's "command output:"). */
+function errorLine(e: string): string {
+  const [head = '', ...rest] = e.split('\n');
+  const at = rest.indexOf('command output:');
+  const last = at < 0 ? undefined : rest.slice(at + 1).map((l) => l.trim()).filter(Boolean).pop();
+  return last === undefined ? head : `${head} (${last.length > 200 ? `${last.slice(0, 200)}...` : last})`;
+}
+
 /** The human report: per stage and source, each op and what happened to it. */
 export function renderRunStage(o: RunStageOutcome): string {
   const lines: string[] = [];
@@ -118,7 +126,7 @@ export function renderRunStage(o: RunStageOutcome): string {
     for (const w of r.warnings) lines.push(`  warning: ${w}`);
     for (const op of r.ops) {
       lines.push(`  ${op.op}: ${op.skipped !== null ? `skipped (${op.skipped})` : op.errors.length > 0 ? `${op.errors.length} error(s)` : 'done'}`);
-      for (const e of op.errors) lines.push(`    error: ${e.split('\n')[0] ?? ''}`);
+      for (const e of op.errors) lines.push(`    error: ${errorLine(e)}`);
     }
   }
   lines.push(`${o.dryRun ? 'Dry run: nothing was run. ' : ''}Stage ${o.stage}: ${o.runs.reduce((n, r) => n + r.ops.length, 0)} step(s) from ${o.sources.length} source(s), ${o.errors} error(s).`);
