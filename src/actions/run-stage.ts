@@ -11,6 +11,7 @@ import { hostname } from 'node:os';
 import { AgentError } from '../model/errors.ts';
 import { shellConsole } from '../sys/console.ts';
 import { parseOsRelease } from '../host/os-release.ts';
+import { loadConfig } from '../config/load.ts';
 import type { AgentDeps } from '../host/deps.ts';
 import { loadSource } from '../yip/loader.ts';
 import { planStage } from '../yip/plan.ts';
@@ -20,7 +21,10 @@ import type { YipEnv } from '../yip/executor.ts';
 export interface RunStageActionOptions {
   stage: string;
   dryRun: boolean;
-  /** Sources after the default ones and before CLOUD_INIT_PATHS (the config's cloud-init-paths). */
+  /**
+   * Sources after the default ones and before CLOUD_INIT_PATHS: the config's cloud-init-paths. Absent: read from the
+   * config files (a config that does not load adds none, with a warning), as elemental run-stage reads its config.
+   */
   extraPaths?: readonly string[];
 }
 
@@ -45,7 +49,11 @@ export async function runStageAction(deps: AgentDeps, opts: RunStageActionOption
   const { root } = deps;
   const read = (p: string): Promise<string> => readFile(root.path(p), 'utf8').catch(() => '');
   const cmdline = (await read('/proc/cmdline')).trim();
-  const extraPaths = [...(opts.extraPaths ?? []), ...(deps.env['CLOUD_INIT_PATHS'] ?? '').split(/[\s,]+/).filter(Boolean)];
+  const configured = opts.extraPaths ?? (await loadConfig(root, { env: deps.env }).then((c) => c.config.cloudInitPaths, (e: unknown) => {
+    deps.log.warn({ err: e instanceof Error ? e.message : String(e) }, 'the configuration did not load: no cloud-init-paths from it');
+    return [] as string[];
+  }));
+  const extraPaths = [...configured, ...(deps.env['CLOUD_INIT_PATHS'] ?? '').split(/[\s,]+/).filter(Boolean)];
   const osRelease = parseOsRelease((await read('/etc/os-release')) || (await read('/usr/lib/os-release')));
   const live = root.isHostRoot;
   const node = live ? hostname() : (await read('/etc/hostname')).trim();

@@ -45,6 +45,8 @@ test('run-stage boot: before/stage/after from the three dirs, commands chrooted 
   const host = await root(t, {
     '/system/oem/10_test.yaml': BOOT,
     '/usr/local/cloud-config/90_user.yaml': 'stages:\n  boot.after:\n    - commands: ["echo after > /tmp/after"]\n',
+    '/etc/elemental/config.yaml': 'cloud-init-paths: [/extra-from-config]\n',
+    '/extra-from-config/x.yaml': 'stages:\n  boot:\n    - files: [{path: /tmp/from-config-path, content: "config path"}]\n',
     '/etc/os-release': 'ID=testos\nPRETTY_NAME="Test OS"\n',
     '/etc/hosts': '127.0.0.1 localhost\n',
     '/proc/cmdline': 'BOOT_IMAGE=/vmlinuz upgrade_failure\n',
@@ -57,12 +59,13 @@ test('run-stage boot: before/stage/after from the three dirs, commands chrooted 
   t.is(await file('/run/cos/upgrade_failure'), '1', 'the if read the root\'s /proc/cmdline');
   t.is(await file('/tmp/seen-os-release'), 'ID=testos\nPRETTY_NAME="Test OS"\n', 'the command ran chrooted into the root');
   t.is(await file('/tmp/after'), 'after\n');
+  t.is(await file('/tmp/from-config-path'), 'config path', "the config's cloud-init-paths are sources too");
   t.is(await file('/proc/sys/vm/swappiness'), '10');
   t.is(await file('/etc/hostname'), 'cos-test\n');
   t.is(await file('/etc/motd'), 'hello testos\n');
   t.is(hostname(), before, 'the live hostname is untouched with --root');
   t.regex(r.stdout, /boot from \/system\/oem:\n {2}test\.from-chroot: done\n {2}test\.settings: done\n/);
-  t.regex(r.stdout, /Stage boot: 4 step\(s\) from 2 source\(s\), 0 error\(s\)\.\n$/);
+  t.regex(r.stdout, /Stage boot: 5 step\(s\) from 3 source\(s\), 0 error\(s\)\.\n$/);
 });
 
 test('errors: reported and the stage goes on; exit 0 without --strict, 65 with it; a bad file is named with its line; --dry-run runs nothing', async (t) => {
