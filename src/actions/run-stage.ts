@@ -63,6 +63,12 @@ export async function runStageAction(deps: AgentDeps, opts: RunStageActionOption
     console: shellConsole({ root: root.prefix }),
     hostname: node,
     machineId,
+    // Disk tools for `layout` (on the devices the step names, whatever the root: the initrd's rootfs stage runs with
+    // --root /sysroot and grows the real disk).
+    exec: async (argv, o = {}) => {
+      const r = await deps.runner.run({ argv, description: `layout: ${argv[0] ?? ''}`, ...(o.okExitCodes !== undefined ? { okExitCodes: o.okExitCodes } : {}), ...(o.stdin !== undefined ? { stdin: o.stdin } : {}) });
+      return { exitCode: r.exitCode, stdout: r.stdout };
+    },
     values: {
       node: { hostname: node, machineid: machineId },
       os: { name: osRelease.get('PRETTY_NAME') ?? '', vendor: osRelease.get('ID') ?? '', version: osRelease.get('VERSION_ID') ?? '', architecture: process.arch === 'x64' ? 'amd64' : process.arch },

@@ -6,7 +6,7 @@
  * `--root DIR` nothing outside DIR is written, the live hostname is never set, and /proc/sys means DIR/proc/sys.
  *
  * Implemented here: dns, downloads, ensure_entities, directories, files, commands, delete_entities, hostname, sysctl,
- * users, authorized_keys, modules, timesyncd, systemctl, environment, systemd_firstboot.
+ * users, authorized_keys, modules, timesyncd, systemctl, environment, systemd_firstboot, layout (layout.ts).
  * A step that uses another plugin's key gets an error naming it (never a silent skip).
  */
 import { randomUUID } from 'node:crypto';
@@ -19,6 +19,7 @@ import type { YipOp } from './plan.ts';
 import { emptyStep as step0, type YipDirectory, type YipDownload, type YipEntity, type YipFile, type YipStep, type YipUser } from './schema.ts';
 import { applyToText, deleteFromText, DEFAULT_FILES, parseEntity, prepareEntity, readOrEmpty, writeKeepingMode, type Entity } from './entities.ts';
 import { renderTemplate } from './template.ts';
+import { runLayout, type LayoutExec } from './layout.ts';
 
 export interface YipConsole {
   /** `sh -c command` with stdin from /dev/null; the exit code and the combined output (never throws on exit != 0). */
@@ -43,6 +44,8 @@ export interface YipEnv {
    * (`--root`), where the running kernel is never touched: a `modules` entry is then an error naming it.
    */
   modprobe?: (name: string, params: readonly string[]) => Promise<void>;
+  /** Run a disk tool (argv; the `layout` plugin); absent: `layout` is an error naming it. */
+  exec?: LayoutExec;
 }
 
 export interface OpReport {
@@ -299,6 +302,17 @@ async function loadModules(env: YipEnv, step: YipStep, errors: string[]): Promis
 const PLUGINS: Partial<Record<PluginName, Plugin>> = {
   downloads: async (env, step, errors) => each(step.downloads, errors, (d) => `downloads ${d.url}`, (d) => download(env, d)),
   modules: async (env, step, errors) => loadModules(env, step, errors),
+  layout: async (env, step, errors, warnings) => {
+    if (env.exec === undefined) {
+      errors.push('layout: disk tools are not available to this run');
+      return;
+    }
+    try {
+      await runLayout(env.exec, step.layout, (w) => warnings.push(w));
+    } catch (e) {
+      errors.push(`layout: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  },
   dns: async (env, step, errors) => {
     const d = step.dns;
     let content = '';
