@@ -63,10 +63,13 @@ export async function runStageAction(deps: AgentDeps, opts: RunStageActionOption
     console: shellConsole({ root: root.prefix }),
     hostname: node,
     machineId,
-    // Disk tools for `layout` (on the devices the step names, whatever the root: the initrd's rootfs stage runs with
-    // --root /sysroot and grows the real disk).
+    // System tools for `git` and `layout` (layout acts on the devices the step names, whatever the root: the initrd's
+    // rootfs stage runs with --root /sysroot and grows the real disk).
     exec: async (argv, o = {}) => {
-      const r = await deps.runner.run({ argv, description: `layout: ${argv[0] ?? ''}`, ...(o.okExitCodes !== undefined ? { okExitCodes: o.okExitCodes } : {}), ...(o.stdin !== undefined ? { stdin: o.stdin } : {}) });
+      const r = await deps.runner.run({
+        argv, description: `cloud-config: ${argv[0] ?? ''}`,
+        ...(o.okExitCodes !== undefined ? { okExitCodes: o.okExitCodes } : {}), ...(o.stdin !== undefined ? { stdin: o.stdin } : {}), ...(o.env !== undefined ? { env: o.env } : {}),
+      });
       return { exitCode: r.exitCode, stdout: r.stdout };
     },
     values: {

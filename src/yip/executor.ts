@@ -6,7 +6,7 @@
  * `--root DIR` nothing outside DIR is written, the live hostname is never set, and /proc/sys means DIR/proc/sys.
  *
  * Implemented here: dns, downloads, ensure_entities, directories, files, commands, delete_entities, hostname, sysctl,
- * users, authorized_keys, modules, timesyncd, systemctl, environment, systemd_firstboot, layout (layout.ts).
+ * users, authorized_keys, modules, timesyncd, systemctl, environment, systemd_firstboot, git (git.ts), layout (layout.ts).
  * A step that uses another plugin's key gets an error naming it (never a silent skip).
  */
 import { randomUUID } from 'node:crypto';
@@ -19,7 +19,9 @@ import type { YipOp } from './plan.ts';
 import { emptyStep as step0, type YipDirectory, type YipDownload, type YipEntity, type YipFile, type YipStep, type YipUser } from './schema.ts';
 import { applyToText, deleteFromText, DEFAULT_FILES, parseEntity, prepareEntity, readOrEmpty, writeKeepingMode, type Entity } from './entities.ts';
 import { renderTemplate } from './template.ts';
-import { runLayout, type LayoutExec } from './layout.ts';
+import { runLayout } from './layout.ts';
+import { runGit } from './git.ts';
+import type { ToolExec } from './tool.ts';
 
 export interface YipConsole {
   /** `sh -c command` with stdin from /dev/null; the exit code and the combined output (never throws on exit != 0). */
@@ -44,8 +46,8 @@ export interface YipEnv {
    * (`--root`), where the running kernel is never touched: a `modules` entry is then an error naming it.
    */
   modprobe?: (name: string, params: readonly string[]) => Promise<void>;
-  /** Run a disk tool (argv; the `layout` plugin); absent: `layout` is an error naming it. */
-  exec?: LayoutExec;
+  /** Run a system tool (argv: git, sgdisk, mkfs...; the `git` and `layout` plugins); absent: they are errors. */
+  exec?: ToolExec;
 }
 
 export interface OpReport {
@@ -302,6 +304,17 @@ async function loadModules(env: YipEnv, step: YipStep, errors: string[]): Promis
 const PLUGINS: Partial<Record<PluginName, Plugin>> = {
   downloads: async (env, step, errors) => each(step.downloads, errors, (d) => `downloads ${d.url}`, (d) => download(env, d)),
   modules: async (env, step, errors) => loadModules(env, step, errors),
+  git: async (env, step, errors) => {
+    if (env.exec === undefined) {
+      errors.push('git: system tools are not available to this run');
+      return;
+    }
+    try {
+      await runGit(env.exec, step.git, await resolveInRoot(env.root, step.git.path !== '' ? step.git.path : '/'));
+    } catch (e) {
+      errors.push(`git ${step.git.url}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  },
   layout: async (env, step, errors, warnings) => {
     if (env.exec === undefined) {
       errors.push('layout: disk tools are not available to this run');

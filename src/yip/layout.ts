@@ -14,7 +14,9 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { YipStep } from './schema.ts';
 
-export type LayoutExec = (argv: readonly string[], opts?: { okExitCodes?: readonly number[]; stdin?: string }) => Promise<{ exitCode: number; stdout: string }>;
+import type { ToolExec } from './tool.ts';
+
+export type LayoutExec = ToolExec;
 
 interface Table {
   label: string;
