@@ -6,7 +6,7 @@
  * initrd); the live hostname is set only when the root is `/`. Errors never stop the stage; with `strict` they make
  * it fail with CLOUD_INIT_FAILED (exit 65, as elemental's: strictFailure). `dryRun` loads and orders, and runs nothing.
  */
-import { readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { AgentError } from '../model/errors.ts';
 import { shellConsole } from '../sys/console.ts';
@@ -17,6 +17,8 @@ import { loadSource } from '../yip/loader.ts';
 import { planStage } from '../yip/plan.ts';
 import { runStage, stageSources, type RunStageResult } from '../yip/run-stage.ts';
 import type { YipEnv } from '../yip/executor.ts';
+import { resolveInRoot } from '../yip/paths.ts';
+import { readText } from '../yip/read.ts';
 
 export interface RunStageActionOptions {
   stage: string;
@@ -47,7 +49,9 @@ export function checkStageName(stage: string): void {
 export async function runStageAction(deps: AgentDeps, opts: RunStageActionOptions): Promise<RunStageOutcome> {
   checkStageName(opts.stage);
   const { root } = deps;
-  const read = (p: string): Promise<string> => readFile(root.path(p), 'utf8').catch(() => '');
+  // The root may be an image being upgraded to (after-upgrade-chroot): its files are read inside it, regular files of
+  // at most 64 KiB only (a FIFO or a link to /dev/zero reads as empty).
+  const read = (p: string): Promise<string> => resolveInRoot(root, p).then((f) => readText(f, 64 * 1024)).catch(() => '');
   const cmdline = (await read('/proc/cmdline')).trim();
   const configured = opts.extraPaths ?? (await loadConfig(root, { env: deps.env }).then((c) => c.config.cloudInitPaths, (e: unknown) => {
     deps.log.warn({ err: e instanceof Error ? e.message : String(e) }, 'the configuration did not load: no cloud-init-paths from it');

@@ -6,7 +6,8 @@
  * One deliberate deviation: deleting a group that is not there removes nothing (entities removes the file's first
  * line then, a bug the spec says not to copy).
  */
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
+import { readText } from './read.ts';
 import { parse } from 'yaml';
 import { hashPassword } from './sha512crypt.ts';
 
@@ -120,5 +121,5 @@ export async function writeKeepingMode(file: string, text: string): Promise<void
 }
 
 export async function readOrEmpty(file: string): Promise<string> {
-  return readFile(file, 'utf8').catch(() => '');
+  return readText(file).catch(() => '');
 }

@@ -10,8 +10,8 @@
  * A step that uses another plugin's key gets an error naming it (never a silent skip).
  */
 import { randomUUID } from 'node:crypto';
-import { chmodSync, chownSync, lstatSync, mkdirSync, readlinkSync, writeFileSync } from 'node:fs';
-import { chmod, chown, lstat, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmodSync, chownSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmod, chown, lstat, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import type { SysRoot } from '../sys/root.ts';
@@ -19,6 +19,8 @@ import type { YipOp } from './plan.ts';
 import { emptyStep as step0, type YipDirectory, type YipDownload, type YipEntity, type YipFile, type YipStep, type YipUser } from './schema.ts';
 import { applyToText, deleteFromText, DEFAULT_FILES, parseEntity, prepareEntity, readOrEmpty, writeKeepingMode, type Entity } from './entities.ts';
 import { renderTemplate } from './template.ts';
+import { readText } from './read.ts';
+import { resolveInRoot } from './paths.ts';
 import { runLayout } from './layout.ts';
 import { runGit } from './git.ts';
 import type { ToolExec } from './tool.ts';
@@ -70,34 +72,7 @@ export const PLUGIN_ORDER = [
 ] as const;
 type PluginName = (typeof PLUGIN_ORDER)[number];
 
-const MAX_LINKS = 40;
-
-/** The real host path of `hostPath` inside the root: every symlink followed inside it. */
-export async function resolveInRoot(root: SysRoot, hostPath: string): Promise<string> {
-  const parts = hostPath.split('/').filter((p) => p !== '' && p !== '.');
-  const done: string[] = [];
-  let links = 0;
-  while (parts.length > 0) {
-    const part = parts.shift() as string;
-    if (part === '..') {
-      done.pop();
-      continue;
-    }
-    const here = root.path(`/${[...done, part].join('/')}`);
-    // Synchronous: a few microseconds each, where a thread-pool round trip per path component made the engine's
-    // own time grow with the host's load (bench/yip.ts).
-    const st = lstatSync(here, { throwIfNoEntry: false });
-    if (st?.isSymbolicLink() === true) {
-      if (++links > MAX_LINKS) throw new Error(`too many symlinks resolving ${hostPath}`);
-      const target = readlinkSync(here);
-      if (target.startsWith('/')) done.length = 0;
-      parts.unshift(...target.split('/').filter((p) => p !== '' && p !== '.'));
-      continue;
-    }
-    done.push(part);
-  }
-  return root.path(`/${done.join('/')}`);
-}
+export { resolveInRoot } from './paths.ts';
 
 /** The RE2 subset Go accepts: no lookaround, no backreference (a pattern using them never matches in yip). */
 function goRegExp(pattern: string): RegExp | null {
@@ -136,7 +111,7 @@ function decodeContent(content: string, encoding: string): Buffer {
 async function resolveOwner(root: SysRoot, spec: string): Promise<{ uid: number; gid: number }> {
   const [user = '', group] = spec.split(':');
   const table = async (file: string): Promise<string[][]> =>
-    (await readFile(root.path(file), 'utf8').catch(() => '')).split('\n').filter(Boolean).map((l) => l.split(':'));
+    (await readText(root.path(file)).catch(() => '')).split('\n').filter(Boolean).map((l) => l.split(':'));
   const passwd = await table('/etc/passwd');
   const u = /^\d+$/.test(user) ? passwd.find((l) => l[2] === user) ?? [user, '', user, user] : passwd.find((l) => l[0] === user);
   if (u === undefined) throw new Error(`user: unknown user ${user}`);
@@ -292,7 +267,7 @@ async function download(env: YipEnv, d: YipDownload): Promise<void> {
 
 /** modules (yip.md 3.13): every entry "name [params...]" whose name /proc/modules does not list is loaded. */
 async function loadModules(env: YipEnv, step: YipStep, errors: string[]): Promise<void> {
-  const loaded = new Set((await readFile(env.root.path('/proc/modules'), 'utf8').catch(() => '')).split('\n').map((l) => l.split(' ')[0] ?? '').filter(Boolean));
+  const loaded = new Set((await readText(env.root.path('/proc/modules')).catch(() => '')).split('\n').map((l) => l.split(' ')[0] ?? '').filter(Boolean));
   await each(step.modules, errors, (m) => `modules ${m}`, async (entry) => {
     const [name = '', ...params] = entry.split(/\s+/).filter(Boolean);
     if (name === '' || loaded.has(name)) return;
@@ -357,7 +332,7 @@ const PLUGINS: Partial<Record<PluginName, Plugin>> = {
     await each(['/etc/hostname'], errors, (f) => `hostname ${f}`, async (f) => writeFile(await resolveInRoot(env.root, f), `${name}\n`, { mode: 0o644 }));
     await each(['/etc/hosts'], errors, (f) => `hostname ${f}`, async (f) => {
       const real = await resolveInRoot(env.root, f);
-      const lines = (await readFile(real, 'utf8')).split('\n');
+      const lines = (await readText(real)).split('\n');
       if (lines[lines.length - 1] === '') lines.pop();
       const out = lines.map((l) => l.trim()).map((l) => (l.split(/\s+/)[0] === '127.0.0.1' ? `127.0.0.1 localhost ${name}` : l));
       await writeFile(real, out.map((l) => `${l}\n`).join(''), { mode: 0o600 });
@@ -385,7 +360,7 @@ const PLUGINS: Partial<Record<PluginName, Plugin>> = {
         await mkdir(await resolveInRoot(env.root, parent), { recursive: true, mode: 0o744 });
       }
       const real = await resolveInRoot(env.root, f);
-      const current = parseDotenv(await readFile(real, 'utf8').catch(() => ''));
+      const current = parseDotenv(await readText(real).catch(() => ''));
       for (const [k, v] of Object.entries(step.environment)) {
         const r = renderTemplate(v, { Values: env.values });
         if (r.error !== undefined) warnings.push(`environment ${k}: template not applied: ${r.error}`);
@@ -412,13 +387,13 @@ const PLUGINS: Partial<Record<PluginName, Plugin>> = {
   timesyncd: async (env, step) => {
     // yip 2617d71 (and rancher/yip): timesyncd.conf itself; a save error is ignored, as yip ignores it
     const real = await resolveInRoot(env.root, '/etc/systemd/timesyncd.conf');
-    const current = await readFile(real, 'utf8').catch(() => '');
+    const current = await readText(real).catch(() => '');
     await writeFile(real, iniSet(current, 'Time', step.timesyncd)).catch(() => undefined);
   },
   authorized_keys: async (env, step, errors) => {
     for (const [user, keys] of Object.entries(step.authorized_keys)) {
       try {
-        const passwd = (await readFile(env.root.path('/etc/passwd'), 'utf8').catch(() => '')).split('\n').map((l) => l.split(':'));
+        const passwd = (await readText(env.root.path('/etc/passwd')).catch(() => '')).split('\n').map((l) => l.split(':'));
         const u = passwd.find((l) => l[0] === user);
         if (u === undefined) throw new Error(`user ${user} not found`);
         const [uid, gid, home] = [Number(u[2]), Number(u[3]), u[5] ?? ''];
@@ -426,7 +401,7 @@ const PLUGINS: Partial<Record<PluginName, Plugin>> = {
         if ((await lstat(sshDir).catch(() => undefined)) === undefined) await mkdir(sshDir, { mode: 0o700 });
         await chown(sshDir, uid, gid);
         const file = path.join(sshDir, 'authorized_keys');
-        let content = await readFile(file, 'utf8').catch(() => undefined);
+        let content = await readText(file).catch(() => undefined);
         if (content === undefined) {
           await writeFile(file, '', { mode: 0o600 });
           content = '';

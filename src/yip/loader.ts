@@ -9,8 +9,10 @@
  * followed, symlinks to directories not descended, and a source that is itself a symlink to a directory not walked
  * unless given with a trailing slash (`/oem/`), as `Lstat` of the walk's root sees it.
  */
-import { lstatSync, readFileSync } from 'node:fs';
-import { lstat, readdir, readFile, stat } from 'node:fs/promises';
+import { lstatSync } from 'node:fs';
+import { readText, readTextSync } from './read.ts';
+import { resolveInRootSync } from './paths.ts';
+import { lstat, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { SysRoot } from '../sys/root.ts';
 import { decodeYip, type YipConfig, type YipProblem } from './schema.ts';
@@ -109,8 +111,9 @@ export async function loadSource(root: SysRoot, source: string, opts: LoadOption
     for (const f of files) {
       let text: string | undefined;
       try {
-        // Cloud-config files are small: read synchronously, as the walk stats them.
-        text = readFileSync(root.path(f), 'utf8');
+        // Cloud-config files are small: read synchronously, as the walk stats them; a link is followed inside the root
+        // (the root may be an image being upgraded to), and only a regular file of at most 4 MiB is read.
+        text = readTextSync(resolveInRootSync(root, f));
       } catch (e) {
         result.problems.push(problem(f, `error loading path '${f}': ${e instanceof Error ? e.message : String(e)}`));
       }
@@ -119,7 +122,7 @@ export async function loadSource(root: SysRoot, source: string, opts: LoadOption
     return result;
   }
   if (st !== undefined) {
-    const text = await readFile(root.path(source), 'utf8').catch((e: unknown) => {
+    const text = await readText(resolveInRootSync(root, source)).catch((e: unknown) => {
       result.problems.push(problem(source, `error loading path '${source}': ${e instanceof Error ? e.message : String(e)}`));
       return undefined;
     });

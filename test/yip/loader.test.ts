@@ -1,4 +1,5 @@
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -28,8 +29,9 @@ test('the walk: recursive, depth-first, byte-wise, .yaml/.yml only (hidden too),
     '/oem/10_a/x.yaml': doc('x'), '/oem/10_a.yaml': doc('a'), '/oem/02.yml': doc('b'), '/oem/.hidden.yaml': doc('h'),
     '/oem/notes.txt': 'x', '/oem/UP.YAML': doc('u'), '/oem/sub/deep/z.yaml': doc('z'), '/elsewhere/l.yaml': doc('l'), '/elsewhere/d/in.yaml': doc('i'),
   });
-  await symlink(root.path('/elsewhere/l.yaml'), root.path('/oem/05_link.yaml'));
-  await symlink(root.path('/elsewhere/d'), root.path('/oem/06_dirlink'));
+  // Absolute link targets are the root's paths (followed inside the root, as on a host whose root is DIR).
+  await symlink('/elsewhere/l.yaml', root.path('/oem/05_link.yaml'));
+  await symlink('/elsewhere/d', root.path('/oem/06_dirlink'));
   t.deepEqual(await walkYamlFiles(root, '/oem'), ['/oem/.hidden.yaml', '/oem/02.yml', '/oem/05_link.yaml', '/oem/10_a/x.yaml', '/oem/10_a.yaml', '/oem/sub/deep/z.yaml']);
   const r = await loadSource(root, '/oem/');
   t.deepEqual(r.documents.map((d) => [d.origin, d.config.stages['boot']?.[0]?.hostname]), [
@@ -41,7 +43,7 @@ test('the walk: recursive, depth-first, byte-wise, .yaml/.yml only (hidden too),
 test('a source that is a symlink to a directory is walked only with a trailing slash (go-vfs Lstat of the root)', async (t) => {
   const root = await tree(t, { '/real/a.yaml': doc('a') });
   await mkdir(root.path('/system'), { recursive: true });
-  await symlink(root.path('/real'), root.path('/system/oem'));
+  await symlink('../real', root.path('/system/oem'));
   t.deepEqual((await loadSource(root, '/system/oem')).documents, []);
   t.deepEqual((await loadSource(root, '/system/oem/')).documents.map((d) => d.origin), ['/system/oem/a.yaml']);
 });
@@ -90,4 +92,16 @@ test('the dot-notation modifier turns a kernel command line into a document', as
   const bad = await loadSource(root, 'stages.boot[0].files[0].permissions=0644 stages.boot[0].files[0].path=/x', { modifier: (text) => stringify(dotNotation(text).value, { version: '1.1' }) });
   t.deepEqual(bad.documents, []);
   t.like(bad.problems[0], { stage: 'boot', step: 0, key: 'files[0].permissions' });
+});
+
+test('a file is read inside the root and only when it is a regular file of at most 4 MiB: a link to /dev/zero, a FIFO, a huge file and a link out of the root are problems, the rest load', async (t) => {
+  const root = await tree(t, { '/oem/01.yaml': doc('ok'), '/oem/huge.yaml': `# ${'x'.repeat(5 * 1024 * 1024)}\n` });
+  await symlink('/dev/zero', root.path('/oem/02_zero.yaml'));
+  await symlink('../../../../../../../etc/os-release', root.path('/oem/03_out.yaml'));
+  execFileSync('mkfifo', [root.path('/oem/04_fifo.yaml')]);
+  const r = await loadSource(root, '/oem');
+  t.deepEqual(r.documents.map((d) => d.origin), ['/oem/01.yaml']);
+  t.deepEqual(r.problems.map((p) => p.file), ['/oem/02_zero.yaml', '/oem/03_out.yaml', '/oem/huge.yaml']);
+  t.regex(r.problems[0]?.message ?? '', /error loading path '\/oem\/02_zero\.yaml': .*ENOENT/, 'the link is followed inside the root, where there is no /dev/zero');
+  t.regex(r.problems[2]?.message ?? '', /is over 4194304 bytes/);
 });

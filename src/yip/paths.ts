@@ -1,0 +1,45 @@
+/**
+ * Paths inside the root prefix (yip.md: every file a cloud-config names is under the root): each symlink is followed
+ * inside the root, an absolute link restarting at the root, `..` stopping there. With `--root DIR` (or the chroot of
+ * an image being upgraded to) nothing outside DIR is reached through a link.
+ */
+import { lstatSync, readlinkSync } from 'node:fs';
+import type { SysRoot } from '../sys/root.ts';
+
+const MAX_LINKS = 40;
+
+/** The real host path of `hostPath` inside the root: every symlink followed inside it. */
+export function resolveInRootSync(root: SysRoot, hostPath: string): string {
+  const parts = hostPath.split('/').filter((p) => p !== '' && p !== '.');
+  const done: string[] = [];
+  let links = 0;
+  while (parts.length > 0) {
+    const part = parts.shift() as string;
+    if (part === '..') {
+      done.pop();
+      continue;
+    }
+    const here = root.path(`/${[...done, part].join('/')}`);
+    // Synchronous: a few microseconds each, where a thread-pool round trip per path component made the engine's
+    // own time grow with the host's load (bench/yip.ts).
+    const st = lstatSync(here, { throwIfNoEntry: false });
+    if (st?.isSymbolicLink() === true) {
+      if (++links > MAX_LINKS) throw new Error(`too many symlinks resolving ${hostPath}`);
+      const target = readlinkSync(here);
+      if (target.startsWith('/')) done.length = 0;
+      parts.unshift(...target.split('/').filter((p) => p !== '' && p !== '.'));
+      continue;
+    }
+    done.push(part);
+  }
+  return root.path(`/${done.join('/')}`);
+}
+
+/** resolveInRootSync as a promise (a link loop rejects). */
+export function resolveInRoot(root: SysRoot, hostPath: string): Promise<string> {
+  try {
+    return Promise.resolve(resolveInRootSync(root, hostPath));
+  } catch (e) {
+    return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+  }
+}

@@ -1,0 +1,38 @@
+/**
+ * Reading the text files cloud-config acts on (cloud-config files, passwd, os-release, ...) when they may come from
+ * an image the agent is upgrading to: only regular files, opened without blocking (a FIFO never hangs the stage), and
+ * at most `max` bytes (a link to /dev/zero or a huge file never fills memory). procfs files report size 0, so the
+ * bytes are counted as they are read, not taken from fstat.
+ */
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
+
+export const MAX_TEXT_BYTES: number = 4 * 1024 * 1024;
+
+/** The text of the regular file `file`; rejects (ENOENT as readFile does) on anything else or over `max` bytes. */
+export function readText(file: string, max: number = MAX_TEXT_BYTES): Promise<string> {
+  try {
+    return Promise.resolve(readTextSync(file, max));
+  } catch (e) {
+    return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+  }
+}
+
+export function readTextSync(file: string, max: number = MAX_TEXT_BYTES): string {
+  const fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    if (!fstatSync(fd).isFile()) throw new Error(`${file} is not a regular file`);
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const buf = Buffer.alloc(64 * 1024);
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      total += n;
+      if (total > max) throw new Error(`${file} is over ${max} bytes`);
+      chunks.push(buf.subarray(0, n));
+    }
+    return Buffer.concat(chunks).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
+}
