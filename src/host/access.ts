@@ -71,8 +71,9 @@ export async function mountRw(deps: AgentDeps, device: string, fallback: string,
       if (existing.readOnly) await remount(deps.runner, existing.dir, 'rw');
       cleanup.push(`remount ${existing.dir} read-only`, async () => {
         await syncFs(existing.dir).catch(() => {});
-        // A loop device detached just before still releases its backing file asynchronously: EBUSY for a moment.
-        await retry(() => remount(deps.runner, existing.dir, 'ro'), { attempts: 5, delayMs: 200 });
+        // A loop device detached just before still releases its backing file asynchronously: EBUSY for a moment,
+        // which a loaded machine stretched past 1 s in CI (hostile corpus): up to 5 s.
+        await retry(() => remount(deps.runner, existing.dir, 'ro'), { attempts: 25, delayMs: 200 });
       });
     }
     return existing.dir;
