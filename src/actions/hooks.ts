@@ -10,12 +10,10 @@
 import { SysRoot } from '../sys/root.ts';
 import type { AgentDeps } from '../host/deps.ts';
 import type { HookContext, HookName, HookRunner } from '../host/hooks.ts';
-import { runStageAction, strictFailure, type RunStageOutcome } from './run-stage.ts';
+import { runStageAction, strictFailure } from './run-stage.ts';
 
 export class YipHooks implements HookRunner {
   private readonly deps: AgentDeps;
-  /** Every outcome, in order (for callers that report them; the log has them too). */
-  readonly outcomes: Array<{ hook: HookName; transaction: string; outcome: RunStageOutcome }> = [];
   constructor(deps: AgentDeps) {
     this.deps = deps;
   }
@@ -24,7 +22,6 @@ export class YipHooks implements HookRunner {
     const root = ctx.chroot !== undefined ? new SysRoot(ctx.chroot) : this.deps.root;
     const log = this.deps.log.child({ transaction: ctx.transaction, hook: name });
     const outcome = await runStageAction({ ...this.deps, root, log }, { stage: name, dryRun: false, ...(ctx.extraPaths !== undefined ? { extraPaths: ctx.extraPaths } : {}) });
-    this.outcomes.push({ hook: name, transaction: ctx.transaction, outcome });
     const steps = outcome.runs.reduce((n, r) => n + r.ops.filter((o) => o.skipped === null).length, 0);
     log.info({ sources: outcome.sources, steps, errors: outcome.errors, ...(ctx.chroot !== undefined ? { chroot: ctx.chroot } : {}) }, `hook ${name}: ${steps} step(s), ${outcome.errors} error(s)`);
     if (ctx.strict) {
