@@ -4,7 +4,7 @@
  * each contestant does and rootfs.ts for the image). Prints a table, the agent's time split, peak extra disk, and
  * one PASS/MISS line per target. Exit 0 even on MISS (it is a report); non-zero only when something broke.
  *
- * Then the verification, daemon and yip (bench/yip.ts: the boot stage over 50 files) benches, and the VM part (vm.ts): the package's size, and from real boots of the
+ * Then the verification, daemon, cosctl start (bench/cli.ts) and yip (bench/yip.ts: the boot stage over 50 files) benches, and the VM part (vm.ts): the package's size, and from real boots of the
  * agent in a QEMU guest, cosd's start time and idle RSS under systemd and the time from `cosctl upgrade` to the new
  * active's multi-user.target, split into resolve+verify, download, staging and reboot.
  *
@@ -18,6 +18,7 @@ import { startRegistry } from '../test/helpers/registry.ts';
 import { slotSize } from '../src/actions/upgrade/size.ts';
 import { benchVerification } from './verify.ts';
 import { benchDaemon } from './daemon.ts';
+import { benchCli } from './cli.ts';
 import { benchYip } from './yip.ts';
 import { benchPackage, benchVm } from './vm.ts';
 import { ensureRootfsImage, ROOTFS_VERSION } from './rootfs.ts';
@@ -235,6 +236,7 @@ async function main(): Promise<void> {
 
     await benchVerification(out);
     await benchDaemon(out, { reg, imageRef: ctx.imageRef, slotMiB, stateMiB, idleSeconds: Number(process.env['BENCH_IDLE_SECONDS'] ?? 60) });
+    await benchCli(out);
     await benchYip(out);
     out();
     await benchPackage(out);

@@ -6,13 +6,12 @@
 // interpreter and Maglev's code (2.4 MB of resident pages) is not mapped in until real work runs (staging's hot
 // loops run millions of times; 20000 interpreted calls cost them about a millisecond).
 // cosd: thin wrapper. Runs the bundle `npm run build` makes (dist/cosd/main.mjs: what ships, ~59 MB idle), or the
-// TypeScript sources (src/main.ts, run natively by Node >= 24) when no bundle was built.
-import { existsSync } from 'node:fs';
+// TypeScript sources (src/main.ts, run natively by Node >= 24) when no bundle was built or src/ is newer (entry.js).
+import { entry } from './entry.js';
 const [major] = process.versions.node.split('.').map(Number);
 if (major < 24) {
   process.stderr.write(`cosd: needs Node.js >= 24 (this is ${process.version}); run it through the project's pinned node\n`);
   process.exit(1);
 }
-const bundle = new URL('../dist/cosd/main.mjs', import.meta.url);
-const { main } = await import(existsSync(bundle) ? bundle.href : '../src/main.ts');
+const { main } = await import(entry(new URL('../dist/cosd/main.mjs', import.meta.url), new URL('../src/main.ts', import.meta.url)));
 process.exitCode = await main(process.argv.slice(2), { stdout: process.stdout, stderr: process.stderr, env: process.env });

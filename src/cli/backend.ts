@@ -7,6 +7,13 @@ import type { RollbackOutcome } from '../actions/rollback.ts';
 import type { VerifyOutcome } from '../actions/verify-image.ts';
 import type { HostStatusDocument, Verification } from '../model/host.ts';
 
+/** Where cosctl writes, and its environment (process.* in bin/cosctl.js; buffers in tests). */
+export interface CliIo {
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+  env: NodeJS.ProcessEnv;
+}
+
 export interface UpgradeRequest {
   image?: string;
   recovery?: boolean;

@@ -1,9 +1,9 @@
 /**
- * PURE: render the status document for people (text), or for programs (JSON, YAML). The text shows what came from
+ * PURE: render the status document for people (text), or for programs (JSON; YAML in format-yaml.ts, so the YAML
+ * library loads only for --yaml). The text shows what came from
  * outside (image references, versions, labels, error messages) escaped and bounded, so a record or a config file
  * cannot put control characters on the terminal or a megabyte on one line.
  */
-import { stringify } from 'yaml';
 import type { HostStatusDocument, SlotStatus } from '../model/host.ts';
 import { displayText, TEXT_LIMITS } from '../model/text.ts';
 
@@ -12,9 +12,8 @@ const show = (s: string, max: number = TEXT_LIMITS.value): string => displayText
 
 export type StatusFormat = 'human' | 'json' | 'yaml';
 
-export function renderStatus(doc: HostStatusDocument, format: StatusFormat): string {
+export function renderStatus(doc: HostStatusDocument, format: 'human' | 'json'): string {
   if (format === 'json') return `${JSON.stringify(doc, null, 2)}\n`;
-  if (format === 'yaml') return stringify(doc);
   return renderHuman(doc);
 }
 

@@ -6,7 +6,6 @@
 import { connectAgent } from '../dbus/client.ts';
 import type { AgentDeps } from '../host/deps.ts';
 import type { Backend } from './backend.ts';
-import { localBackend } from './local.ts';
 
 /**
  * The daemon backend when cosd owns its name on the bus (DBUS_SYSTEM_BUS_ADDRESS, else the system bus) and manages
@@ -21,7 +20,6 @@ export async function connectDaemon(env: NodeJS.ProcessEnv, deps: AgentDeps): Pr
     await client.close();
     return null;
   }
-  const local = localBackend(deps);
   return {
     kind: 'daemon',
     async upgrade(req, onProgress, signal) {
@@ -54,7 +52,8 @@ export async function connectDaemon(env: NodeJS.ProcessEnv, deps: AgentDeps): Pr
       return { assessmentChanged: d.assessmentChanged ?? null, warnings: d.warnings ?? [] };
     },
     status: () => client.getStatus(),
-    verify: (image) => local.verify(image),
+    // Loaded on use: the in-process actions are most of cosctl's code, and no other daemon call needs them.
+    verify: async (image) => (await import('./local.ts')).localBackend(deps).verify(image),
     async watch(onStatus) {
       // Re-read on every property change and on Completed (the daemon refreshes its status before it signals
       // completion); print a document only when it differs from the last one printed.

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { parse } from 'yaml';
 import { renderStatus } from '../../src/cli/format.ts';
+import { renderStatusYaml } from '../../src/cli/format-yaml.ts';
 import { HOST_API_VERSION, HOST_KIND, type HostStatusDocument, type SlotStatus } from '../../src/model/host.ts';
 
 const slot = (name: SlotStatus['slot'], over: Partial<SlotStatus> = {}): SlotStatus => ({
@@ -32,7 +33,15 @@ test('the human view marks the running slot and the staged one, and flags unveri
 
 test('JSON and YAML carry the same document', (t) => {
   t.deepEqual(JSON.parse(renderStatus(doc(), 'json')), doc());
-  t.deepEqual(parse(renderStatus(doc(), 'yaml')), doc());
+  t.deepEqual(parse(renderStatusYaml(doc())), doc());
+});
+
+test('YAML has no anchors or aliases, even where the document holds one object twice', (t) => {
+  const d = doc();
+  d.status.slots.passive = d.status.slots.active;
+  const y = renderStatusYaml(d);
+  t.notRegex(y, /(^|\s)[&*]a\d+\b/m, y);
+  t.deepEqual(parse(y), JSON.parse(JSON.stringify(d)));
 });
 
 test('the human view shows outside text escaped and bounded: control bytes from a record or a config never reach the terminal', (t) => {
