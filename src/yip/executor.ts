@@ -6,8 +6,9 @@
  * `--root DIR` nothing outside DIR is written, the live hostname is never set, and /proc/sys means DIR/proc/sys.
  *
  * Implemented here: dns, downloads, ensure_entities, directories, files, commands, delete_entities, hostname, sysctl,
- * users, authorized_keys, modules, timesyncd, systemctl, environment, systemd_firstboot, git (git.ts), layout (layout.ts).
- * A step that uses another plugin's key gets an error naming it (never a silent skip).
+ * users, authorized_keys, modules, timesyncd, systemctl, environment, systemd_firstboot, git (git.ts), datasource
+ * (datasource.ts: the drive, file and HTTP metadata providers; vmware, azure and packet are errors naming them),
+ * layout (layout.ts). A step that uses another plugin's key gets an error naming it (never a silent skip).
  */
 import { randomUUID } from 'node:crypto';
 import { chmodSync, chownSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -23,6 +24,7 @@ import { readText } from './read.ts';
 import { resolveInRoot } from './paths.ts';
 import { runLayout } from './layout.ts';
 import { runGit } from './git.ts';
+import { runDatasource, type DatasourceTestSeams } from './datasource.ts';
 import type { ToolExec } from './tool.ts';
 
 export interface YipConsole {
@@ -48,8 +50,13 @@ export interface YipEnv {
    * (`--root`), where the running kernel is never touched: a `modules` entry is then an error naming it.
    */
   modprobe?: (name: string, params: readonly string[]) => Promise<void>;
-  /** Run a system tool (argv: git, sgdisk, mkfs...; the `git` and `layout` plugins); absent: they are errors. */
+  /** Run a system tool (argv: git, sgdisk, mkfs, blkid, mount...; `git`, `layout`, datasource drives); absent: they are errors. */
   exec?: ToolExec;
+  /**
+   * Test seams of the `datasource` plugin (metadata service addresses, the only block devices to look at, the request
+   * deadline). Never set by cosctl or cosd; when set, no real metadata service or unlisted device is reached.
+   */
+  datasourceTest?: DatasourceTestSeams;
 }
 
 export interface OpReport {
@@ -290,6 +297,13 @@ const PLUGINS: Partial<Record<PluginName, Plugin>> = {
       errors.push(`git ${step.git.url}: ${e instanceof Error ? e.message : String(e)}`);
     }
   },
+  datasource: async (env, step, errors, warnings) => runDatasource(env, step.datasource, errors, warnings, {
+    // /run/config and userdata parents: yip's EnsureDirectories, owned by the agent's own uid/gid
+    ensureDir: (dir, mode) => ensureDir(env, { path: dir, permissions: mode, owner: process.getuid?.() ?? 0, group: process.getgid?.() ?? 0 }),
+    // the provider's hostname and keys go through the plugins themselves, as yip calls Hostname and SSH
+    hostname: (name, errs) => (PLUGINS.hostname as Plugin)(env, { ...step0(), hostname: name }, errs, warnings),
+    authorizedKeys: (user, keys, errs) => (PLUGINS.authorized_keys as Plugin)(env, { ...step0(), authorized_keys: { [user]: keys } }, errs, warnings),
+  }),
   layout: async (env, step, errors, warnings) => {
     if (env.exec === undefined) {
       errors.push('layout: disk tools are not available to this run');

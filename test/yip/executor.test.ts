@@ -116,11 +116,13 @@ test('sysctl and dns write through the root (sysctl_test.go, dns_test.go); a sym
   t.is(await resolveInRoot(root, '/etc/../../../../etc/resolv.conf'), root.path('/run/systemd/resolve/stub-resolv.conf'), '.. stops at the root');
 });
 
-test('a plugin this version does not implement is an error naming it, never a silent skip; the other plugins of the step still run', async (t) => {
+test('a datasource provider this version does not implement is an error naming it, never a silent skip; the other plugins of the step still run', async (t) => {
   const { env, commands } = await rig(t);
-  const r = await run(env, 'stages:\n  boot:\n    - commands: [echo x]\n      datasource: {providers: [cdrom]}\n');
+  const r = await run(env, 'stages:\n  boot:\n    - commands: [echo x]\n      datasource: {providers: [vmware]}\n');
   t.deepEqual(commands, ['echo x']);
-  t.deepEqual(r[0]?.errors, ["datasource: this plugin is not implemented in this version of the agent; the step's datasource did not run"]);
+  t.is(r[0]?.errors.length, 2);
+  t.regex(r[0]?.errors[0] ?? '', /^datasource vmware: not implemented in this agent: /);
+  t.is(r[0]?.errors[1], 'datasource: no metadata/userdata found');
 });
 
 test('modules: entries /proc/modules lists are skipped (exact name), the others loaded with their parameters; without the live system, an error each', async (t) => {
