@@ -46,7 +46,7 @@ export {
   type LoopDevice,
   type LoopStatus,
 } from './loop.ts';
-export { findMountOf, mount, mountImage, readMounts, remount, unmount, type Mount } from './mount.ts';
+export { findMountOf, mount, mountHolders, mountImage, readMounts, remount, unmount, type Mount } from './mount.ts';
 export { findMountAt, isReadOnly, parseMountInfo, unescapeMountField, type MountInfo } from './mountinfo.ts';
 export { onceCloser } from './once.ts';
 export { freeBytes, syncFs } from './space.ts';

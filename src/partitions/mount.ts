@@ -3,12 +3,12 @@
  * device is mounted.
  */
 import { realpathSync, statSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, readlink } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentError, CommandError } from '../model/errors.ts';
 import type { Runner } from '../sys/runner.ts';
-import { attachLoop } from './loop.ts';
+import { attachLoop, loopBackingFile, waitForDetach } from './loop.ts';
 import { parseMountInfo, type MountInfo } from './mountinfo.ts';
 import { onceCloser } from './once.ts';
 
@@ -16,8 +16,19 @@ export interface Mount {
   readonly target: string;
   /** Unmount (retrying once when busy). Idempotent. */
   close(): Promise<void>;
+  /**
+   * Image mounts (mountImage) only, after close(): resolves once the filesystem is mounted nowhere, its loop device
+   * detached, so nothing will write to the image any more. A mount namespace made while it was mounted (`unshare
+   * --mount` with private propagation, a container) keeps its own copy of the mount, which our unmount does not
+   * reach: the filesystem stays live there, and when that namespace ends it writes its superblock back over whatever
+   * was done to the image since (a label, an fsck). Throws MOUNT_FAILED naming the processes that hold it.
+   */
+  released?(opts?: { timeoutMs?: number }): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
 }
+
+/** How long released() waits for the loop device of an unmounted image to detach (a probe may hold it a moment). */
+const RELEASE_TIMEOUT_MS = 10_000;
 
 /** Delay before the single retry of a busy unmount. */
 const BUSY_RETRY_MS = 300;
@@ -103,13 +114,49 @@ export async function mountImage(
     await loop.close().catch(() => {});
     throw err;
   }
-  return makeMount(
+  const backing = await loopBackingFile(loop.device).catch(() => undefined);
+  const closed = makeMount(
     target,
     onceCloser(async () => {
       await m.close();
       await loop.close();
     }),
   );
+  return {
+    ...closed,
+    async released(opts = {}) {
+      if (await waitForDetach(loop.device, backing, opts.timeoutMs ?? RELEASE_TIMEOUT_MS)) return;
+      const holders = await mountHolders(loop.device);
+      throw new AgentError('MOUNT_FAILED', `${file} is still in use through ${loop.device} after it was unmounted` +
+        (holders.length > 0
+          ? `: mounted in the mount namespace of ${holders.slice(0, 5).map((h) => `pid ${h.pid} (${h.comm})`).join(', ')}${holders.length > 5 ? ` and ${holders.length - 5} more` : ''}, made while it was mounted here; the image is not sealed, since that mount would write over it later`
+          : ' (held open); the image is not sealed'));
+    },
+  };
+}
+
+/**
+ * Processes whose mount namespace has `device` mounted (from every /proc/PID/mountinfo): one per namespace, the
+ * lowest pid. Unreadable entries (a process gone meanwhile) are skipped.
+ */
+export async function mountHolders(device: string): Promise<Array<{ pid: number; comm: string }>> {
+  let id: string;
+  try {
+    const st = statSync(device);
+    id = `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
+  } catch {
+    return [];
+  }
+  const seen = new Map<string, { pid: number; comm: string }>();
+  const pids = (await readdir('/proc').catch(() => [] as string[])).filter((n) => /^\d+$/.test(n)).map(Number).sort((a, b) => a - b);
+  for (const pid of pids) {
+    const info = await readFile(`/proc/${pid}/mountinfo`, 'utf8').catch(() => '');
+    if (!parseMountInfo(info).some((m) => m.majorMinor === id || m.source === device)) continue;
+    const ns = await readlink(`/proc/${pid}/ns/mnt`).catch(() => String(pid));
+    if (seen.has(ns)) continue;
+    seen.set(ns, { pid, comm: (await readFile(`/proc/${pid}/comm`, 'utf8').catch(() => '?')).trim() });
+  }
+  return [...seen.values()];
 }
 
 /** The mount table of this process (/proc/self/mountinfo). */

@@ -8,6 +8,7 @@
  *   - host.leaks() (mounts and loop devices left under the host's temp dir);
  *   - the slots: both images' bytes and labels, the GRUB blocks, COS_STATE read-only.
  */
+import { cacheDir } from '../../vm-tests/lib/cache.ts';
 import type { ExecutionContext } from 'ava';
 import { createHash } from 'node:crypto';
 import { lstat, mkdir, readFile, readdir, readlink, writeFile } from 'node:fs/promises';
@@ -48,8 +49,12 @@ export async function tree(dir: string): Promise<string[]> {
 export async function mountTable(host: CosHost): Promise<string[]> {
   const mine = path.dirname(host.root);
   const tmp = tmpdir();
+  // The VM suite's cache builds run beside these tests (scripts/test.sh prebuilds): debootstrap mounts /proc in its
+  // chroot there. Not this host's either.
+  const vmCache = `${cacheDir()}/`;
   return parseMountInfo(await readFile('/proc/self/mountinfo', 'utf8'))
     .filter((m) => !(m.mountPoint.startsWith(`${tmp}/`) && !(m.mountPoint === mine || m.mountPoint.startsWith(`${mine}/`))))
+    .filter((m) => !m.mountPoint.startsWith(vmCache))
     .map((m) => `${m.mountPoint} ${m.root} ${m.source} ${m.fstype} ${m.options.join(',')}`)
     .sort();
 }

@@ -39,12 +39,16 @@ export async function startPolkit(bus: TestBus, opts: { rules?: string } = {}): 
   for (const d of [dir, actions, rules, empty]) await chmod(d, 0o755);
   const script = [
     'set -e',
+    // The new namespace copies every mount of the moment, other tests' loop-mounted images included; a copy would
+    // keep such an image's filesystem live after its test unmounts it (and write it back when this namespace ends):
+    // let go of everything under the temp dirs (Mount.released in src/partitions/mount.ts).
+    'awk -v t="$4/" -v v="/var/tmp/" \'index($5, t) == 1 || index($5, v) == 1 { print $5 }\' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done',
     'mount --bind "$1" /usr/share/polkit-1/actions',
     'mount --bind "$2" /etc/polkit-1/rules.d',
     'mount --bind "$3" /usr/share/polkit-1/rules.d',
     `exec ${POLKITD}`,
   ].join('\n');
-  const child = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', actions, rules, empty], {
+  const child = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', actions, rules, empty, tmpdir()], {
     env: { ...process.env, DBUS_SYSTEM_BUS_ADDRESS: bus.address },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

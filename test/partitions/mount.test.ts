@@ -1,4 +1,7 @@
 import test from 'ava';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
 import { mkdir, open, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError } from '../../src/model/errors.ts';
@@ -125,6 +128,34 @@ test('mountImage attaches and mounts an ext2 image; remount switches ro and rw; 
   await m.close();
   t.is(await mountedAt(target), undefined);
   t.false((await listLoopDevices()).some((l) => l.backingFile.startsWith(img)));
+});
+
+// Serial: the namespace it makes copies the mounts of every test running at that moment.
+test.serial('an image mount copied into another mount namespace: released() names the process holding it, and resolves once it is gone', async (t) => {
+  const dir = await tempDir(t);
+  const img = path.join(dir, 'transition.img');
+  await mkfsExt2(runner, img, { label: 'COS_TRANSITION', sizeMiB: 8 });
+  const target = path.join(dir, 'mnt');
+  await mkdir(target);
+  const m = await mountImage(runner, img, target);
+  t.teardown(() => m.close());
+  // As `unshare --mount --propagation private` (the polkit tests do it) copies every mount of the moment.
+  const holder = spawn('unshare', ['--mount', '--propagation', 'private', 'sleep', '60'], { stdio: 'ignore' });
+  t.teardown(() => holder.kill('SIGKILL'));
+  for (let i = 0; i < 100; i++) {
+    const info = await readFile(`/proc/${holder.pid}/mountinfo`, 'utf8').catch(() => '');
+    if (info.includes(` ${target} `)) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await m.close();
+  t.is(await mountedAt(target), undefined, 'unmounted here');
+  const err = await t.throwsAsync(m.released!({ timeoutMs: 500 }));
+  t.true(err instanceof AgentError && err.code === 'MOUNT_FAILED', String(err));
+  t.regex(err?.message ?? '', new RegExp(`${img.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is still in use through /dev/loop\\d+ after it was unmounted: mounted in the mount namespace of pid ${holder.pid} \\(sleep\\)`));
+  holder.kill('SIGKILL');
+  await once(holder, 'exit');
+  await m.released!({ timeoutMs: 5000 });
+  t.false((await listLoopDevices()).some((l) => l.backingFile.startsWith(img)), 'the loop device is gone');
 });
 
 test('mountImage read-only mounts ro on a read-only loop device', async (t) => {

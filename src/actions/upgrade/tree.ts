@@ -128,6 +128,9 @@ export async function sealTree(
   }
   await syncFs(tree.dir);
   await tree.mount?.close();
+  // Only an image mounted nowhere is checked and sealed: a copy of its mount in another namespace would write its
+  // superblock over the label and the check later (Mount.released).
+  await tree.mount?.released?.();
   await fsckExt2(deps.runner, transitionPath);
   await syncFs(transitionPath);
 }
