@@ -229,4 +229,13 @@ test('first boot under boot assessment: cosd runs under systemd, status says act
   await mkdir(logDir(), { recursive: true });
   await writeFile(summaryFile, `${JSON.stringify(summary, null, 2)}\n`);
   t.log(`summary: ${summaryFile}`);
+  const analyze = obj(byKind.get('analyze'));
+  // The slowest services of the boot (start -> active, or -> exit for a oneshot), from systemctl show.
+  const spans = String(analyze['units'] ?? '').split('\n\n').map((block) => {
+    const p = Object.fromEntries(block.split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+    const start = Number(p['InactiveExitTimestampMonotonic'] ?? 0);
+    const end = Math.max(Number(p['ActiveEnterTimestampMonotonic'] ?? 0), Number(p['ExecMainExitTimestampMonotonic'] ?? 0));
+    return { id: String(p['Id'] ?? '?'), start: start / 1e6, ms: start > 0 && end > start ? (end - start) / 1000 : 0 };
+  }).filter((u) => u.ms > 0).sort((a, b) => b.ms - a.ms).slice(0, 15);
+  t.log(`slowest services (start s after boot: ms): ${spans.map((u) => `${u.id} ${u.start.toFixed(1)}: ${u.ms.toFixed(0)}`).join(', ')}`);
 });

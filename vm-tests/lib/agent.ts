@@ -194,6 +194,10 @@ emit "{\\"kind\\":\\"healthcheck\\",\\"active\\":$(j "$(systemctl is-active $hc)
 yip_units=$(for u in cos-setup-fs cos-setup-boot cos-setup-network; do printf '%s %s %s %s\\n' "$u" "$(show $u.service ActiveState)" "$(show $u.service Result)" "$(show $u.service ExecMainStatus)"; done)
 emit "{\\"kind\\":\\"yip\\",\\"hostname\\":$(j "$(hostname)"),\\"etcHostname\\":$(j "$(cat /etc/hostname)"),\\"passwd\\":$(j "$(getent passwd cosvm)"),\\"group\\":$(j "$(getent group cosvm)"),\\"keys\\":$(j "$(cat /home/cosvm/.ssh/authorized_keys)"),\\"keysStat\\":$(j "$(stat -c '%U %G %a' /home/cosvm/.ssh/authorized_keys)"),\\"oemFile\\":$(j "$(cat /etc/cosvm-from-oem)"),\\"oemFileStat\\":$(j "$(stat -c '%U %a' /etc/cosvm-from-oem)"),\\"swappiness\\":$(j "$(cat /proc/sys/vm/swappiness)"),\\"network\\":$(j "$(cat /run/cosvm-network-stage)"),\\"units\\":$(j "$yip_units"),\\"journal\\":$(j "$(journalctl -u cos-setup-fs -u cos-setup-boot -u cos-setup-network -o cat --no-pager | tail -n 60)")}"
 
+# where the boot's time went (diagnostics for the VM suite's budget): the slowest services
+# (systemd-analyze answers only once the boot finished, after this unit: each service's start and end, monotonic us)
+emit "{\\"kind\\":\\"analyze\\",\\"units\\":$(j "$(systemctl show -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic -p ExecMainExitTimestampMonotonic '*.service' 2>/dev/null)")}"
+
 emit "{\\"kind\\":\\"cosd-journal\\",\\"json\\":$(j "$(journalctl -u cosd.service -o json --output-fields=MESSAGE --no-pager | tail -n 200)")}"
 
 failed=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | paste -sd' ')
