@@ -68,6 +68,10 @@ put src/dbus/interface.xml                 usr/share/dbus-1/interfaces/io.costoo
 put packaging/io.costoolkit.agent1.policy  usr/share/polkit-1/actions/io.costoolkit.agent1.policy
 put packaging/io.costoolkit.Agent1.polkit.conf usr/share/doc/cos-agent/examples/io.costoolkit.Agent1.polkit.conf
 put README.md                              usr/share/doc/cos-agent/README.md
+# cosctl's man page and shell completions, generated from its command table (npm run gen-cli-docs).
+put packaging/cosctl.1                     usr/share/man/man1/cosctl.1
+put packaging/cosctl.bash-completion       usr/share/bash-completion/completions/cosctl
+put packaging/_cosctl                      usr/share/zsh/vendor-completions/_cosctl
 # Health checks (cosctl health-check): the vendor directories, and the one check the package ships.
 mkdir_0755 usr/lib/cos-agent/check/wanted.d
 put packaging/check/required.d/00-cosd-running usr/lib/cos-agent/check/required.d/00-cosd-running

@@ -12,13 +12,14 @@
  * node:crypto initialises OpenSSL, about 1.2 MB resident, so those imports get a module that loads node:crypto on
  * first use instead.
  */
-import { rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { build, type Plugin } from 'esbuild';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const out = path.join(repo, 'dist/cosd');
 const cliOut = path.join(repo, 'dist/cosctl');
+const { version } = JSON.parse(await readFile(path.join(repo, 'package.json'), 'utf8')) as { version: string };
 
 /** Packages whose `crypto` import is made lazy, with the names they import (ESM) or `*` (CommonJS require). */
 const LAZY_CRYPTO: Record<string, 'cjs' | readonly string[]> = {
@@ -63,6 +64,8 @@ async function bundle(entries: readonly string[], outdir: string): Promise<void>
     // CommonJS dependencies call require(); an ESM bundle has none of its own
     banner: { js: "import { createRequire as __cosdRequire } from 'node:module'; const require = __cosdRequire(import.meta.url);" },
     plugins: [lazyCrypto],
+    // src/version.ts: the version built in (no package.json next to the installed bundles)
+    define: { COS_AGENT_VERSION: JSON.stringify(version) },
   });
 }
 

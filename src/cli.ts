@@ -1,5 +1,5 @@
 /**
- * cosctl: upgrade | check | rollback | status | verify | cancel | mark-good | mark-bad. Talks to the daemon over
+ * cosctl: the commands of src/cli/spec.ts (upgrade, check, rollback, status, verify, ...). Talks to the daemon over
  * D-Bus when it runs (src/cli/remote.ts), else runs the action in-process (src/cli/local.ts, also --no-daemon).
  * Exit codes come from one table (src/cli/exit-codes.ts).
  */
@@ -8,40 +8,19 @@ import { AgentError } from './model/errors.ts';
 import { displayText, TEXT_LIMITS, utf8Length } from './model/text.ts';
 import { EXIT_OK, exitCodeFor } from './cli/exit-codes.ts';
 import type { CliIo } from './cli/backend.ts';
+import { COMMANDS, commandHelp, commandSpec, GLOBAL_OPTIONS, mainHelp, parserOptions, suggest } from './cli/spec.ts';
+import { VERSION } from './version.ts';
 
 export type { CliIo } from './cli/backend.ts';
-
-const USAGE = `usage: cosctl [--root DIR] [--no-daemon] [--verbose] <command>
-  upgrade [--image REF] [--recovery] [--no-verify] [--force] [--reboot]
-                                                     stage a new OS into the active (or recovery) slot; an image the
-                                                     slot already holds is not staged again unless --force; --reboot
-                                                     reboots into it afterwards (needs the daemon)
-  check [--image REF] [--recovery]                   is a newer image available? (resolves digests, writes nothing)
-  rollback [--permanent]                             boot the other slot next (once, or swap them for good)
-  status [--json|--yaml] [--watch]                   show slots, images and boot state (--watch: follow changes)
-  verify IMAGE [--json]                              check an image's signatures under the host's policy, stage nothing
-  cancel                                             cancel the running upgrade (before the slot switch)
-  mark-good | mark-bad                               tell boot assessment the booted system is good, or bad
-  health-check [--json] [--no-reboot]                run the health checks (greenboot layout), mark the boot good or
-                                                     bad, and reboot into the fallback on failure (root, in-process)
-  boot-assessment [--json]                           install or update GRUB's boot assessment (N tries) on this host
-  run-stage STAGE [--strict] [--dry-run] [--json]    run a cloud-config (yip) stage from /system/oem, /oem and
-                                                     /usr/local/cloud-config: STAGE.before, STAGE, STAGE.after (root,
-                                                     in-process; --strict: exit 65 when a step had errors)
-cosctl talks to the daemon (cosd) when it runs, and runs the action itself otherwise or with --no-daemon.`;
-
-function usage(msg: string): AgentError {
-  return new AgentError('USAGE', `${msg}\n${USAGE}`);
-}
 
 export async function main(argv: readonly string[], io: CliIo): Promise<number> {
   try {
     return await run(argv, io);
   } catch (e) {
     if (e instanceof AgentError) {
-      // One line whatever the message echoes (a config file's bytes, a 1 MB image): escaped and bounded.
-      const message = e.message.endsWith(`\n${USAGE}`) ? e.message.slice(0, -USAGE.length - 1) : e.message;
-      io.stderr.write(`cosctl: ${displayText(message, TEXT_LIMITS.message)}${e.code === 'USAGE' ? `\n${USAGE}` : ''}\n`);
+      // One line whatever the message echoes (a config file's bytes, a 1 MB image): escaped and bounded. A usage error
+      // names the help to read, never prints the whole usage.
+      io.stderr.write(`cosctl: ${displayText(e.message, TEXT_LIMITS.message)}\n`);
       return exitCodeFor(e.code);
     }
     // A stack trace keeps its lines; each one is made safe to print.
@@ -51,72 +30,73 @@ export async function main(argv: readonly string[], io: CliIo): Promise<number> 
   }
 }
 
-/** The options each command takes (besides the global --root, --no-daemon, --verbose, --help). */
-const COMMANDS: Record<string, readonly string[]> = {
-  upgrade: ['image', 'recovery', 'no-verify', 'force', 'reboot'],
-  check: ['image', 'recovery'],
-  rollback: ['permanent'],
-  status: ['json', 'yaml', 'watch'],
-  verify: ['json'],
-  cancel: [],
-  'mark-good': [],
-  'mark-bad': [],
-  'health-check': ['json', 'no-reboot'],
-  'boot-assessment': ['json'],
-  'run-stage': ['strict', 'dry-run', 'json'],
-};
-
+/**
+ * Parse argv against the command table (src/cli/spec.ts): global options anywhere, one command, its operand and its
+ * own options. Help and the version are answered here, without loading any command code.
+ */
 async function run(argv: readonly string[], io: CliIo): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...argv],
-      allowPositionals: true,
-      strict: true,
-      options: {
-        root: { type: 'string' },
-        verbose: { type: 'boolean', short: 'v' },
-        help: { type: 'boolean', short: 'h' },
-        'no-daemon': { type: 'boolean' },
-        image: { type: 'string' },
-        recovery: { type: 'boolean' },
-        'no-verify': { type: 'boolean' },
-        force: { type: 'boolean' },
-        reboot: { type: 'boolean' },
-        permanent: { type: 'boolean' },
-        json: { type: 'boolean' },
-        yaml: { type: 'boolean' },
-        watch: { type: 'boolean' },
-        'no-reboot': { type: 'boolean' },
-        strict: { type: 'boolean' },
-        'dry-run': { type: 'boolean' },
-      },
-    });
-  } catch (e) {
-    throw usage(e instanceof Error ? e.message : String(e));
+  const { tokens } = parseArgs({ args: [...argv], allowPositionals: true, strict: false, tokens: true, options: parserOptions() });
+  const positionals = tokens.filter((t) => t.kind === 'positional').map((t) => t.value);
+  // After `--`, everything is positional (parseArgs says so with an option-terminator token).
+  const command = positionals[0];
+  const spec = command === undefined || command === 'help' ? undefined : commandSpec(command);
+  const seeHelp = spec !== undefined ? `see cosctl ${spec.name} --help` : 'see cosctl --help';
+  const usage = (msg: string): AgentError => new AgentError('USAGE', `${msg}; ${seeHelp}`);
+
+  const values: Record<string, string | boolean> = {};
+  for (const t of tokens) {
+    if (t.kind !== 'option') continue;
+    const known = [...GLOBAL_OPTIONS, ...(spec?.options ?? [])].find((o) => o.name === t.name);
+    if (known === undefined) {
+      const anywhere = COMMANDS.find((c) => c.options.some((o) => o.name === t.name));
+      if (anywhere !== undefined && spec !== undefined) throw usage(`${t.rawName} does not apply to ${spec.name}`);
+      if (anywhere !== undefined && spec === undefined) continue; // the missing or unknown command is the error
+      if (anywhere === undefined) {
+        const near = suggest(t.name, [...GLOBAL_OPTIONS, ...(spec?.options ?? COMMANDS.flatMap((c) => c.options))].map((o) => o.name));
+        throw usage(`unknown option ${displayText(t.rawName, TEXT_LIMITS.echo)}${near !== undefined ? ` (did you mean --${near}?)` : ''}`);
+      }
+    }
+    if (known?.value !== undefined) {
+      if (t.value === undefined) throw usage(`${t.rawName} needs a ${known.value}`);
+      values[t.name] = t.value;
+    } else if (known !== undefined) {
+      if (t.value !== undefined) throw usage(`${t.rawName} takes no value`);
+      values[t.name] = true;
+    }
   }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    io.stdout.write(`${USAGE}\n`);
+
+  if (values.version === true) {
+    io.stdout.write(`cosctl ${VERSION}\n`);
     return EXIT_OK;
   }
-  const [command, ...rest] = positionals;
-  if (command === undefined) throw usage('missing command');
-  const operand = command === 'verify' || command === 'run-stage' ? rest.shift() : undefined;
-  if (command === 'verify' && operand === undefined) throw usage('verify needs an IMAGE');
-  if (command === 'run-stage' && operand === undefined) throw usage('run-stage needs a STAGE');
-  if (rest.length > 0) throw usage(`unexpected argument ${rest[0]}`);
-  const own = COMMANDS[command];
-  if (own === undefined) throw usage(`unknown command ${command}`);
-  for (const k of Object.keys(values)) {
-    if (!['root', 'verbose', 'help', 'no-daemon', ...own].includes(k)) throw usage(`--${k} does not apply to ${command}`);
+  if (command === 'help') {
+    const about = positionals[1];
+    const target = about === undefined ? undefined : commandSpec(about);
+    if (about !== undefined && target === undefined) throw unknownCommand(about);
+    io.stdout.write(`${target === undefined ? mainHelp() : commandHelp(target)}\n`);
+    return EXIT_OK;
   }
-  if (values.json && values.yaml) throw usage('--json and --yaml are exclusive');
+  if (command !== undefined && spec === undefined) throw unknownCommand(command);
+  if (values.help === true) {
+    io.stdout.write(`${spec === undefined ? mainHelp() : commandHelp(spec)}\n`);
+    return EXIT_OK;
+  }
+  if (spec === undefined) throw usage('missing command');
+  const rest = positionals.slice(1);
+  const operand = spec.operand !== undefined ? rest.shift() : undefined;
+  if (spec.operand !== undefined && operand === undefined) throw usage(`${spec.name} needs ${spec.operand.name}`);
+  if (rest.length > 0) throw usage(`unexpected argument ${displayText(rest[0] ?? '', TEXT_LIMITS.echo)}`);
+  if (values.json === true && values.yaml === true) throw usage('--json and --yaml are exclusive');
   // An absurd reference is refused here, naming its length (not echoing it), as cosd refuses it over D-Bus.
-  for (const [what, ref] of [['--image', values.image], ['IMAGE', operand]] as const) {
+  for (const [what, ref] of [['--image', values.image], ['IMAGE', spec.name === 'verify' ? operand : undefined]] as const) {
     const bytes = typeof ref === 'string' ? utf8Length(ref) : 0;
-    if (bytes > TEXT_LIMITS.optionBytes) throw usage(`${what} is ${bytes} bytes long, over the limit of ${TEXT_LIMITS.optionBytes} bytes`);
+    if (bytes > TEXT_LIMITS.optionBytes) throw new AgentError('REFERENCE_INVALID', `${what} is ${bytes} bytes long, over the limit of ${TEXT_LIMITS.optionBytes} bytes`);
   }
 
-  return (await import('./cli/commands.ts')).execute(command, operand, values, io);
+  return (await import('./cli/commands.ts')).execute(spec.name, operand, values, io);
+}
+
+function unknownCommand(name: string): AgentError {
+  const near = suggest(name, COMMANDS.map((c) => c.name));
+  return new AgentError('USAGE', `unknown command ${displayText(name, TEXT_LIMITS.echo)}${near !== undefined ? ` (did you mean ${near}?)` : ''}; see cosctl --help`);
 }

@@ -42,6 +42,9 @@ const FILES: Readonly<Record<string, string>> = {
   'usr/share/polkit-1/actions/io.costoolkit.agent1.policy': 'packaging/io.costoolkit.agent1.policy',
   [POLKIT_DROP_IN]: 'packaging/io.costoolkit.Agent1.polkit.conf',
   'usr/share/doc/cos-agent/README.md': 'README.md',
+  'usr/share/man/man1/cosctl.1': 'packaging/cosctl.1',
+  'usr/share/bash-completion/completions/cosctl': 'packaging/cosctl.bash-completion',
+  'usr/share/zsh/vendor-completions/_cosctl': 'packaging/_cosctl',
   ...Object.fromEntries(['cos-setup-fs.service', 'cos-setup-boot.service', 'cos-setup-network.service', 'cos-setup-reconcile.service', 'cos-setup-reconcile.timer']
     .map((u) => [`usr/lib/systemd/system/${u}`, `systemd/${u}`])),
 };

@@ -6,7 +6,7 @@
  */
 import { AgentError } from '../model/errors.ts';
 import { displayText, TEXT_LIMITS } from '../model/text.ts';
-import { EXIT_OK } from './exit-codes.ts';
+import { EXIT_OK, EXIT_UP_TO_DATE } from './exit-codes.ts';
 import type { StatusFormat } from './format.ts';
 import type { HostStatusDocument } from '../model/host.ts';
 import { SysRoot } from '../sys/root.ts';
@@ -121,7 +121,8 @@ async function dispatch(command: string, operand: string | undefined, values: Va
       out(res.updateAvailable
         ? `Update available: ${res.image}@${res.digest} (slot has ${res.currentDigest ?? 'an unrecorded image'}).\n`
         : `Up to date: ${res.image}@${res.digest}.\n`);
-      return EXIT_OK;
+      // Scripts tell the two apart by the exit code, as with rpm-ostree upgrade --check.
+      return res.updateAvailable ? EXIT_OK : EXIT_UP_TO_DATE;
     }
     case 'rollback': {
       const res = await (await connect()).rollback({ permanent: values.permanent === true });

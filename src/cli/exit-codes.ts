@@ -5,6 +5,8 @@
 import type { ErrorCode } from '../model/errors.ts';
 
 export const EXIT_OK = 0;
+/** `cosctl check`: the slot already holds the image, nothing new (rpm-ostree upgrade --check's 77). */
+export const EXIT_UP_TO_DATE = 77;
 /** An error that is not an AgentError (a bug): always 1. */
 export const EXIT_INTERNAL = 1;
 

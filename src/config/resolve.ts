@@ -421,14 +421,14 @@ export function envLayer(env: Readonly<Record<string, string | undefined>>): Con
   return b.layer('environment');
 }
 
-/** A layer from explicit caller values. Invalid values throw AgentError USAGE. */
+/** A layer from explicit caller values. An invalid image is REFERENCE_INVALID, other invalid values USAGE. */
 export function overridesLayer(o: ConfigOverrides): ConfigLayer {
   const values: Record<string, Sourced<unknown>> = {};
   if (o.image !== undefined) {
     try {
       values['image'] = { value: parseImageUri(o.image), origin: 'flag (image)', order: 0 };
     } catch (e) {
-      throw new AgentError('USAGE', `invalid image ${JSON.stringify(o.image)}: ${(e as Error).message}`, { cause: e });
+      throw new AgentError('REFERENCE_INVALID', `invalid image ${JSON.stringify(o.image)}: ${(e as Error).message}`, { cause: e });
     }
   }
   if (o.noVerify !== undefined) values['verify'] = { value: !o.noVerify, origin: 'flag (noVerify)', order: 0 };

@@ -390,8 +390,8 @@ test('when the image override is given, it replaces the upgrade source, or the r
 });
 
 test('when an override value is invalid, it throws USAGE', (t) => {
-  t.is(t.throws(() => overridesLayer({ image: 'https://x/y' }), { instanceOf: AgentError }).code, 'USAGE');
-  t.is(t.throws(() => overridesLayer({ image: '' }), { instanceOf: AgentError }).code, 'USAGE');
+  t.is(t.throws(() => overridesLayer({ image: 'https://x/y' }), { instanceOf: AgentError }).code, 'REFERENCE_INVALID');
+  t.is(t.throws(() => overridesLayer({ image: '' }), { instanceOf: AgentError }).code, 'REFERENCE_INVALID');
   t.is(t.throws(() => overridesLayer({ imageSizeMiB: 0 }), { instanceOf: AgentError }).code, 'USAGE');
   t.is(t.throws(() => overridesLayer({ imageSizeMiB: 1.5 }), { instanceOf: AgentError }).code, 'USAGE');
 });

@@ -122,6 +122,10 @@ test.serial('cosctl --root of another host than the daemon manages runs in-proce
   t.is(r.code, 0, r.stderr);
   t.regex(await imageCat(other.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="2\.0\.0"/, 'the other host was upgraded');
   t.false(cosd.logs.some((l) => l.msg === 'job started'), 'not by the daemon');
+  // The slot holds it now: check says so with exit 77 (0 means an update is available), as rpm-ostree upgrade --check.
+  const check = await cosctl(other, ['check', '--image', `${reg.host}/cos/os:v2`], env);
+  t.is(check.code, 77, check.stderr);
+  t.regex(check.stdout, new RegExp(`^Up to date: ${reg.host.replace(/\./g, '\\.')}/cos/os:v2@sha256:[0-9a-f]{64}\\.\n$`));
   const status = await cosctl(host, ['status', '--json'], env);
   t.is(status.code, 0, status.stderr);
   t.not((JSON.parse(status.stdout) as { status: { slots: { active: { version: string } } } }).status.slots.active.version, '2.0.0', "the daemon's host is untouched");

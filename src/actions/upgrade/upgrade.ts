@@ -134,7 +134,7 @@ export function resolveSource(config: AgentConfig, opts: { image?: string; recov
   }
   const src = opts.recovery ? (config.recoverySource ?? config.upgradeSource) : config.upgradeSource;
   if (src === undefined) {
-    throw new AgentError('USAGE', 'no upgrade image: pass --image REF or set UPGRADE_IMAGE (with CHANNEL_UPGRADES=false) in /etc/cos-upgrade-image');
+    throw new AgentError('CONFIG_INVALID', 'no upgrade image: pass --image REF or set UPGRADE_IMAGE (with CHANNEL_UPGRADES=false) in /etc/cos-upgrade-image');
   }
   if (src.kind !== 'oci') {
     throw new AgentError('NOT_SUPPORTED', `upgrade source ${src.uri} (${src.kind}) is not supported: only OCI images are; set CHANNEL_UPGRADES=false and UPGRADE_IMAGE to an image reference`);
