@@ -16,6 +16,7 @@ import { crashHooks } from '../sys/crash.ts';
 import type { HookRunner } from '../host/hooks.ts';
 import type { AgentDeps } from '../host/deps.ts';
 import type { Backend, CliIo } from './backend.ts';
+import { commandSpec } from './spec.ts';
 
 export type Values = Partial<Record<'root' | 'verbose' | 'no-daemon' | 'image' | 'json' | 'yaml' | 'watch' | 'recovery' | 'no-verify' | 'force' | 'reboot' | 'permanent' | 'no-reboot' | 'strict' | 'dry-run', string | boolean>>;
 
@@ -31,6 +32,7 @@ function yipHooks(deps: AgentDeps): HookRunner {
 }
 
 export async function execute(command: string, operand: string | undefined, values: Values, io: CliIo): Promise<number> {
+  const spec = commandSpec(command);
   const rootDir = (typeof values.root === 'string' ? values.root : undefined) ?? io.env.COS_ROOT ?? '/';
   const level = values.verbose ? 'debug' : (io.env.COS_LOG_LEVEL ?? 'silent');
   const deps: AgentDeps = {
@@ -57,7 +59,14 @@ export async function execute(command: string, operand: string | undefined, valu
   let backend: Backend | undefined;
   const connect = async (): Promise<Backend> => {
     if (backend !== undefined) return backend;
-    const daemon = values['no-daemon'] === true ? null : await (await import('./remote.ts')).connectDaemon(io.env, deps);
+    // Without --root (or COS_ROOT) cosctl uses the running daemon whatever root it manages; an explicit root other
+    // than the daemon's runs in-process.
+    const explicitRoot = typeof values.root === 'string' || (io.env.COS_ROOT ?? '') !== '';
+    const daemon = values['no-daemon'] === true ? null : await (await import('./remote.ts')).connectDaemon(io.env, deps, { explicitRoot });
+    if (daemon === null && spec?.changes === true && process.getuid?.() !== 0) {
+      // In-process, a change needs root: say so up front, not as an EACCES from the middle of the action.
+      throw new AgentError('ACCESS_DENIED', `${command} changes the system: run it as root${values['no-daemon'] === true ? '' : ' (cosd is not running, so cosctl would act itself)'}`);
+    }
     backend = daemon ?? (await import('./local.ts')).localBackend(deps);
     return backend;
   };

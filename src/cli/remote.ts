@@ -8,13 +8,14 @@ import type { AgentDeps } from '../host/deps.ts';
 import type { Backend } from './backend.ts';
 
 /**
- * The daemon backend when cosd owns its name on the bus (DBUS_SYSTEM_BUS_ADDRESS, else the system bus) and manages
- * the same host root as this cosctl (`--root`, default /), else null: cosctl then acts on its root in-process.
+ * The daemon backend when cosd owns its name on the bus (DBUS_SYSTEM_BUS_ADDRESS, else the system bus), else null:
+ * cosctl then acts in-process. With an explicit root (`--root`, COS_ROOT) other than the one cosd manages, null too
+ * (cosctl acts on that root itself); without one, cosd is used whatever root it manages.
  */
-export async function connectDaemon(env: NodeJS.ProcessEnv, deps: AgentDeps): Promise<Backend | null> {
+export async function connectDaemon(env: NodeJS.ProcessEnv, deps: AgentDeps, opts: { explicitRoot?: boolean } = {}): Promise<Backend | null> {
   const client = await connectAgent({ env });
   if (client === null) return null;
-  const daemonRoot = (await client.getProperty('Config').catch(() => null))?.root;
+  const daemonRoot = opts.explicitRoot === true ? (await client.getProperty('Config').catch(() => null))?.root : undefined;
   if (daemonRoot !== undefined && daemonRoot !== '' && daemonRoot !== deps.root.prefix) {
     deps.log.info({ daemonRoot, root: deps.root.prefix }, 'cosd manages another root: running in-process');
     await client.close();
