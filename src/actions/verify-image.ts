@@ -10,13 +10,13 @@ import type { RejectedSignature, VerifiedSignature } from '../model/signature.ts
 import { findSignatures } from '../oci/signatures.ts';
 import { RegistryClient } from '../oci/registry.ts';
 import { formatReference, parseReference } from '../oci/reference.ts';
-import { withContext } from '../model/errors.ts';
+import { AgentError, withContext } from '../model/errors.ts';
 import { loadActionConfig } from '../host/config.ts';
 import type { AgentDeps } from '../host/deps.ts';
 import type { ImageReference, ResolvedImage } from '../oci/types.ts';
 import { checkPolicy, requireVerified, verifySignatures } from '../verify/index.ts';
 import type { SysRoot } from '../sys/root.ts';
-import { loadImagePolicy } from '../config/verify-policy.ts';
+import { loadImagePolicy, POLICY_FILE } from '../config/verify-policy.ts';
 
 export interface ImageVerification {
   /** The digest whose signature was accepted (the index or the platform manifest). */
@@ -32,6 +32,20 @@ export function describeSignature(s: VerifiedSignature): string {
   const who = s.mode === 'key' ? `key ${s.keyId ?? '?'}` : `${s.identity ?? '?'} (issuer ${s.issuer ?? '?'})`;
   const log = s.logIndex !== undefined ? `, tlog index ${s.logIndex}` : '';
   return `${who} signed ${s.digest} [${s.kind}${log}]`;
+}
+
+/**
+ * Before any registry request: the trust policy for `ref` can accept a signature at all (keys or identities, and
+ * usable), else VERIFY_FAILED naming the fix. An upgrade or verify with verification on and nothing to verify with
+ * fails here, not after a download.
+ */
+export async function preflightVerification(root: SysRoot, config: AgentConfig, ref: ImageReference, policyText?: string | null): Promise<void> {
+  const { policy } = await loadImagePolicy(root, config, ref, policyText);
+  if (policy.keys.length === 0 && policy.identities.length === 0) {
+    throw new AgentError('VERIFY_FAILED', `signature verification is on, but no public key or keyless identity is configured for ${formatReference({ registry: ref.registry, repository: ref.repository })}: ` +
+      `set COSIGN_PUBLIC_KEY_LOCATION in /etc/cos-upgrade-image, or give keys or identities in ${POLICY_FILE}, or pass --no-verify (VERIFY=false) to skip verification`);
+  }
+  checkPolicy(policy);
 }
 
 export async function verifyImage(
@@ -73,6 +87,7 @@ export interface VerifyOutcome extends ImageVerification {
 export async function verifyReference(deps: AgentDeps, image: string): Promise<VerifyOutcome> {
   const { config } = await loadActionConfig(deps);
   const ref = parseReference(image.replace(/^(docker|oci):(\/\/)?/, ''));
+  await preflightVerification(deps.root, config, ref, deps.config?.()?.policyText);
   const registry = new RegistryClient({ root: deps.root, env: deps.env, ...deps.registry });
   const resolved = await registry.resolve(ref).catch((e: unknown) => { throw withContext(`resolving ${formatReference(ref)}`, e); });
   const v = await verifyImage(deps.root, config, registry, { ...ref, digest: resolved.digest }, resolved, deps.config?.()?.policyText);

@@ -22,7 +22,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode, type YAMLMap } from 'yaml';
-import { ConfigError } from '../model/errors.ts';
+import { AgentError, ConfigError } from '../model/errors.ts';
 import type { AgentConfig } from '../model/config.ts';
 import type { IdentityRule, TrustPolicy } from '../model/signature.ts';
 import { readOptionalText } from '../sys/files.ts';
@@ -188,8 +188,9 @@ export async function loadImagePolicy(
   for (const [loc, origin] of keyLocations) {
     checkLocation(loc, origin);
     const p = root.path(loc);
+    // A key that cannot be read is a verification failure (nothing can be verified with it), not a malformed file.
     const pem = await readFile(p, 'utf8').catch((e: Error) => {
-      throw new ConfigError(p, `cannot read the public key (from ${origin}): ${e.message}`, { cause: e });
+      throw new AgentError('VERIFY_FAILED', `${p}: cannot read the public key (from ${origin}): ${e.message}`, { cause: e });
     });
     files.push(p);
     keys.push({ id: loc, pem });

@@ -1,4 +1,5 @@
 import test from 'ava';
+import type { AgentError } from '../../src/model/errors.ts';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -72,6 +73,7 @@ test('keys come from the policy file and from COSIGN_PUBLIC_KEY_LOCATION; URLs a
   }
   const missing = { ...config, cosign: { ...config.cosign, publicKeyLocations: ['/etc/cos-agent/keys/nope.pub'] } };
   const err = await t.throwsAsync(loadImagePolicy(new SysRoot(dir), missing, { registry: 'reg.example', repository: 'os' }));
+  t.is((err as AgentError | undefined)?.code, 'VERIFY_FAILED', 'a missing key is a verification failure, not a malformed config');
   t.regex(err?.message ?? '', /nope\.pub.*cannot read the public key/);
 });
 

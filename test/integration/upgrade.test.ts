@@ -2,13 +2,15 @@
  * The upgrade path end to end: the real cosctl, a real docker-registry on 127.0.0.1, a cOS disk on loop devices.
  */
 import test from 'ava';
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { CosHost } from '../helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { cosctl, cosStatus, testHost, grubList, imageCat, imageLabel, mountOptions, sha256File } from '../helpers/cosctl.ts';
 import type { HostStatusDocument } from '../../src/model/host.ts';
+import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
 
 let reg: TestRegistry;
 const digests: Record<string, string> = {};
@@ -297,9 +299,26 @@ test.serial('the same digest is staged again when the slot is being repaired or 
   t.is((await cosctl(host, ['upgrade', '--no-verify', '--image', image])).code, 0);
   const before = await sha256File(host.statePath('cOS/active.img'));
   const r2 = await cosctl(host, ['upgrade', '--image', image]);
-  t.not(r2.code, 0);
-  t.regex(r2.stderr, /signature policy: no public keys and no keyless identities/);
+  t.is(r2.code, EXIT_CODES.VERIFY_FAILED.exit, r2.stderr);
+  t.regex(r2.stderr, /^cosctl: signature verification is on, but no public key or keyless identity is configured for 127\.0\.0\.1:\d+\/cos\/os: set COSIGN_PUBLIC_KEY_LOCATION in \/etc\/cos-upgrade-image, or give keys or identities in \/etc\/cos-agent\/policy\.yaml, or pass --no-verify/);
   t.notRegex(r2.stdout, /Already up to date/);
+  t.is(await sha256File(host.statePath('cOS/active.img')), before);
+});
+
+test.serial('verification on with no key or identity fails before contacting the registry (nothing listens there), naming the fix; a missing key file is VERIFY_FAILED', async (t) => {
+  const host = await withHost(t);
+  const before = await sha256File(host.statePath('cOS/active.img'));
+  // 127.0.0.1:9 (discard): nothing answers; a request would end in REGISTRY_UNREACHABLE after its retries.
+  for (const args of [['upgrade', '--image', '127.0.0.1:9/cos/os:v2'], ['verify', '127.0.0.1:9/cos/os:v2']]) {
+    const r = await cosctl(host, args);
+    t.is(r.code, EXIT_CODES.VERIFY_FAILED.exit, `${args[0]}: ${r.stderr}`);
+    t.regex(r.stderr, /no public key or keyless identity is configured for 127\.0\.0\.1:9\/cos\/os: set COSIGN_PUBLIC_KEY_LOCATION/);
+    t.is(r.stderr.split('\n').length, 2, 'one line');
+  }
+  await writeFile(path.join(host.root, 'etc/cos-upgrade-image'), 'COSIGN_PUBLIC_KEY_LOCATION=/etc/cos-agent/keys/missing.pub\n');
+  const missing = await cosctl(host, ['upgrade', '--image', '127.0.0.1:9/cos/os:v2']);
+  t.is(missing.code, EXIT_CODES.VERIFY_FAILED.exit, missing.stderr);
+  t.regex(missing.stderr, /missing\.pub: cannot read the public key \(from COSIGN_PUBLIC_KEY_LOCATION|missing\.pub: cannot read the public key/);
   t.is(await sha256File(host.statePath('cOS/active.img')), before);
 });
 

@@ -38,7 +38,7 @@ import { pathExists } from '../../sys/files.ts';
 import { parseOsRelease } from '../../host/os-release.ts';
 import { applySwitchSteps } from './switch.ts';
 import { findPartition, mountRw } from '../../host/access.ts';
-import { verifyImage } from '../verify-image.ts';
+import { preflightVerification, verifyImage } from '../verify-image.ts';
 import { estimateRootfs, pullInto } from './pull.ts';
 import { makeSkeleton, prepareTree, sealTree, withChrootBinds, type Tree } from './tree.ts';
 import { readImageOsRelease } from './image-files.ts';
@@ -400,6 +400,8 @@ async function readHostBefore(run: UpgradeRun): Promise<void> {
 /** Resolve the tag to a digest; everything after uses the digest. */
 async function resolve(run: UpgradeRun): Promise<void> {
   const { deps, result } = run;
+  // With verification on, a policy that can accept nothing fails before the registry is contacted.
+  if (run.disabledBy === undefined) await preflightVerification(deps.root, run.config, run.ref, deps.config?.()?.policyText);
   run.progress({ operation: 'checking', message: `resolving ${result.image}` });
   run.registry = new RegistryClient({ root: deps.root, env: deps.env, ...deps.registry });
   const registry = run.registry;
