@@ -98,6 +98,7 @@ async function slotStatus(deps: AgentDeps, host: HostView, slot: SlotName): Prom
     version,
     timestamp: record?.date ?? null,
     verification: record?.verification ?? 'unknown',
+    signedBy: record?.verification === 'verified' ? (record.verificationDetail ?? null) : null,
   };
 }
 

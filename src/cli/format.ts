@@ -17,62 +17,107 @@ export function renderStatus(doc: HostStatusDocument, format: 'human' | 'json'):
   return renderHuman(doc);
 }
 
+/** A digest as people read it: the algorithm and 12 hex digits (the JSON and YAML carry it whole). */
 function short(digest: string | null): string {
-  return digest === null ? '-' : digest.replace(/^sha256:/, '').slice(0, 12);
+  return digest === null ? '-' : digest.replace(/^(sha256:[0-9a-f]{12})[0-9a-f]+$/, '$1');
 }
 
-function slotLine(s: SlotStatus, booted: boolean, staged: boolean): string {
-  const mark = booted ? '●' : staged ? '+' : ' ';
-  if (!s.present) return `${mark} ${s.slot.padEnd(9)} (no ${s.file})`;
-  const parts = [
-    `${mark} ${s.slot.padEnd(9)}`,
-    show(s.label ?? s.fs ?? '-', TEXT_LIMITS.echo).padEnd(12),
-    s.version !== null ? `version ${show(s.version, TEXT_LIMITS.echo)}` : 'version -',
-    s.image !== null ? show(s.image) : 'image unknown',
-    `digest ${short(s.imageDigest)}`,
-    s.verification === 'skipped' ? 'UNVERIFIED' : s.verification,
+/** Every sha256 digest in a text shortened (a signer summary names the digest it signed). */
+const shortenDigests = (text: string): string => text.replace(/\b(sha256:[0-9a-f]{12})[0-9a-f]{52}\b/g, '$1');
+
+/** The labels of a block's lines, right-aligned under its title (bootc's layout). */
+const LABEL_WIDTH = 16;
+/** `label: value`, the value wrapped at spaces to fit 80 columns, continuation lines under the value's start. */
+function field(label: string, value: string): string {
+  const indent = ' '.repeat(LABEL_WIDTH + 2);
+  const lines: string[] = [];
+  let line = `${label.padStart(LABEL_WIDTH)}:`;
+  for (const word of value.split(' ')) {
+    if (line.length + 1 + word.length > 80 && line.trim().length > LABEL_WIDTH) {
+      lines.push(line);
+      line = `${indent}${word}`;
+    } else {
+      line = `${line} ${word}`;
+    }
+  }
+  lines.push(line);
+  return lines.join('\n');
+}
+
+/** An image reference as the text spells it everywhere: without the docker:// or oci:// of state.yaml's records. */
+const ref = (image: string): string => show(image.replace(/^(docker|oci):\/\//, ''));
+
+function signature(s: SlotStatus): string {
+  if (s.verification === 'skipped') return 'UNVERIFIED (staged with verification off)';
+  if (s.verification === 'unknown') return s.record === 'unknown' ? 'unknown (the records name other images)' : 'unknown (no record of its staging)';
+  return s.signedBy !== null ? `verified: ${show(shortenDigests(s.signedBy))}` : 'verified';
+}
+
+/**
+ * One slot as a block: a title (● booted, + boots next), then the image, version, digest, slot and signature lines.
+ * A slot without its image file says so; one whose record names another image says that its image is unknown.
+ */
+function slotBlock(title: string, mark: string, s: SlotStatus): string[] {
+  const head = `${mark} ${title}`.padStart(LABEL_WIDTH);
+  const where = `${s.slot} (${s.file}${s.label !== null ? `, ${show(s.label, TEXT_LIMITS.echo)}` : ''}${s.fs !== null ? `, ${s.fs}` : ''})`;
+  if (!s.present) return [`${head}: none (no ${s.file})`];
+  return [
+    `${head}: ${s.image !== null ? ref(s.image) : 'unknown image (no record of it)'}`,
+    field('Version', `${s.version !== null ? show(s.version, TEXT_LIMITS.echo) : '-'}${s.timestamp !== null ? ` (staged ${show(s.timestamp, TEXT_LIMITS.echo)})` : ''}`),
+    field('Digest', short(s.imageDigest)),
+    field('Slot', where),
+    field('Signature', signature(s)),
   ];
-  if (s.timestamp !== null) parts.push(show(s.timestamp, TEXT_LIMITS.echo));
-  if (staged) parts.push('(staged: runs after reboot)');
-  return parts.join('  ');
 }
 
-const REASONS: Record<HostStatusDocument['status']['nextBoot']['reason'], string> = {
-  'one-shot': 'one-shot',
-  default: 'default',
-  'saved-entry': 'saved_entry',
-  'boot-assessment': 'boot assessment falls back, upgrade_failure',
-  'grub-fallback': 'the chosen entry cannot boot: GRUB falls back',
-};
-
-function nextBootLine(n: HostStatusDocument['status']['nextBoot']): string {
-  const then = n.then !== undefined ? `; then ${n.then.slot ?? 'nothing bootable'} (${n.then.entry})` : '';
-  return `Next boot: ${n.slot ?? 'NOTHING BOOTABLE'} (entry ${n.entry}, ${REASONS[n.reason]}${then})`;
+/** Why GRUB boots what it boots next, in words (the entry id is in the JSON). */
+function nextBootText(n: HostStatusDocument['status']['nextBoot']): string {
+  const then = n.then !== undefined ? `; the boot after runs ${n.then.slot ?? 'nothing bootable'}` : '';
+  if (n.slot === null) return `NOTHING BOOTABLE (GRUB's entry ${n.entry} finds no image)`;
+  const why: Record<HostStatusDocument['status']['nextBoot']['reason'], string> = {
+    'one-shot': 'once, as chosen with cosctl rollback (next_entry)',
+    default: 'the default entry',
+    'saved-entry': 'the saved entry (saved_entry)',
+    'boot-assessment': 'boot assessment falls back (upgrade_failure)',
+    'grub-fallback': 'the chosen entry cannot boot, GRUB falls back',
+  };
+  return `${n.slot}: ${why[n.reason]}${then}`;
 }
 
 function renderHuman(doc: HostStatusDocument): string {
   const st = doc.status;
   const lines: string[] = [];
-  const moved = st.booted !== null && st.booted.slot !== st.bootedFrom ? ` (the running image is now ${st.booted.file})` : '';
-  const lost = st.booted === null && ['active', 'passive', 'recovery'].includes(st.bootedFrom) ? ' (the running image is in NO slot)' : '';
-  lines.push(`Booted from: ${st.bootedFrom}${moved}${lost}${st.upgradeFailure ? ' (the last upgrade failed boot assessment and was rolled back)' : ''}`);
-  // ● the slot whose image is running now (after a system upgrade it moved to passive), + the staged one.
-  for (const name of ['active', 'passive', 'recovery'] as const) {
-    lines.push(slotLine(st.slots[name], st.booted?.slot === name, st.staged?.slot === name));
-  }
-  lines.push(nextBootLine(st.nextBoot));
+  const marks = new Set<string>();
+  const block = (title: string, mark: string, s: SlotStatus | null): void => {
+    if (s === null) return;
+    if (mark !== ' ') marks.add(mark);
+    lines.push(...slotBlock(title, mark, s), '');
+  };
+  // The running image's slot (after a system upgrade it moved to passive), what boots next when that differs
+  // (staged), the rollback, and the recovery slot.
+  const lost = st.booted === null && ['active', 'passive', 'recovery'].includes(st.bootedFrom);
+  if (lost) lines.push(`${'● Booted image'.padStart(LABEL_WIDTH)}: in NO slot (booted from ${st.bootedFrom}; its image was replaced since)`, '');
+  block('Booted image', '●', st.booted);
+  block('Staged image', '+', st.staged);
+  block('Rollback image', ' ', st.rollback);
+  if (st.booted?.slot !== 'recovery' && st.staged?.slot !== 'recovery' && st.rollback?.slot !== 'recovery') block('Recovery image', ' ', st.slots.recovery);
+  const moved = st.booted !== null && st.booted.slot !== st.bootedFrom ? ` (the running image is ${st.booted.file} now)` : '';
+  lines.push(`Booted from: ${st.bootedFrom}${moved}${st.upgradeFailure ? ', after the last upgrade failed boot assessment and was rolled back' : ''}`);
+  lines.push(`Next boot: ${nextBootText(st.nextBoot)}`);
   lines.push(`Boot assessment: ${assessmentText(st.bootAssessment)}`);
   const f = st.failedUpgrade;
   if (f) {
     const tries = f.triesUsed === null ? '' : ` after ${f.triesUsed} ${f.triesUsed === 1 ? 'try' : 'tries'}`;
-    lines.push(`Rolled back: ${f.image !== null ? show(f.image) : 'the image'} in ${f.slot}${f.version !== null ? ` (version ${show(f.version, TEXT_LIMITS.echo)})` : ''} failed boot assessment${tries}; it is not staged again unless --force`);
+    lines.push(`Rolled back: ${f.image !== null ? ref(f.image) : 'the image'} in ${f.slot}${f.version !== null ? ` (version ${show(f.version, TEXT_LIMITS.echo)})` : ''} failed boot assessment${tries}; it is not staged again unless --force`);
   }
-  if (doc.spec.image) lines.push(`Upgrade source: ${show(doc.spec.image.image)}${doc.spec.verify ? '' : ' (signature verification OFF)'}`);
+  if (doc.spec.image) lines.push(`Upgrade source: ${ref(doc.spec.image.image)}${doc.spec.verify ? '' : ' (signature verification OFF)'}`);
   const last = st.lastUpgrade;
   if (last) {
     const result = last.interruptedAt !== undefined ? `${last.result}, interrupted at ${show(last.interruptedAt, TEXT_LIMITS.echo)}` : last.result;
-    lines.push(`Last upgrade: ${result} (${last.target}, ${last.image !== null ? show(last.image) : '-'}, ${show(last.finishedAt, TEXT_LIMITS.echo)})${last.error ? `: ${show(last.error, TEXT_LIMITS.message)}` : ''}`);
+    lines.push(`Last upgrade: ${result} (${last.target}, ${last.image !== null ? ref(last.image) : '-'}, ${show(last.finishedAt, TEXT_LIMITS.echo)})${last.error ? `: ${show(last.error, TEXT_LIMITS.message)}` : ''}`);
   }
+  const legend = [...(marks.has('●') ? ['● runs now'] : []), ...(marks.has('+') ? ['+ boots next (staged)'] : [])];
+  if (legend.length > 0) lines.push('', legend.join('   '));
   return `${lines.join('\n')}\n`;
 }
 

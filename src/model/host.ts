@@ -41,6 +41,8 @@ export interface SlotStatus {
   timestamp: string | null;
   /** Whether its signature was verified when staged. */
   verification: Verification;
+  /** Who signed it, as verified when staged (the record's verification detail); null when not verified or unknown. */
+  signedBy: string | null;
 }
 
 export interface UpgradeResult {

@@ -6,7 +6,7 @@ import { HOST_API_VERSION, HOST_KIND, type HostStatusDocument, type SlotStatus }
 
 const slot = (name: SlotStatus['slot'], over: Partial<SlotStatus> = {}): SlotStatus => ({
   slot: name, file: `cOS/${name}.img`, present: true, label: `COS_${name.toUpperCase()}`, fs: 'ext2', size: 1024, uuid: null, record: 'none',
-  image: null, imageDigest: null, version: '1.0', timestamp: null, verification: 'unknown', ...over,
+  image: null, imageDigest: null, version: '1.0', timestamp: null, verification: 'unknown', signedBy: null, ...over,
 });
 
 function doc(): HostStatusDocument {
@@ -23,12 +23,38 @@ function doc(): HostStatusDocument {
   };
 }
 
-test('the human view marks the running slot and the staged one, and flags unverified images', (t) => {
-  const out = renderStatus(doc(), 'human');
-  t.regex(out, /^● passive/m);
-  t.regex(out, /^\+ active .*UNVERIFIED.*staged: runs after reboot/m);
-  t.regex(out, /digest abababababab/);
+test('the human view: labelled blocks for the running, staged and recovery images (bootc style), what boots next and why, a legend, 80 columns', (t) => {
+  const d = doc();
+  d.status.slots.active.signedBy = null;
+  const out = renderStatus(d, 'human');
+  t.regex(out, /^  ● Booted image: unknown image \(no record of it\)\n {9}Version: 1\.0\n {10}Digest: -\n {12}Slot: passive \(cOS\/passive\.img, COS_PASSIVE, ext2\)\n {7}Signature: unknown/m);
+  t.regex(out, /^  \+ Staged image: r\/os:2\n {9}Version: 2\.0\n {10}Digest: sha256:abababababab\n {12}Slot: active \(cOS\/active\.img, COS_ACTIVE, ext2\)\n {7}Signature: UNVERIFIED/m);
+  t.regex(out, /^  Recovery image: /m);
+  t.regex(out, /^Next boot: active: the default entry$/m, 'a slot name and why, not a GRUB menu id');
   t.regex(out, /signature verification OFF/);
+  t.regex(out, /^● runs now   \+ boots next \(staged\)$/m, 'a legend for the marks');
+  t.true(out.split('\n').every((l) => l.length <= 80), out);
+});
+
+test('the human view says who signed a verified image, digests shortened, wrapped to 80 columns; one spelling of a reference', (t) => {
+  const d = doc();
+  d.status.slots.active = { ...d.status.slots.active, image: 'docker://reg.example/os:2', verification: 'verified', signedBy: `key /etc/cos-agent/keys/demo.pub signed sha256:${'ab'.repeat(32)} [simple-signing]` };
+  d.status.staged = d.status.slots.active;
+  d.spec.image = { image: 'reg.example/os:2', transport: 'registry' };
+  const out = renderStatus(d, 'human');
+  t.regex(out, /Signature: verified: key \/etc\/cos-agent\/keys\/demo\.pub signed\n {18}sha256:abababababab \[simple-signing\]/);
+  t.regex(out, /Staged image: reg\.example\/os:2\n/);
+  t.regex(out, /^Upgrade source: reg\.example\/os:2( \(signature verification OFF\))?$/m);
+  t.false(out.includes('docker://'), 'the same spelling as the upgrade source');
+  t.true(out.split('\n').every((l) => l.length <= 80), out);
+});
+
+test('the human view of a one-shot rollback: the slot that boots once, why, and what boots after', (t) => {
+  const d = doc();
+  d.status.nextBoot = { entry: 'fallback', oneShot: true, slot: 'passive', reason: 'one-shot', upgradeFailure: false, then: { entry: 'cos', slot: 'active' } };
+  t.regex(renderStatus(d, 'human'), /^Next boot: passive: once, as chosen with cosctl rollback \(next_entry\); the boot after runs active$/m);
+  d.status.nextBoot = { entry: 'cos', oneShot: false, slot: null, reason: 'grub-fallback', upgradeFailure: false };
+  t.regex(renderStatus(d, 'human'), /^Next boot: NOTHING BOOTABLE/m);
 });
 
 test('JSON and YAML carry the same document', (t) => {
@@ -48,6 +74,8 @@ test('the human view shows outside text escaped and bounded: control bytes from 
   const d = doc();
   d.spec.image = { image: `reg/os:\x1b]0;pwned\x07${'a'.repeat(1 << 20)}`, transport: 'registry' };
   d.status.slots.passive = slot('passive', { image: 'r/os:1\x1b[2J', version: '1.0\x07' });
+  d.status.booted = d.status.slots.passive;
+  d.status.rollback = d.status.slots.passive;
   d.status.lastUpgrade = {
     transaction: 'tx', result: 'failure', target: 'system', image: 'r/os:3', imageDigest: null, code: 'REFERENCE_INVALID',
     error: `invalid image reference "${'b'.repeat(2 << 20)}"\x1b[31m`, rotated: false, startedAt: '2026-01-01T00:00:00Z', finishedAt: '2026-01-01T00:00:01Z',
@@ -57,6 +85,6 @@ test('the human view shows outside text escaped and bounded: control bytes from 
   t.true(out.length < 16 << 10, `${out.length} characters`);
   t.regex(out, /^Upgrade source: reg\/os:\\x1b\]0;pwned\\x07a+\[\.\.\. \d+ characters left out \.\.\.\]a+/m);
   t.regex(out, /r\/os:1\\x1b\[2J/);
-  t.regex(out, /version 1\.0\\x07/);
+  t.regex(out, /Version: 1\.0\\x07/);
   t.regex(out, /^Last upgrade: failure .*: invalid image reference "b+\[\.\.\. \d+ characters left out \.\.\.\]b+"\\x1b\[31m$/m);
 });

@@ -6,7 +6,7 @@ import { DEFAULT_LABELS, type AgentConfig } from '../../src/model/config.ts';
 function slot(name: SlotName, over: Partial<SlotStatus> = {}): SlotStatus {
   return {
     slot: name, file: `cOS/${name}.img`, present: true, label: null, fs: 'ext2', size: 1024, uuid: null, record: 'none', image: null, imageDigest: null,
-    version: null, timestamp: null, verification: 'unknown', ...over,
+    version: null, timestamp: null, verification: 'unknown', signedBy: null, ...over,
   };
 }
 

@@ -144,8 +144,12 @@ test('a key-signed image (legacy .sig tag with a Rekor entry) is verified and st
   const state = parseYaml(await readFile(host.statePath('state.yaml'), 'utf8')) as { state: { active: Record<string, string> } };
   t.is(state.state.active.verification, 'verified');
   t.regex(state.state.active['verification-detail'] ?? '', /release\.pub/);
-  const status = JSON.parse((await cosctl(host, ['status', '--json'])).stdout) as { status: { slots: { active: { verification: string } } } };
+  const status = JSON.parse((await cosctl(host, ['status', '--json'])).stdout) as { status: { slots: { active: { verification: string; signedBy: string | null }; passive: { signedBy: string | null } } } };
   t.is(status.status.slots.active.verification, 'verified');
+  t.regex(status.status.slots.active.signedBy ?? '', /^key \/etc\/cos-agent\/keys\/release\.pub signed sha256:[0-9a-f]{64} \[/, 'status says who signed it');
+  t.is(status.status.slots.passive.signedBy, null, 'the unverified slot has no signer');
+  const human = (await cosctl(host, ['status'])).stdout;
+  t.regex(human, /Signature: verified: key \/etc\/cos-agent\/keys\/release\.pub signed\s+sha256:[0-9a-f]{12} \[/);
 });
 
 test('a keyless cosign v3 bundle (OCI 1.1 referrer via the fallback tag) is verified and staged', async (t) => {

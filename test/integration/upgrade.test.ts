@@ -231,7 +231,7 @@ test.serial('cosctl status renders human, JSON and YAML from one document', asyn
   const human = await cosctl(host, ['status']);
   t.is(human.code, 0, human.stderr);
   t.regex(human.stdout, /Booted from: active/);
-  t.regex(human.stdout, /active\s+COS_ACTIVE\s+version 0\.8\.10/);
+  t.regex(human.stdout, /Version: 0\.8\.10\n +Digest: .*\n +Slot: active \(cOS\/active\.img, COS_ACTIVE, ext2\)/);
   const yaml = await cosctl(host, ['status', '--yaml']);
   const json = await cosctl(host, ['status', '--json']);
   t.deepEqual(parseYaml(yaml.stdout), JSON.parse(json.stdout));
