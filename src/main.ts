@@ -64,7 +64,9 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
   const root = new SysRoot(values.root ?? '/');
   // Test-only seam (AGENT_TEST_CLOCK): a manual scheduler clock; a malformed value is a USAGE error.
   const testClock = testClockFromEnv(env[TEST_CLOCK_ENV]);
-  const log: Logger = createLogger({ level: env.COS_LOG_LEVEL ?? 'info', destination: io.stdout }).child({ component: 'cosd' });
+  // Under systemd (stdout on the journal: JOURNAL_STREAM), each line carries its syslog priority prefix.
+  const journal = (env.JOURNAL_STREAM ?? '') !== '';
+  const log: Logger = createLogger({ level: env.COS_LOG_LEVEL ?? 'info', destination: io.stdout, format: journal ? 'journal' : 'json' }).child({ component: 'cosd' });
   // Tool runs are logged at debug level, with the transaction of the job that runs them.
   let current = (): string => '';
   const runner = new SpawnRunner({

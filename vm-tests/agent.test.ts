@@ -137,6 +137,16 @@ test('first boot under boot assessment: cosd runs under systemd, status says act
   const inactiveExit = Number(cosd['inactiveExitUs']);
   t.true(execStart > 0 && activeEnter >= execStart, `systemd timestamps of cosd\n${JSON.stringify(cosd)}\n${diag}`);
   const startMs = (activeEnter - execStart) / 1000;
+  // cosd's lines reach the journal with their priority (the <N> prefix journald strips): info lines at 6, none
+  // carrying a raw prefix in its message, so `journalctl -p warning -u cosd` selects its warnings and errors only.
+  const own = journal.filter((l) => l.msg !== undefined);
+  t.true(own.length > 0, `cosd's JSON lines are in the journal\n${diag}`);
+  t.is(own.find((l) => l.msg === 'starting')?.priority, 6, `"starting" is an info entry (PRIORITY 6)\n${diag}`);
+  t.false(journal.some((l) => /^<\d>/.test(l.message)), `no message keeps its priority prefix\n${diag}`);
+  for (const l of own) {
+    const level = Number((JSON.parse(l.message) as { level?: number }).level);
+    t.is(l.priority, level >= 60 ? 2 : level >= 50 ? 3 : level >= 40 ? 4 : level >= 30 ? 6 : 7, `${l.msg}: PRIORITY from its pino level ${level}`);
+  }
   // where the start goes: cosd's own log lines (pino msg) by their journal monotonic time, from ExecMainStart
   const milestones: Record<string, number> = {};
   for (const l of journal) if (l.msg !== undefined && !(l.msg in milestones)) milestones[l.msg] = Math.round((l.monotonicUs - execStart) / 1000);

@@ -41,7 +41,7 @@ export async function execute(command: string, operand: string | undefined, valu
     // JSON logs are for the journal and for --verbose; a plain cosctl run prints progress on stdout and, on failure,
     // exactly one line on stderr.
     // (pino loads only when something is logged.)
-    log: level === 'silent' ? nullLogger : (await import('../sys/log.ts')).createLogger({ level, destination: io.stderr }),
+    log: level === 'silent' ? nullLogger : (await import('../sys/log.ts')).createLogger({ level, destination: io.stderr, format: values.verbose ? 'readable' : 'json' }),
     hooks: { run: () => Promise.resolve() },
     env: io.env,
     now: () => new Date(),

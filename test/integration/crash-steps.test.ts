@@ -63,7 +63,7 @@ test('the crash points name every step of the upgrade, in order (a run reports t
   const host = await testHost(t);
   const r = await cosctl(host, ['--verbose', 'upgrade', '--no-verify', '--image', image('v1')]);
   t.is(r.code, 0, r.stderr);
-  const steps = [...r.stderr.matchAll(/"step":"([a-z:-]+)"/g)].map((m) => `step:${m[1]}`);
+  const steps = [...r.stderr.matchAll(/ step=([a-z:-]+)/g)].map((m) => `step:${m[1]}`);
   t.deepEqual(steps, SYSTEM_POINTS.filter((p) => p.startsWith('step:')));
 });
 

@@ -198,7 +198,7 @@ emit "{\\"kind\\":\\"yip\\",\\"hostname\\":$(j "$(hostname)"),\\"etcHostname\\":
 # (systemd-analyze answers only once the boot finished, after this unit: each service's start and end, monotonic us)
 emit "{\\"kind\\":\\"analyze\\",\\"units\\":$(j "$(systemctl show -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic -p ExecMainExitTimestampMonotonic '*.service' 2>/dev/null)")}"
 
-emit "{\\"kind\\":\\"cosd-journal\\",\\"json\\":$(j "$(journalctl -u cosd.service -o json --output-fields=MESSAGE --no-pager | tail -n 200)")}"
+emit "{\\"kind\\":\\"cosd-journal\\",\\"json\\":$(j "$(journalctl -u cosd.service -o json --output-fields=MESSAGE,PRIORITY --no-pager | tail -n 200)")}"
 
 failed=$(systemctl list-units --failed --plain --no-legend | awk '{print $1}' | paste -sd' ')
 emit "{\\"kind\\":\\"done\\",\\"target\\":$(j "$(systemctl is-active multi-user.target)"),\\"failed\\":$(j "$failed"),\\"mounts\\":$(j "$(findmnt -n -o TARGET,SOURCE,OPTIONS /oem; findmnt -n -o TARGET,SOURCE,OPTIONS /usr/local; findmnt -n -o TARGET,SOURCE,OPTIONS /run/initramfs/cos-state)"),\\"uptime\\":$(up)}"
@@ -256,6 +256,8 @@ export interface JournalLine {
   message: string;
   /** `msg` of a pino JSON line, else undefined. */
   msg?: string;
+  /** The entry's syslog PRIORITY (journald took it from the line's <N> prefix). */
+  priority?: number;
 }
 
 /** The entries of a `journalctl -o json` dump (one JSON object per line); lines that are not JSON are skipped. */
@@ -277,7 +279,8 @@ export function parseJournalJson(text: string): JournalLine[] {
     } catch {
       // systemd's own lines (Starting..., Started...)
     }
-    out.push({ monotonicUs: Number(e['__MONOTONIC_TIMESTAMP']), message, ...(msg !== undefined ? { msg } : {}) });
+    const priority = Number(e['PRIORITY'] ?? Number.NaN);
+    out.push({ monotonicUs: Number(e['__MONOTONIC_TIMESTAMP']), message, ...(msg !== undefined ? { msg } : {}), ...(Number.isInteger(priority) ? { priority } : {}) });
   }
   return out;
 }
