@@ -93,7 +93,7 @@ async function dispatch(command: string, operand: string | undefined, values: Va
       // through Cancel), and cosctl reports how it ended. A second Ctrl-C kills cosctl (the default action again).
       const abort = new AbortController();
       const onSignal = (sig: NodeJS.Signals): void => {
-        io.stderr.write(`cosctl: ${sig}: cancelling the upgrade (it stops before the slot switch and cleans up); ${sig} again to quit at once\n`);
+        bar.note(() => io.stderr.write(`cosctl: ${sig}: cancelling the upgrade (it stops before the slot switch and cleans up); ${sig} again to quit at once\n`));
         abort.abort();
       };
       process.once('SIGINT', onSignal);
@@ -107,6 +107,7 @@ async function dispatch(command: string, operand: string | undefined, values: Va
           ...(values.force ? { force: true } : {}),
           ...(values.reboot ? { reboot: true } : {}),
         }, (p) => bar.update(p), abort.signal);
+        bar.done();
       } finally {
         bar.stop();
         process.removeListener('SIGINT', onSignal);

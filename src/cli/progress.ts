@@ -1,16 +1,36 @@
 /**
- * Progress for people: a cli-progress bar on a TTY, plain lines otherwise (one per phase change, and every 10%
- * while downloading), so logs and pipes stay readable.
+ * Progress for people: one cli-progress bar on a TTY for the whole job (phase n of m, percent, bytes, and while
+ * downloading the rate and time left; a last 100% frame on success, the line cleared on failure), plain lines
+ * otherwise (one per phase change, and every 10% while downloading), so logs and pipes stay readable.
  */
 import cliProgress from 'cli-progress';
 import type { Progress } from '../host/deps.ts';
 
 export interface ProgressRenderer {
   update(p: Progress): void;
+  /** The job succeeded: a last frame at 100% (TTY), then stop. */
+  done(): void;
+  /** A line for the user (Ctrl-C's): on a TTY the bar's line is cleared first, so the bar never overwrites it. */
+  note(write: () => void): void;
+  /** Stop; on a TTY after a failure the bar's line is cleared (no frame that looks like progress is left). */
   stop(): void;
 }
 
 const mib = (n: number): string => (n / 1048576).toFixed(1);
+
+/** The phases of a job in the order they first appear; the bar counts them (a phase seen again counts no step back). */
+export const PHASES: readonly Progress['operation'][] = ['checking', 'verifying', 'staging', 'hooks', 'downloading', 'finalizing'];
+
+/** PURE: "12.3 MiB/s, 4 s left" from the bytes done over the last few seconds; '' when not known. */
+export function rateText(samples: ReadonlyArray<{ at: number; bytes: number }>, total: number): string {
+  const first = samples[0];
+  const last = samples[samples.length - 1];
+  if (first === undefined || last === undefined || last.at - first.at < 500 || last.bytes <= first.bytes) return '';
+  const rate = ((last.bytes - first.bytes) * 1000) / (last.at - first.at);
+  const left = Math.max(0, total - last.bytes) / rate;
+  const eta = left < 60 ? `${Math.ceil(left)} s` : `${Math.floor(left / 60)} min ${Math.ceil(left % 60)} s`;
+  return ` | ${mib(rate)} MiB/s, ${eta} left`;
+}
 
 export function progressRenderer(out: NodeJS.WritableStream & { isTTY?: boolean }): ProgressRenderer {
   if (out.isTTY === true) return ttyRenderer(out);
@@ -28,6 +48,10 @@ export function progressRenderer(out: NodeJS.WritableStream & { isTTY?: boolean 
       if (line !== last) out.write(`${line}\n`);
       last = line;
     },
+    done() {},
+    note(write) {
+      write();
+    },
     stop() {},
   };
 }
@@ -36,24 +60,59 @@ function ttyRenderer(out: NodeJS.WritableStream): ProgressRenderer {
   const bar = new cliProgress.SingleBar({
     stream: out as NodeJS.WriteStream,
     // `{total}` is cli-progress's own (the bar's 100 steps): the byte total goes by another name.
-    format: '{operation} [{bar}] {percentage}% | {message} | {doneMiB}/{totalMiB} MiB',
+    format: '[{step}/{steps}] {operation} [{bar}] {percentage}% | {message} | {doneMiB}/{totalMiB} MiB{rate}',
     hideCursor: true,
     clearOnComplete: false,
     noTTYOutput: false,
   }, cliProgress.Presets.shades_classic);
   let started = false;
+  let step = 0;
+  let samples: Array<{ at: number; bytes: number }> = [];
+  let lastProgress: Progress | undefined;
+  let overall = 0;
+  const draw = (p: Progress): void => {
+    step = Math.max(step, PHASES.indexOf(p.operation) + 1);
+    // The whole job's percent: the phases done, plus the part of the current one (never going back).
+    const within = PHASES[step - 1] === p.operation ? p.percent / 100 : 0;
+    overall = Math.max(overall, Math.min(100, Math.round(((step - 1 + within) / PHASES.length) * 100)));
+    if (p.operation === 'downloading') {
+      const now = Date.now();
+      samples = [...samples.filter((x) => now - x.at <= 3000), { at: now, bytes: p.bytesDone }];
+    }
+    const payload = {
+      step, steps: PHASES.length, operation: p.operation.padEnd(11), message: p.message.slice(0, 40), doneMiB: mib(p.bytesDone), totalMiB: mib(p.bytesTotal),
+      rate: p.operation === 'downloading' && p.bytesDone < p.bytesTotal ? rateText(samples, p.bytesTotal) : '',
+    };
+    if (!started) {
+      bar.start(100, overall, payload);
+      started = true;
+    } else {
+      bar.update(overall, payload);
+    }
+  };
   return {
     update(p) {
-      const payload = { operation: p.operation.padEnd(11), message: p.message.slice(0, 48), doneMiB: mib(p.bytesDone), totalMiB: mib(p.bytesTotal) };
-      if (!started) {
-        bar.start(100, p.percent, payload);
-        started = true;
-      } else {
-        bar.update(p.percent, payload);
-      }
+      lastProgress = p;
+      draw(p);
+    },
+    done() {
+      if (!started) return;
+      step = PHASES.length;
+      draw({ operation: 'finalizing', percent: 100, message: 'done', bytesDone: lastProgress?.bytesTotal ?? 0, bytesTotal: lastProgress?.bytesTotal ?? 0 });
+      bar.stop();
+      started = false;
+    },
+    note(write) {
+      // Clear the bar's line; the note goes on it, and the next frame is drawn on the line after.
+      if (started) out.write('\r\u001b[2K');
+      write();
     },
     stop() {
-      if (started) bar.stop();
+      if (!started) return;
+      bar.stop();
+      // After a failure or a cancel: no frame that looks like progress is left (cli-progress moved to a new line).
+      out.write('\u001b[1A\r\u001b[2K');
+      started = false;
     },
   };
 }

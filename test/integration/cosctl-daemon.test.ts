@@ -251,25 +251,28 @@ test.serial('cosctl upgrade under a TTY draws the cli-progress bar (redrawn in p
   const r = await upgrading;
   t.is(r.code, 0, r.stdout);
   t.is(r.stderr, '', 'under the pty everything arrives on stdout');
-  // Each frame: back to column 1, "<operation> [<40 shades>] <n>% | <message> | <done>/<total> MiB", clear to the end
-  // of the line.
-  const frames = [...r.stdout.matchAll(/\u001b\[1G(\w+) +\[([\u2588\u2591]{40})\] (\d{1,3})% \| ([^|\u001b]*) \| (\d+\.\d)\/(\d+\.\d) MiB\u001b\[0K/g)];
+  // Each frame: back to column 1, "[<phase>/6] <operation> [<40 shades>] <n>% | <message> | <done>/<total> MiB" and,
+  // while downloading, " | <rate> MiB/s, <n> s left" once a rate is known; clear to the end of the line.
+  const frames = [...r.stdout.matchAll(/\u001b\[1G\[(\d)\/6\] (\w+) +\[([\u2588\u2591]{40})\] (\d{1,3})% \| ([^|\u001b]*) \| (\d+\.\d)\/(\d+\.\d) MiB( \| \d+\.\d MiB\/s, (\d+ min )?\d+ s left)?\u001b\[0K/g)];
   t.true(frames.length >= 3, `bar frames: ${frames.length}\n${JSON.stringify(r.stdout)}`);
   t.is(r.stdout.split('\u001b[1G').length - 1, frames.length, 'every redraw is a whole bar frame');
-  for (const [, , bar, pct] of frames) {
+  for (const [, , , bar, pct] of frames) {
     t.is((bar ?? '').split('').filter((c) => c === '\u2588').length, Math.round((Number(pct) / 100) * 40), `bar ${bar} at ${pct}%`);
   }
+  const steps = frames.map((f) => Number(f[1]));
+  t.deepEqual(steps, [...steps].sort((a, b) => a - b), `the phase count never goes back: ${steps.join(' ')}`);
   // The MiB figures are the layer's bytes (not cli-progress's own 100-step total): the finished download frame
   // reads n/n with n the compressed layer size.
   const layerMiB = (layerSize / 1048576).toFixed(1);
-  const downloads = frames.filter((f) => f[1] === 'downloading');
-  t.true(downloads.every((f) => f[6] === layerMiB), `download totals ${downloads.map((f) => f[6]).join(',')} vs ${layerMiB}`);
-  t.true(frames.every((f) => f[1] !== 'downloading' || Number(f[5]) <= Number(f[6])));
-  const ops = frames.map((f) => f[1]);
-  t.log(frames.map((f) => `${f[1]} ${f[3]}%`).join(' -> '));
+  const downloads = frames.filter((f) => f[2] === 'downloading');
+  t.true(downloads.every((f) => f[7] === layerMiB), `download totals ${downloads.map((f) => f[7]).join(',')} vs ${layerMiB}`);
+  t.true(frames.every((f) => f[2] !== 'downloading' || Number(f[6]) <= Number(f[7])));
+  const ops = frames.map((f) => f[2]);
+  t.log(frames.map((f) => `[${f[1]}/6] ${f[2]} ${f[4]}%`).join(' -> '));
   t.is(ops[0], 'checking');
   t.true(ops.includes('downloading'), ops.join(' -> '));
-  t.is(ops[ops.length - 1], 'finalizing');
+  const last = frames[frames.length - 1];
+  t.deepEqual([last?.[1], last?.[2], last?.[4], last?.[5]?.trim()], ['6', 'finalizing', '100', 'done'], 'the last frame: the whole job, 100%, done');
   t.false(/^\[(checking|verifying|staging|downloading|finalizing|hooks)\] /m.test(r.stdout.replaceAll('\r', '')), 'no plain "[op] message" lines');
   // It ends with the summary, on fresh lines after the bar (cursor shown and restored).
   const tail = r.stdout.slice(r.stdout.lastIndexOf('\u001b[0K') + '\u001b[0K'.length);
