@@ -347,6 +347,7 @@ export class RegistryClient {
   readonly #platform: Platform;
   readonly #log: (event: string, fields: Record<string, unknown>) => void;
   readonly #got: Got;
+  readonly #signal: AbortSignal | undefined;
   #config: Promise<RegistryConfig> | undefined;
   readonly #schemes = new Map<string, Promise<'http' | 'https'>>();
   readonly #authModes = new Map<string, AuthMode>();
@@ -363,6 +364,7 @@ export class RegistryClient {
     this.#timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#platform = opts.platform ?? hostPlatform();
     this.#log = opts.log ?? ((): void => {});
+    this.#signal = opts.signal;
     const t = this.#timeoutMs;
     this.#got = got.extend({
       retry: { limit: 0 },
@@ -716,7 +718,7 @@ export class RegistryClient {
         }
         const delay = this.#backoff(failures, err.retryAfterMs);
         failures++;
-        this.#log('oci.retry', { what, attempt: failures, delayMs: delay, offset: received, error: err.message });
+        this.#log('oci.retry', { what, attempt: failures, of: this.#retries, delayMs: delay, offset: received, error: err.message });
         await sleep(delay, undefined, { signal });
       }
     }
@@ -736,8 +738,10 @@ export class RegistryClient {
     return retryAfter !== undefined ? Math.max(exp, Math.min(retryAfter, MAX_BACKOFF_MS)) : exp;
   }
 
-  async #withRetries<T>(what: string, signal: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
+  async #withRetries<T>(what: string, signalIn: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
+    const signal = signalIn ?? this.#signal;
     for (let failures = 0; ; failures++) {
+      signal?.throwIfAborted();
       try {
         return await fn();
       } catch (e) {
@@ -747,7 +751,7 @@ export class RegistryClient {
           throw new AgentError(e.code, `${e.message} (gave up after ${failures} ${failures === 1 ? 'retry' : 'retries'})`, { cause: e });
         }
         const delay = this.#backoff(failures, e.retryAfterMs);
-        this.#log('oci.retry', { what, attempt: failures + 1, delayMs: delay, error: e.message });
+        this.#log('oci.retry', { what, attempt: failures + 1, of: this.#retries, delayMs: delay, error: e.message });
         await sleep(delay, undefined, signal ? { signal } : undefined);
       }
     }
@@ -868,9 +872,11 @@ export class RegistryClient {
     path: string,
     headers: Record<string, string>,
     what: string,
-    signal: AbortSignal | undefined,
+    signalIn: AbortSignal | undefined,
     pass: readonly number[] = [],
   ): Promise<Exchange> {
+    // The client's own signal (a cancelled upgrade) aborts this request too.
+    const signal = signalIn !== undefined && this.#signal !== undefined ? AbortSignal.any([signalIn, this.#signal]) : (signalIn ?? this.#signal);
     const cfg = await this.#loadConfig();
     const policy = registryPolicy(cfg.conf, ref.registry, ref.repository);
     if (policy.blocked) {

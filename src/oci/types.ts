@@ -100,6 +100,8 @@ export interface RegistryClientOptions {
   timeoutMs?: number;
   /** Platform to select from an index. Default: the host's (`hostPlatform()`). */
   platform?: Platform;
-  /** Structured log sink (`oci.request`, `oci.retry`, `oci.token`, `oci.resume`, ...). */
+  /** Structured log sink (`oci.request`, `oci.retry` {what, attempt, of, delayMs, error}, `oci.token`, `oci.resume`, ...). */
   log?: (event: string, fields: Record<string, unknown>) => void;
+  /** Aborts every request of this client, the one in flight and a retry's wait included (a cancelled upgrade). */
+  signal?: AbortSignal;
 }

@@ -3,6 +3,7 @@
  * cosd dying while cosctl waits for its job; a --root other than the daemon's. The real cosctl and cosd, a private
  * bus, the loop-device host, the local registry behind a fault proxy that holds the layer download.
  */
+import { startFaultProxy } from '../helpers/fault-proxy.ts';
 import test, { type ExecutionContext } from 'ava';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -84,6 +85,25 @@ test.serial('Ctrl-C during an in-process upgrade cancels it and cleans up: slots
   t.deepEqual((await readdir(host.statePath('cOS'))).sort(), ['active.img', 'passive.img'], 'no transition image left');
   t.deepEqual(await host.leaks(), baseline);
   t.true((await mountOptions(`${host.root}/run/initramfs/cos-state`)).includes('ro'));
+});
+
+test.serial('Ctrl-C while the registry holds the manifest request aborts that request at once: STAGE_FAILED in seconds, not after the 30 s timeout', async (t) => {
+  const host = await createCosHost({ files: CONFIG });
+  t.teardown(() => host.close());
+  const proxy = await startFaultProxy(reg.url);
+  t.teardown(() => proxy.stop());
+  let release = (): void => {};
+  proxy.addFault({ path: /\/manifests\/v2$/, fault: { kind: 'hold', until: new Promise<void>((r) => (release = r)) } });
+  t.teardown(() => release());
+  const run = startCosctl(host, ['--no-daemon', 'upgrade', '--no-verify', '--image', `${proxy.host}/cos/os:v2`]);
+  while (!proxy.requests.some((r) => /\/manifests\/v2$/.test(r.path)) && run.child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
+  const sent = Date.now();
+  run.child.kill('SIGINT');
+  const code = await run.exit;
+  const ms = Date.now() - sent;
+  t.is(code, EXIT_CODES.STAGE_FAILED.exit, run.err());
+  t.regex(run.err(), /cosctl: .*cancelled/);
+  t.true(ms < 10_000, `cosctl ended ${ms} ms after Ctrl-C, with the request still held`);
 });
 
 test.serial('Ctrl-C on cosctl while cosd runs its upgrade cancels the job in cosd (Cancel), and cosctl reports how it ended', async (t) => {

@@ -85,6 +85,18 @@ async function faultyRegistry(t: ExecutionContext, rule: Parameters<FaultProxy['
   return p;
 }
 
+test('a registry answering 503 twice: each retry shows in the progress (retrying in N ms, k of 4) and the upgrade succeeds', async (t) => {
+  const p = await faultyRegistry(t, { path: /\/manifests\/v2$/, fault: { kind: 'status', status: 503, body: 'busy' }, times: 2 });
+  const host = await createCosHost({ files: { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\n' } });
+  t.teardown(() => host.close());
+  const r = await cosctl(host, ['upgrade', '--no-verify', '--image', `${p.host}/cos/os:v2`]);
+  t.is(r.code, 0, r.stderr);
+  // AGENT_TEST_REGISTRY_RETRY_MS=20: 20 ms, then 40 ms.
+  t.regex(r.stdout, /^\[checking\] manifest .*: retrying in 20 ms, 1 of 4 \(.*503.*\)$/m);
+  t.regex(r.stdout, /^\[checking\] manifest .*: retrying in 40 ms, 2 of 4 \(.*503.*\)$/m);
+  t.regex(r.stdout, /Upgraded active slot/);
+});
+
 test('a layer whose bytes do not match its digest: DIGEST_MISMATCH, nothing switched', async (t) => {
   const p = await faultyRegistry(t, { path: v2Layer, fault: { kind: 'corrupt', at: 100 } });
   await refused(t, 'DIGEST_MISMATCH', /sha256:/, ['--image', `${p.host}/cos/os:v2`]);

@@ -252,7 +252,25 @@ class UpgradeRun {
   }
 
   progress(p: Partial<Progress> & Pick<Progress, 'operation' | 'message'>): void {
-    this.opts.onProgress?.({ percent: 0, bytesDone: 0, bytesTotal: 0, ...p });
+    this.lastProgress = { percent: 0, bytesDone: 0, bytesTotal: 0, ...p };
+    this.opts.onProgress?.(this.lastProgress);
+  }
+
+  /** The last progress reported (a registry retry is reported within it). */
+  lastProgress: Progress | undefined;
+
+  /**
+   * The registry client's events: a retry is logged as a warning and shown in the progress ("retrying in 4 s, 2 of
+   * 4"), instead of minutes of silence while a stalled registry is retried.
+   */
+  registryEvent(event: string, f: Record<string, unknown>): void {
+    if (event !== 'oci.retry') return;
+    const ms = Number(f['delayMs'] ?? 0);
+    const wait = ms >= 1000 ? `${Math.round(ms / 1000)} s` : `${ms} ms`;
+    const message = `${String(f['what'] ?? 'registry')}: retrying in ${wait}, ${String(f['attempt'] ?? '?')} of ${String(f['of'] ?? '?')} (${String(f['error'] ?? '')})`;
+    this.log.warn({ what: f['what'], attempt: f['attempt'], of: f['of'], delayMs: f['delayMs'], err: f['error'] }, 'registry request failed: retrying');
+    const last = this.lastProgress;
+    this.opts.onProgress?.({ ...(last ?? { operation: 'checking', percent: 0, bytesDone: 0, bytesTotal: 0 }), message });
   }
 
   checkAbort(): void {
@@ -403,7 +421,7 @@ async function resolve(run: UpgradeRun): Promise<void> {
   // With verification on, a policy that can accept nothing fails before the registry is contacted.
   if (run.disabledBy === undefined) await preflightVerification(deps.root, run.config, run.ref, deps.config?.()?.policyText);
   run.progress({ operation: 'checking', message: `resolving ${result.image}` });
-  run.registry = new RegistryClient({ root: deps.root, env: deps.env, ...deps.registry });
+  run.registry = new RegistryClient({ root: deps.root, env: deps.env, ...deps.registry, ...(run.opts.signal !== undefined ? { signal: run.opts.signal } : {}), log: (event, f) => run.registryEvent(event, f) });
   const registry = run.registry;
   run.cleanup.push('close registry connections', () => registry.close());
   run.image = await registry.resolve(run.ref).catch((e: unknown) => { throw withContext(`resolving ${result.image}`, e); });
