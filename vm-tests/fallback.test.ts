@@ -25,9 +25,9 @@ import test, { type ExecutionContext } from 'ava';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
-import { agentDiskOptions, agentPackage, dockerfileEnabledUnits } from './lib/agent.ts';
-import { buildCosDisk, cloneDisk, type CosDisk, type CosDiskOptions } from './lib/disk.ts';
-import { fallbackReporter, osRelease, slotImageIdentity, writeStep, type Step } from './lib/fallback.ts';
+import { cloneDisk, type CosDisk } from './lib/disk.ts';
+import { slotImageIdentity, writeStep, type Step } from './lib/fallback.ts';
+import { A_VERSION, B_VERSION, FALLBACK_NEW_VERSION as NEW_VERSION, FALLBACK_OLD_VERSION as OLD_VERSION, FALLBACK_PASSIVE_UUID as PASSIVE_UUID, fallbackScenarioDisks } from './lib/fallback-disks.ts';
 import { OEM_GRUBENV, readGrubEnv, STATE_BOOT_ASSESSMENT, writeGrubEnv } from './lib/grubenv.ts';
 import { killAllVms, logDir } from './lib/qemu.ts';
 import { BOOT_TIMEOUT_MS, bootOnce, obj, statusOf, type Boot, type Json } from './lib/boots.ts';
@@ -35,12 +35,6 @@ import { BOOT_TIMEOUT_MS, bootOnce, obj, statusOf, type Boot, type Json } from '
 /** More boots than a scenario needs: a guest that reboots once too often shows as a boot too many, not a hang. */
 const MAX_BOOTS = 4;
 
-const FAILING_CHECK = '#!/bin/sh\n# cos-agent VM test: the application of the new image does not come up\necho "app: not healthy" >&2\nexit 1\n';
-const NEW_VERSION = 'cosvm-new-2.0';
-const OLD_VERSION = 'cosvm-old-1.0';
-const A_VERSION = 'cosvm-A';
-const B_VERSION = 'cosvm-B';
-const PASSIVE_UUID = '5e1f0b0b-0000-4000-8000-00000000b0b0';
 
 let diskFail: CosDisk;
 let diskAB: CosDisk;
@@ -49,27 +43,12 @@ let setupSeconds = 0;
 test.before(async (t) => {
   t.timeout(40 * 60_000, 'building the package and two cOS disks (debootstrap on a cold cache)');
   const t0 = Date.now();
-  const pkg = await agentPackage((l) => t.log(l));
-  const enabled = await dockerfileEnabledUnits();
-  const reporter = fallbackReporter();
-  const base: CosDiskOptions = { ...agentDiskOptions(pkg.path, enabled, reporter), passiveUuid: PASSIVE_UUID };
-  // one after the other: disk builds of one process share a work directory
-  diskFail = await buildCosDisk({
-    ...base,
-    slotFiles: {
-      active: [{ path: '/etc/cos-agent/check/required.d/50-app', content: FAILING_CHECK, mode: 0o755 }, { path: '/usr/lib/os-release', content: osRelease(NEW_VERSION) }],
-      passive: [{ path: '/usr/lib/os-release', content: osRelease(OLD_VERSION) }],
-    },
-  });
-  diskAB = await buildCosDisk({
-    ...base,
-    slotFiles: {
-      active: [{ path: '/usr/lib/os-release', content: osRelease(A_VERSION) }],
-      passive: [{ path: '/usr/lib/os-release', content: osRelease(B_VERSION) }],
-    },
-  });
+  // Built (or found in the cache) by vm-tests/lib/prebuild.ts while the other tests ran, as a cold CI run goes.
+  const built = await fallbackScenarioDisks((l: string) => t.log(l));
+  diskFail = built.diskFail;
+  diskAB = built.diskAB;
   setupSeconds = (Date.now() - t0) / 1000;
-  t.log(`package ${path.basename(pkg.path)} (${pkg.built ?? 'up to date'}); disks ${diskFail.key} (failing active) and ${diskAB.key} (A/B) ready after ${setupSeconds.toFixed(1)} s`);
+  t.log(`package ${path.basename(built.pkg.path)} (${built.pkg.built ?? 'up to date'}); disks ${diskFail.key} (failing active) and ${diskAB.key} (A/B) ready after ${setupSeconds.toFixed(1)} s`);
 });
 
 test.after.always(() => {
