@@ -55,13 +55,13 @@
  * over 4 MiB is refused. Scaleway's userdata counts with status 200 only (the provider takes any status but 404).
  */
 import { setMaxListeners } from 'node:events';
-import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir, mkdtemp, readdir, rmdir, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { userInfo } from 'node:os';
 import path from 'node:path';
 import type { SysRoot } from '../sys/root.ts';
 import { resolveInRoot } from './paths.ts';
+import { readBytesSync } from './read.ts';
 import { decodeYip, type YipStep } from './schema.ts';
 import type { ToolExec } from './tool.ts';
 
@@ -371,29 +371,12 @@ async function runScaleway(ctx: NetContext): Promise<Found> {
 
 /** The bytes of the regular file `file` (no symlink followed), at most MAX_USERDATA_BYTES; null when it does not exist. */
 function readCapped(file: string): Buffer | null {
-  let fd: number;
   try {
-    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    return readBytesSync(file, MAX_USERDATA_BYTES, { noFollow: true, name: path.basename(file) });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     if ((e as NodeJS.ErrnoException).code === 'ELOOP') throw new Error(`${path.basename(file)} is a symbolic link: not followed`);
     throw e;
-  }
-  try {
-    if (!fstatSync(fd).isFile()) throw new Error(`${path.basename(file)} is not a regular file`);
-    const chunks: Buffer[] = [];
-    let total = 0;
-    for (;;) {
-      const buf = Buffer.alloc(64 * 1024);
-      const n = readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      total += n;
-      if (total > MAX_USERDATA_BYTES) throw new Error(`${path.basename(file)} is over ${MAX_USERDATA_BYTES} bytes: refused`);
-      chunks.push(buf.subarray(0, n));
-    }
-    return Buffer.concat(chunks);
-  } finally {
-    closeSync(fd);
   }
 }
 

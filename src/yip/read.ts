@@ -18,9 +18,19 @@ export function readText(file: string, max: number = MAX_TEXT_BYTES): Promise<st
 }
 
 export function readTextSync(file: string, max: number = MAX_TEXT_BYTES): string {
-  const fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
+  return readBytesSync(file, max).toString('utf8');
+}
+
+/**
+ * The bytes of the regular file `file`, at most `max` (over it: an error naming `name`, default the path); with
+ * `noFollow`, a symbolic link in the last place is not followed (ELOOP). Errors of open (ENOENT, ...) are thrown as
+ * they are.
+ */
+export function readBytesSync(file: string, max: number, opts: { noFollow?: boolean; name?: string } = {}): Buffer {
+  const name = opts.name ?? file;
+  const fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK | (opts.noFollow === true ? constants.O_NOFOLLOW : 0));
   try {
-    if (!fstatSync(fd).isFile()) throw new Error(`${file} is not a regular file`);
+    if (!fstatSync(fd).isFile()) throw new Error(`${name} is not a regular file`);
     const chunks: Buffer[] = [];
     let total = 0;
     for (;;) {
@@ -28,10 +38,10 @@ export function readTextSync(file: string, max: number = MAX_TEXT_BYTES): string
       const n = readSync(fd, buf, 0, buf.length, null);
       if (n === 0) break;
       total += n;
-      if (total > max) throw new Error(`${file} is over ${max} bytes`);
+      if (total > max) throw new Error(`${name} is over ${max} bytes`);
       chunks.push(buf.subarray(0, n));
     }
-    return Buffer.concat(chunks).toString('utf8');
+    return Buffer.concat(chunks);
   } finally {
     closeSync(fd);
   }
