@@ -58,6 +58,8 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
     }
     if (known?.value !== undefined) {
       if (t.value === undefined) throw usage(`${t.rawName} needs a ${known.value}`);
+      // `--image --force` is a missing value, not an image named --force (strict parsing said so; this parse is not).
+      if (t.inlineValue === false && t.value.startsWith('-')) throw usage(`${t.rawName} needs a ${known.value} (${t.rawName}=VALUE for one that starts with -)`);
       values[t.name] = t.value;
     } else if (known !== undefined) {
       if (t.value !== undefined) throw usage(`${t.rawName} takes no value`);

@@ -18,6 +18,7 @@
  * then is a SIGUSR2 handler installed that moves that clock to its next event (cron match or timer) and logs
  * "test clock advanced" once the work it started has finished. Inert when unset.
  */
+import { fstatSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { AgentError } from './model/errors.ts';
 import { SysRoot } from './sys/root.ts';
@@ -65,7 +66,7 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
   // Test-only seam (AGENT_TEST_CLOCK): a manual scheduler clock; a malformed value is a USAGE error.
   const testClock = testClockFromEnv(env[TEST_CLOCK_ENV]);
   // Under systemd (stdout on the journal: JOURNAL_STREAM), each line carries its syslog priority prefix.
-  const journal = (env.JOURNAL_STREAM ?? '') !== '';
+  const journal = isJournalStream(env.JOURNAL_STREAM);
   const log: Logger = createLogger({ level: env.COS_LOG_LEVEL ?? 'info', destination: io.stdout, format: journal ? 'journal' : 'json' }).child({ component: 'cosd' });
   // Tool runs are logged at debug level, with the transaction of the job that runs them.
   let current = (): string => '';
@@ -179,6 +180,21 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
 }
 
 /** The process entry (bin/cosd.js): run until SIGTERM/SIGINT or a lost bus; returns the exit status. */
+/**
+ * Whether stdout is the journal stream systemd set up: JOURNAL_STREAM names its device and inode, which must be
+ * stdout's own (the variable is inherited by children whose stdout is something else: sd_journal_stream_fd(3)).
+ */
+function isJournalStream(value: string | undefined): boolean {
+  const [dev, ino] = (value ?? '').split(':');
+  if (dev === undefined || ino === undefined || dev === '' || ino === '') return false;
+  try {
+    const st = fstatSync(1);
+    return String(st.dev) === dev && String(st.ino) === ino;
+  } catch {
+    return false;
+  }
+}
+
 export async function main(argv: readonly string[], io: DaemonIo): Promise<number> {
   let cosd: Cosd | null;
   try {

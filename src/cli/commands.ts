@@ -63,9 +63,12 @@ export async function execute(command: string, operand: string | undefined, valu
     // than the daemon's runs in-process.
     const explicitRoot = typeof values.root === 'string' || (io.env.COS_ROOT ?? '') !== '';
     const daemon = values['no-daemon'] === true ? null : await (await import('./remote.ts')).connectDaemon(io.env, deps, { explicitRoot });
+    if (daemon === null && spec?.needsDaemon === true) {
+      throw new AgentError('NOT_SUPPORTED', `${command} needs the daemon (cosd)${values['no-daemon'] === true ? ', not --no-daemon' : ', and none serves this root'}`);
+    }
     if (daemon === null && spec?.changes === true && process.getuid?.() !== 0) {
       // In-process, a change needs root: say so up front, not as an EACCES from the middle of the action.
-      throw new AgentError('ACCESS_DENIED', `${command} changes the system: run it as root${values['no-daemon'] === true ? '' : ' (cosd is not running, so cosctl would act itself)'}`);
+      throw new AgentError('ACCESS_DENIED', `${command} changes the system: run it as root${values['no-daemon'] === true ? '' : ' (no cosd serves this root, so cosctl would act itself)'}`);
     }
     backend = daemon ?? (await import('./local.ts')).localBackend(deps);
     return backend;

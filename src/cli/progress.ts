@@ -103,9 +103,16 @@ function ttyRenderer(out: NodeJS.WritableStream): ProgressRenderer {
       started = false;
     },
     note(write) {
-      // Clear the bar's line; the note goes on it, and the next frame is drawn on the line after.
-      if (started) out.write('\r\u001b[2K');
+      // Clear the bar's line; the note goes on it, and the next frame is drawn on the line after: the cursor position
+      // cli-progress saved at start (and restores when it stops) moves there too (ESC 7), so stopping never goes
+      // back over the note.
+      if (!started) {
+        write();
+        return;
+      }
+      out.write('\r\u001b[2K');
       write();
+      out.write('\u001b7');
     },
     stop() {
       if (!started) return;

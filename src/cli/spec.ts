@@ -24,6 +24,8 @@ export interface CommandSpec {
   details: readonly string[];
   /** It changes the system: root (or polkit through cosd) only. */
   changes: boolean;
+  /** Only cosd can do it (there is nothing to act on without it). */
+  needsDaemon?: boolean;
 }
 
 export const GLOBAL_OPTIONS: readonly OptionSpec[] = [
@@ -102,6 +104,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     options: [],
     details: ['Asks cosd to stop the running upgrade; it cleans up and leaves the slots untouched. Past the slot switch it finishes.'],
     changes: true,
+    needsDaemon: true,
   },
   {
     name: 'mark-good',

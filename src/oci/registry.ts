@@ -875,8 +875,11 @@ export class RegistryClient {
     signalIn: AbortSignal | undefined,
     pass: readonly number[] = [],
   ): Promise<Exchange> {
-    // The client's own signal (a cancelled upgrade) aborts this request too.
-    const signal = signalIn !== undefined && this.#signal !== undefined ? AbortSignal.any([signalIn, this.#signal]) : (signalIn ?? this.#signal);
+    // The client's own signal (a cancelled upgrade) aborts this request too, through a signal of the request's own:
+    // got keeps its abort listener on the signal it is given until the request is destroyed, so handing it the
+    // job-long signal would pile up one listener per request (a MaxListenersExceededWarning after 10).
+    const own = [...(signalIn !== undefined ? [signalIn] : []), ...(this.#signal !== undefined ? [this.#signal] : [])];
+    const signal = own.length > 0 ? AbortSignal.any(own) : undefined;
     const cfg = await this.#loadConfig();
     const policy = registryPolicy(cfg.conf, ref.registry, ref.repository);
     if (policy.blocked) {

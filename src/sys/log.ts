@@ -7,6 +7,7 @@
  */
 import { pino } from 'pino';
 import { Writable } from 'node:stream';
+import { displayText, TEXT_LIMITS } from '../model/text.ts';
 
 export interface Logger {
   debug(obj: object, msg?: string): void;
@@ -49,7 +50,8 @@ export function readableLine(line: string): string {
     if (typeof v !== 'string') return `${k}=${JSON.stringify(v)}`;
     return `${k}=${PLAIN.test(v) ? v : JSON.stringify(v)}`;
   });
-  return `${at} ${lv.padEnd(5)} ${typeof msg === 'string' ? msg : ''}${kv.length > 0 ? `  ${kv.join(' ')}` : ''}\n`;
+  // The message escaped as the fields are (JSON.stringify): no control character from outside reaches the terminal.
+  return `${at} ${lv.padEnd(5)} ${typeof msg === 'string' ? displayText(msg, TEXT_LIMITS.message) : ''}${kv.length > 0 ? `  ${kv.join(' ')}` : ''}\n`;
 }
 
 /** A stream that rewrites each complete line with `fn` on its way to `out`. */

@@ -85,6 +85,8 @@ const USAGE_ERRORS: ReadonlyArray<readonly [string[], string]> = [
   [['rollback', '--json'], 'cosctl: --json does not apply to rollback; see cosctl rollback --help\n'],
   [['check', '--permanent'], 'cosctl: --permanent does not apply to check; see cosctl check --help\n'],
   [['upgrade', '--image'], 'cosctl: --image needs a REF; see cosctl upgrade --help\n'],
+  [['upgrade', '--image', '--force'], 'cosctl: --image needs a REF (--image=VALUE for one that starts with -); see cosctl upgrade --help\n'],
+  [['--root', '-v', 'status'], 'cosctl: --root needs a DIR (--root=VALUE for one that starts with -); see cosctl status --help\n'],
   [['upgrade', '--force=yes'], 'cosctl: --force takes no value; see cosctl upgrade --help\n'],
   [['verify'], 'cosctl: verify needs IMAGE; see cosctl verify --help\n'],
   [['run-stage'], 'cosctl: run-stage needs STAGE; see cosctl run-stage --help\n'],

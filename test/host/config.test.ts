@@ -78,10 +78,10 @@ test('overrides on a snapshot give exactly what a fresh load of the same files w
   t.true(snapshot.config.verify);
 });
 
-test('an invalid override is a USAGE error on a snapshot too', async (t) => {
+test('an invalid override image is REFERENCE_INVALID on a snapshot too', async (t) => {
   const root = await hostRoot(t);
   const snapshot = await loadConfig(root, { env: ENV });
-  await t.throwsAsync(loadActionConfig({ root, env: ENV, config: () => snapshot }, { overrides: { image: 'http://reg.example/os:1' } }), { code: 'USAGE' });
+  await t.throwsAsync(loadActionConfig({ root, env: ENV, config: () => snapshot }, { overrides: { image: 'http://reg.example/os:1' } }), { code: 'REFERENCE_INVALID' });
 });
 
 test('without a snapshot (cosctl in-process, or cosd before a valid config) the files on disk are read', async (t) => {

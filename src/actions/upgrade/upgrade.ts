@@ -267,7 +267,8 @@ class UpgradeRun {
     if (event !== 'oci.retry') return;
     const ms = Number(f['delayMs'] ?? 0);
     const wait = ms >= 1000 ? `${Math.round(ms / 1000)} s` : `${ms} ms`;
-    const message = `${String(f['what'] ?? 'registry')}: retrying in ${wait}, ${String(f['attempt'] ?? '?')} of ${String(f['of'] ?? '?')} (${String(f['error'] ?? '')})`;
+    // The status first (a TTY bar shows the message's start); the registry's own words escaped and bounded.
+    const message = displayText(`retrying in ${wait}, ${String(f['attempt'] ?? '?')} of ${String(f['of'] ?? '?')}: ${String(f['what'] ?? 'registry')}: ${String(f['error'] ?? '')}`, TEXT_LIMITS.message);
     this.log.warn({ what: f['what'], attempt: f['attempt'], of: f['of'], delayMs: f['delayMs'], err: f['error'] }, 'registry request failed: retrying');
     const last = this.lastProgress;
     this.opts.onProgress?.({ ...(last ?? { operation: 'checking', percent: 0, bytesDone: 0, bytesTotal: 0 }), message });
