@@ -7,22 +7,11 @@ import test from 'ava';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
+import { sink } from '../helpers/sink.ts';
 import { main } from '../../src/cli.ts';
 import { EXIT_CODES, EXIT_UP_TO_DATE } from '../../src/cli/exit-codes.ts';
 import { COMMANDS, commandHelp, GLOBAL_OPTIONS, mainHelp, suggest } from '../../src/cli/spec.ts';
 import { VERSION } from '../../src/version.ts';
-
-function sink(): { stream: Writable; text(): string } {
-  const chunks: Buffer[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer | string, _enc, cb) {
-      chunks.push(Buffer.from(chunk));
-      cb();
-    },
-  });
-  return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
-}
 
 async function cosctl(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = sink();

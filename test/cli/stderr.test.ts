@@ -7,23 +7,12 @@ import test, { type ExecutionContext } from 'ava';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
+import { sink } from '../helpers/sink.ts';
 import { main } from '../../src/cli.ts';
 import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
 import { TEXT_LIMITS } from '../../src/model/text.ts';
 
 const RAW_CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f]/;
-
-function sink(): { stream: Writable; text(): string } {
-  const chunks: Buffer[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer | string, _enc, cb) {
-      chunks.push(Buffer.from(chunk));
-      cb();
-    },
-  });
-  return { stream, text: () => Buffer.concat(chunks).toString('utf8') };
-}
 
 async function root(t: ExecutionContext, files: Record<string, string | Buffer>): Promise<string> {
   const dir = await mkdtemp(path.join(tmpdir(), 'cosctl-stderr-'));

@@ -4,13 +4,8 @@
  * cosctl --verbose writes readable lines instead of raw JSON.
  */
 import test from 'ava';
-import { Writable } from 'node:stream';
+import { sink } from '../helpers/sink.ts';
 import { createLogger, readableLine, syslogPriority, withPriorityPrefix } from '../../src/sys/log.ts';
-
-function sink(): { stream: Writable; text(): string } {
-  const chunks: string[] = [];
-  return { stream: new Writable({ write(c: Buffer | string, _e, cb) { chunks.push(c.toString()); cb(); } }), text: () => chunks.join('') };
-}
 
 const flush = (): Promise<void> => new Promise((r) => setTimeout(r, 50));
 
