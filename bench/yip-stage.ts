@@ -11,6 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { SysRoot } from '../src/sys/root.ts';
 import { shellConsole } from '../src/sys/console.ts';
 import { runStage } from '../src/yip/run-stage.ts';
+import { fileDecodeStore } from '../src/yip/decode-store.ts';
 
 const [root = '', mode = 'stage'] = process.argv.slice(2);
 const inner = shellConsole({ root });
@@ -36,7 +37,7 @@ if (mode === 'baseline') {
 } else {
   const r = await runStage(
     { root: new SysRoot(root), console: timed, hostname: 'bench', machineId: '', values: { node: { hostname: 'bench' }, os: { vendor: 'bench' } } },
-    { stage: 'boot', cmdline: '' },
+    { stage: 'boot', cmdline: '', ...(mode === 'stage' ? { store: fileDecodeStore(new SysRoot(root)) } : {}) },
   );
   steps = r.runs.reduce((n, run) => n + run.reports.filter((o) => o.skipped === null).length, 0);
   errors = r.errors;

@@ -5,9 +5,14 @@
  * same commands (the `if:` scripts and the commands) through the same console with nothing around them. The agent's
  * own overhead is the stage's wall time minus the time inside its commands (target under 100 ms); peak RSS is the
  * child's, beside a child that only runs the commands.
+ *
+ * Two lines, each against the target: the stage in a fresh boot with nothing decoded yet (every file's YAML decoded),
+ * and the stage as a host runs it, after the fs stage of the same boot decoded the same files (the decoded files kept
+ * in <root>/run/cos-agent/yip-decoded, src/yip/decode-store.ts).
  */
 import { execFile } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { DECODE_STORE_DIR } from '../src/yip/decode-store.ts';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
@@ -84,23 +89,29 @@ const median = (xs: readonly number[]): number => {
 export async function benchYip(out: (line?: string) => void): Promise<void> {
   const { root, commands } = await makeRoot();
   try {
+    const cold: ChildResult[] = [];
     const stage: ChildResult[] = [];
     const base: ChildResult[] = [];
     for (let i = 0; i < RUNS; i++) {
+      await rm(path.join(root, DECODE_STORE_DIR), { recursive: true, force: true });
+      cold.push(await child(root, 'stage'));
       stage.push(await child(root, 'stage'));
       base.push(await child(root, 'baseline'));
     }
-    const bad = stage.find((r) => r.errors > 0 || r.commands !== commands.length || r.steps !== FILES * 4);
+    const bad = [...cold, ...stage].find((r) => r.errors > 0 || r.commands !== commands.length || r.steps !== FILES * 4);
     if (bad !== undefined) throw new Error(`the yip bench stage did not run as built: ${JSON.stringify(bad)} (want ${commands.length} commands, ${FILES * 4} steps, 0 errors)`);
     const overhead = median(stage.map((r) => r.wallMs - r.commandMs));
+    const coldOverhead = median(cold.map((r) => r.wallMs - r.commandMs));
     const wall = median(stage.map((r) => r.wallMs));
     const baseWall = median(base.map((r) => r.wallMs));
     const rss = median(stage.map((r) => r.maxRssKb)) / 1024;
     const baseRss = median(base.map((r) => r.maxRssKb)) / 1024;
+    const verdict = (ms: number): string => `${ms.toFixed(0).padStart(5)} ms  target < ${TARGET_OVERHEAD_MS} ms  ${ms < TARGET_OVERHEAD_MS ? 'PASS' : 'MISS'}`;
     out();
     out(`yip: the boot stage over ${FILES} files (${FILES * 4} steps, ${commands.length} commands: ${FILES} if: + ${FILES} commands, chrooted), median of ${RUNS}:`);
     out(`  stage ${wall.toFixed(0)} ms, of which in commands ${median(stage.map((r) => r.commandMs)).toFixed(0)} ms; the same commands alone (baseline) ${baseWall.toFixed(0)} ms: ${(wall / baseWall).toFixed(2)}x`);
-    out(`  ${'agent overhead (stage - commands)'.padEnd(34)} ${overhead.toFixed(0).padStart(5)} ms  target < ${TARGET_OVERHEAD_MS} ms  ${overhead < TARGET_OVERHEAD_MS ? 'PASS' : 'MISS'}`);
+    out(`  ${'agent overhead, after the fs stage'.padEnd(44)} ${verdict(overhead)}`);
+    out(`  ${'agent overhead, first stage of a boot'.padEnd(44)} ${verdict(coldOverhead)}`);
     out(`  peak RSS ${rss.toFixed(1)} MiB (a child running only the commands: ${baseRss.toFixed(1)} MiB; +${(rss - baseRss).toFixed(1)} MiB for the engine and the files)`);
   } finally {
     await rm(root, { recursive: true, force: true });

@@ -19,6 +19,7 @@ import { runStage, stageSources, type RunStageResult } from '../yip/run-stage.ts
 import type { YipEnv } from '../yip/executor.ts';
 import { resolveInRoot } from '../yip/paths.ts';
 import { readText } from '../yip/read.ts';
+import { fileDecodeStore } from '../yip/decode-store.ts';
 
 export interface RunStageActionOptions {
   stage: string;
@@ -100,7 +101,7 @@ export async function runStageAction(deps: AgentDeps, opts: RunStageActionOption
       }
     }
   } else {
-    result = await runStage(env, { stage: opts.stage, extraPaths, cmdline });
+    result = await runStage(env, { stage: opts.stage, extraPaths, cmdline, store: fileDecodeStore(root) });
   }
   const where = (p: { file: string; line: number; step: number | null; key: string; message: string }): string =>
     `${p.file}${p.line > 0 ? `:${p.line}` : ''}${p.step !== null ? ` step ${p.step}` : ''}${p.key !== '' ? ` ${p.key}` : ''}: ${p.message}`;

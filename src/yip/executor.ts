@@ -11,7 +11,7 @@
  * layout (layout.ts). A step that uses another plugin's key gets an error naming it (never a silent skip).
  */
 import { randomUUID } from 'node:crypto';
-import { chmodSync, chownSync, lstatSync, mkdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, lstatSync, mkdirSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -20,8 +20,9 @@ import type { YipOp } from './plan.ts';
 import { emptyStep as step0, type YipDirectory, type YipDownload, type YipEntity, type YipFile, type YipStep, type YipUser } from './schema.ts';
 import { applyToText, deleteFromText, DEFAULT_FILES, parseEntity, prepareEntity, readOrEmpty, writeKeepingMode, type Entity } from './entities.ts';
 import { renderTemplate } from './template.ts';
-import { readText } from './read.ts';
-import { resolveInRoot } from './paths.ts';
+import { readText, readTextSync } from './read.ts';
+import { overwriteFileSync } from './write.ts';
+import { resolveChildSync, resolveInRoot, resolveInRootSync } from './paths.ts';
 import { runLayout } from './layout.ts';
 import { runGit } from './git.ts';
 import { runDatasource, type DatasourceTestSeams } from './datasource.ts';
@@ -155,24 +156,25 @@ async function ensureDir(env: YipEnv, d: YipDirectory): Promise<void> {
 
 async function ensureFile(env: YipEnv, f: YipFile, warnings: string[]): Promise<void> {
   const parent = path.posix.dirname(f.path);
-  const parentReal = await resolveInRoot(env.root, parent);
-  if (lstatSync(parentReal, { throwIfNoEntry: false }) === undefined) {
+  const parentFound = { exists: false };
+  const parentReal = resolveInRootSync(env.root, parent, parentFound);
+  if (!parentFound.exists) {
     const mode = f.permissions < 0o700 ? f.permissions + 0o100 : f.permissions;
     await ensureDir(env, { path: parent, permissions: mode, owner: f.owner, group: f.group });
   }
-  const real = await resolveInRoot(env.root, f.path);
+  const real = resolveChildSync(env.root, parentReal, f.path);
   // Small files, synchronous (see resolveInRoot). As yip: the file exists (empty) even when its content does not decode,
   // then it is written, chmodded, chowned.
   let bytes: Buffer;
   try {
     bytes = decodeContent(f.content, f.encoding);
   } catch (e) {
-    writeFileSync(real, '');
+    overwriteFileSync(real, '');
     throw e;
   }
   const rendered = renderTemplate(bytes.toString('utf8'), { Values: env.values });
   if (rendered.error !== undefined) warnings.push(`files ${f.path}: template not applied: ${rendered.error}`);
-  writeFileSync(real, rendered.error === undefined ? rendered.text : bytes);
+  overwriteFileSync(real, rendered.error === undefined ? rendered.text : bytes);
   chmodSync(real, f.permissions);
   const { uid, gid } = f.ownerstring !== '' ? await resolveOwner(env.root, f.ownerstring) : { uid: f.owner, gid: f.group };
   chownSync(real, uid, gid);
@@ -369,19 +371,25 @@ const PLUGINS: Partial<Record<PluginName, Plugin>> = {
   environment: async (env, step, errors, warnings) => {
     const file = step.environment_file !== '' ? step.environment_file : '/etc/environment';
     await each([file], errors, (f) => `environment ${f}`, async (f) => {
-      const parent = path.posix.dirname(f);
-      if ((await lstat(await resolveInRoot(env.root, parent)).catch(() => undefined)) === undefined) {
-        await mkdir(await resolveInRoot(env.root, parent), { recursive: true, mode: 0o744 });
+      // Synchronous, as ensureFile: small files, no thread-pool round trip per call.
+      const parentFound = { exists: false };
+      const parentReal = resolveInRootSync(env.root, path.posix.dirname(f), parentFound);
+      if (!parentFound.exists) mkdirSync(parentReal, { recursive: true, mode: 0o744 });
+      const real = resolveChildSync(env.root, parentReal, f);
+      let text = '';
+      try {
+        text = readTextSync(real);
+      } catch {
+        // a missing or unreadable file starts empty, as yip's godotenv read
       }
-      const real = await resolveInRoot(env.root, f);
-      const current = parseDotenv(await readText(real).catch(() => ''));
+      const current = parseDotenv(text);
       for (const [k, v] of Object.entries(step.environment)) {
         const r = renderTemplate(v, { Values: env.values });
         if (r.error !== undefined) warnings.push(`environment ${k}: template not applied: ${r.error}`);
         current.set(k, r.text);
       }
-      await writeFile(real, writeDotenv(current));
-      await chmod(real, 0o644);
+      overwriteFileSync(real, writeDotenv(current));
+      chmodSync(real, 0o644);
     });
   },
   users: async (env, step, errors) => {

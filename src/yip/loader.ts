@@ -9,12 +9,12 @@
  * followed, symlinks to directories not descended, and a source that is itself a symlink to a directory not walked
  * unless given with a trailing slash (`/oem/`), as `Lstat` of the walk's root sees it.
  */
-import { lstatSync } from 'node:fs';
+import { lstatSync, readdirSync, statSync } from 'node:fs';
 import { readText, readTextSync } from './read.ts';
 import { resolveInRootSync } from './paths.ts';
-import { lstat, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { SysRoot } from '../sys/root.ts';
+import type { DecodeStore } from './decode-store.ts';
 import { decodeYip, type YipConfig, type YipProblem } from './schema.ts';
 
 /** One loaded document: where it came from (the path as walked, the URL, or `<STDIN>`) and its config. */
@@ -40,6 +40,8 @@ export interface LoadOptions {
    * not parsed again. The decoded configs are never mutated (plan and executor only read them).
    */
   decoded?: Map<string, ReturnType<typeof decodeYip>>;
+  /** Decoded documents kept between runs (decode-store.ts); not used for text a modifier turns into YAML. */
+  store?: DecodeStore;
 }
 
 const YAML_EXT = new Set(['.yaml', '.yml']);
@@ -56,37 +58,70 @@ export function byteOrder(a: string, b: string): number {
  */
 const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 
-/** The files a directory source yields, in yip's order (host paths as walked: `<source>/<rel>`). */
-export async function walkYamlFiles(root: SysRoot, source: string): Promise<string[]> {
-  const out: string[] = [];
+const join = (dir: string, name: string): string => (dir.endsWith('/') ? `${dir}${name}` : `${dir}/${name}`);
+
+/** A file a directory source yields: the path as walked (`<source>/<rel>`) and where it is on the host. */
+interface WalkedFile {
+  path: string;
+  /** The host path to read: known from the walk for a regular file, resolved inside the root for a link. */
+  real: string;
+}
+
+/**
+ * Walk a directory source in yip's order. The walk runs in the source's real directory inside the root (a source
+ * given as `/oem/` with /oem a link is followed inside the root, never out of it); below it every directory walked is
+ * a real one (links to directories are not descended), so a regular file's host path is known without resolving it
+ * again. Synchronous: small metadata calls, where a thread-pool round trip each made loading grow with the host's load.
+ */
+function walkSync(root: SysRoot, source: string): WalkedFile[] {
+  const out: WalkedFile[] = [];
   // go-vfs Walk: the root is examined with Lstat; a symlink root is not a directory to it (a trailing slash resolves it)
-  // (lstat of `link/` follows the link: that is the trailing-slash case)
-  const top = await lstat(root.path(source)).catch(() => undefined);
+  // (lstat of `link/` follows the link: that is the trailing-slash case). Links are followed inside the root.
+  const clean = source.replace(/\/+$/, '') || '/';
+  const realDir = resolveInRootSync(root, clean);
+  const parent = path.posix.dirname(clean);
+  const unfollowed = clean === '/' ? realDir : join(resolveInRootSync(root, parent), path.posix.basename(clean));
+  const top = lstatSync(source.endsWith('/') ? realDir : unfollowed, { throwIfNoEntry: false });
   if (top === undefined || !top.isDirectory()) return out;
-  const walk = async (dir: string): Promise<void> => {
-    const names = (await readdir(root.path(dir))).sort(byteOrder);
+  const walk = (dir: string, realDir: string): void => {
+    const names = readdirSync(realDir).sort(byteOrder);
     for (const name of names) {
       const rel = path.posix.join(dir, name);
-      // Synchronous (small metadata calls; a thread-pool round trip each made loading grow with the host's load).
-      const st = lstatSync(root.path(rel), { throwIfNoEntry: false });
+      const real = join(realDir, name);
+      const st = lstatSync(real, { throwIfNoEntry: false });
       if (st === undefined) continue;
       if (st.isDirectory()) {
-        await walk(rel);
+        walk(rel, real);
         continue;
       }
       if (!YAML_EXT.has(path.extname(name))) continue;
-      if (st.isFile() || st.isSymbolicLink()) out.push(rel);
+      if (st.isFile()) out.push({ path: rel, real });
+      else if (st.isSymbolicLink()) out.push({ path: rel, real: '' });
     }
   };
-  await walk(source);
+  walk(source, realDir);
   return out;
+}
+
+/** The files a directory source yields, in yip's order (host paths as walked: `<source>/<rel>`). */
+export function walkYamlFiles(root: SysRoot, source: string): Promise<string[]> {
+  try {
+    return Promise.resolve(walkSync(root, source).map((f) => f.path));
+  } catch (e) {
+    return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+  }
 }
 
 function decode(text: string, origin: string, opts: LoadOptions, into: LoadResult): void {
   const key = `${origin}\0${text}`;
   let r = opts.decoded?.get(key);
   if (r === undefined) {
-    r = decodeYip(opts.modifier !== undefined ? opts.modifier(text) : text, origin);
+    const store = opts.modifier === undefined ? opts.store : undefined;
+    r = store?.get(origin, text);
+    if (r === undefined) {
+      r = decodeYip(opts.modifier !== undefined ? opts.modifier(text) : text, origin);
+      store?.set(origin, text, r);
+    }
     opts.decoded?.set(key, r);
   }
   into.problems.push(...r.problems);
@@ -99,21 +134,26 @@ const problem = (file: string, message: string): YipProblem => ({ file, line: 0,
 export async function loadSource(root: SysRoot, source: string, opts: LoadOptions = {}): Promise<LoadResult> {
   const result: LoadResult = { documents: [], problems: [] };
   // Local paths are absolute (through the root prefix); anything else is a URL or the text itself.
-  const st = source.startsWith('/') ? await stat(root.path(source)).catch(() => undefined) : undefined;
+  let st: ReturnType<typeof statSync>;
+  try {
+    st = source.startsWith('/') ? statSync(resolveInRootSync(root, source), { throwIfNoEntry: false }) : undefined;
+  } catch {
+    st = undefined; // unreadable or a link loop: not a local path (yip's os.Stat error)
+  }
   if (st?.isDirectory() === true) {
-    let files: string[];
+    let files: WalkedFile[];
     try {
-      files = await walkYamlFiles(root, source);
+      files = walkSync(root, source);
     } catch (e) {
       result.problems.push(problem(source, `error loading path '${source}': ${e instanceof Error ? e.message : String(e)}`));
       return result;
     }
-    for (const f of files) {
+    for (const { path: f, real } of files) {
       let text: string | undefined;
       try {
         // Cloud-config files are small: read synchronously, as the walk stats them; a link is followed inside the root
         // (the root may be an image being upgraded to), and only a regular file of at most 4 MiB is read.
-        text = readTextSync(resolveInRootSync(root, f));
+        text = readTextSync(real !== '' ? real : resolveInRootSync(root, f));
       } catch (e) {
         result.problems.push(problem(f, `error loading path '${f}': ${e instanceof Error ? e.message : String(e)}`));
       }

@@ -30,18 +30,24 @@ export function readBytesSync(file: string, max: number, opts: { noFollow?: bool
   const name = opts.name ?? file;
   const fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK | (opts.noFollow === true ? constants.O_NOFOLLOW : 0));
   try {
-    if (!fstatSync(fd).isFile()) throw new Error(`${name} is not a regular file`);
-    const chunks: Buffer[] = [];
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new Error(`${name} is not a regular file`);
+    // Sized from fstat (one read for the usual small file, no zero-filled 64 KiB per read), grown for files whose
+    // size lies (procfs says 0) or that grow while read; never past max + 1 bytes.
+    let buf = Buffer.allocUnsafe(Math.min(max, st.size > 0 ? st.size : 4096) + 1);
     let total = 0;
     for (;;) {
-      const buf = Buffer.alloc(64 * 1024);
-      const n = readSync(fd, buf, 0, buf.length, null);
+      if (total === buf.length) {
+        const grown = Buffer.allocUnsafe(Math.min(max + 1, buf.length * 2));
+        buf.copy(grown, 0, 0, total);
+        buf = grown;
+      }
+      const n = readSync(fd, buf, total, buf.length - total, null);
       if (n === 0) break;
       total += n;
       if (total > max) throw new Error(`${name} is over ${max} bytes`);
-      chunks.push(buf.subarray(0, n));
     }
-    return Buffer.concat(chunks);
+    return buf.subarray(0, total);
   } finally {
     closeSync(fd);
   }

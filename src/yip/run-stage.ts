@@ -13,6 +13,7 @@ import { runOps, type OpReport, type YipEnv } from './executor.ts';
 import { loadSource, type LoadOptions } from './loader.ts';
 import { planStage } from './plan.ts';
 import type { YipProblem } from './schema.ts';
+import type { DecodeStore } from './decode-store.ts';
 import type { SysRoot } from '../sys/root.ts';
 
 export const DEFAULT_PATHS: readonly string[] = ['/system/oem', '/oem/', '/usr/local/cloud-config/'];
@@ -25,6 +26,8 @@ export interface RunStageOptions {
   cmdline: string;
   /** Fetch URL sources (cos.setup=http://...). */
   fetch?: (url: string) => Promise<string>;
+  /** Decoded files kept between stages (decode-store.ts). */
+  store?: DecodeStore;
 }
 
 export interface StageRun {
@@ -76,7 +79,7 @@ export async function runStage(env: YipEnv, opts: RunStageOptions): Promise<RunS
   const stages = [`${opts.stage}.before`, opts.stage, `${opts.stage}.after`];
   for (const stage of stages) {
     for (const source of sources) {
-      const loaded = await loadSource(env.root, source, { decoded, ...(opts.fetch !== undefined ? { fetch: opts.fetch } : {}) });
+      const loaded = await loadSource(env.root, source, { decoded, ...(opts.fetch !== undefined ? { fetch: opts.fetch } : {}), ...(opts.store !== undefined ? { store: opts.store } : {}) });
       const plan = planStage(loaded.documents, stage);
       const reports = await runOps(plan.ops, env);
       for (const p of loaded.problems) counted.add(`${p.file}\n${p.message}`);

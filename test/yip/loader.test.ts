@@ -105,3 +105,16 @@ test('a file is read inside the root and only when it is a regular file of at mo
   t.regex(r.problems[0]?.message ?? '', /error loading path '\/oem\/02_zero\.yaml': .*ENOENT/, 'the link is followed inside the root, where there is no /dev/zero');
   t.regex(r.problems[2]?.message ?? '', /is over 4194304 bytes/);
 });
+
+test('a source that is a link to an absolute path, given with a trailing slash, is walked inside the root, never on the host', async (t) => {
+  const root = await tree(t, { '/real/a.yaml': doc('inside') });
+  await mkdir(root.path('/system'), { recursive: true });
+  // /real/ also exists on no host: were the link followed by the kernel, nothing (or the host's files) would load.
+  await symlink('/real', root.path('/system/oem'));
+  t.deepEqual((await loadSource(root, '/system/oem')).documents, []);
+  const r = await loadSource(root, '/system/oem/');
+  t.deepEqual(r.documents.map((d) => [d.origin, d.config.stages['boot']?.[0]?.hostname]), [['/system/oem/a.yaml', 'inside']]);
+  // A parent that is such a link: followed inside the root too.
+  await symlink('/system', root.path('/sys2'));
+  t.deepEqual((await loadSource(root, '/sys2/oem/')).documents.map((d) => d.origin), ['/sys2/oem/a.yaml']);
+});
