@@ -3,6 +3,8 @@
 #
 #   systemd/cosd.service                  -> DESTDIR/usr/lib/systemd/system/cosd.service
 #   systemd/cos-agent-healthcheck.service -> DESTDIR/usr/lib/systemd/system/cos-agent-healthcheck.service
+#   systemd/cos-agent-config.path         -> DESTDIR/usr/lib/systemd/system/cos-agent-config.path (starts an idle-exited
+#                                            cosd when a config file changes)
 #   systemd/cos-setup-{fs,boot,network,reconcile}.service, systemd/cos-setup-reconcile.timer
 #                                          -> DESTDIR/usr/lib/systemd/system/ (the yip runtime stages, cOS's units)
 #   packaging/io.costoolkit.Agent1.conf    -> DESTDIR/usr/share/dbus-1/system.d/io.costoolkit.Agent1.conf
@@ -59,6 +61,7 @@ put() {
 
 put systemd/cosd.service                   usr/lib/systemd/system/cosd.service
 put systemd/cos-agent-healthcheck.service  usr/lib/systemd/system/cos-agent-healthcheck.service
+put systemd/cos-agent-config.path          usr/lib/systemd/system/cos-agent-config.path
 for unit in cos-setup-fs.service cos-setup-boot.service cos-setup-network.service cos-setup-reconcile.service cos-setup-reconcile.timer; do
   put "systemd/$unit" "usr/lib/systemd/system/$unit"
 done

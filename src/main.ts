@@ -32,6 +32,11 @@ import type { AgentDeps } from './host/deps.ts';
 import { startService, type RunningService } from './dbus/service.ts';
 import { advanceToNextEvent, Automation, TEST_CLOCK_ENV, testClockFromEnv } from './daemon/automation.ts';
 import { StatusWatcher } from './daemon/status-watch.ts';
+import { IdleMonitor } from './daemon/idle.ts';
+import { systemdWaker } from './daemon/wake.ts';
+
+/** Default idle period before cosd leaves (systemd's hostnamed waits 30 s, fwupd two hours). */
+export const DEFAULT_IDLE_EXIT_S = 60;
 
 export interface DaemonIo {
   stdout: NodeJS.WritableStream;
@@ -39,8 +44,12 @@ export interface DaemonIo {
   env: NodeJS.ProcessEnv;
 }
 
-const USAGE = `usage: cosd [--root DIR]
-  --root DIR   manage the cOS host whose root is DIR (default /); the bus is DBUS_SYSTEM_BUS_ADDRESS, else the system bus`;
+const USAGE = `usage: cosd [--root DIR] [--idle-exit SECONDS]
+  --root DIR           manage the cOS host whose root is DIR (default /); the bus is DBUS_SYSTEM_BUS_ADDRESS, else
+                       the system bus
+  --idle-exit SECONDS  leave after SECONDS with no call, no job and no connected caller (default ${DEFAULT_IDLE_EXIT_S});
+                       the bus, a systemd timer (the schedule) and cos-agent-config.path start cosd again;
+                       0 stays resident`;
 
 /** A running daemon: `stopped` resolves with the exit status once it has left the bus. */
 export interface Cosd {
@@ -51,12 +60,15 @@ export interface Cosd {
 
 /** Parse argv, start the daemon. Throws AgentError USAGE on bad arguments. */
 export async function startDaemon(argv: readonly string[], io: DaemonIo): Promise<Cosd | null> {
-  let values: { root?: string; help?: boolean };
+  let values: { root?: string; help?: boolean; 'idle-exit'?: string };
   try {
-    ({ values } = parseArgs({ args: [...argv], strict: true, allowPositionals: false, options: { root: { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
+    ({ values } = parseArgs({ args: [...argv], strict: true, allowPositionals: false, options: { root: { type: 'string' }, 'idle-exit': { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
   } catch (e) {
     throw new AgentError('USAGE', `${e instanceof Error ? e.message : String(e)}\n${USAGE}`);
   }
+  const idleText = values['idle-exit'] ?? String(DEFAULT_IDLE_EXIT_S);
+  if (!/^\d{1,7}$/.test(idleText)) throw new AgentError('USAGE', `--idle-exit ${JSON.stringify(idleText)}: expected whole seconds (0 stays resident)\n${USAGE}`);
+  const idleExitMs = Number(idleText) * 1000;
   if (values.help) {
     io.stdout.write(`${USAGE}\n`);
     return null;
@@ -133,8 +145,45 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
   let stopping: Promise<void> | null = null;
   let service: RunningService | undefined;
   let advanceOnSignal: (() => void) | undefined;
+  const waker = systemdWaker(root, runner, env);
+  const busy = (): boolean => {
+    const sched = automation.scheduler.state;
+    return daemon.state.operation !== 'idle' || sched.running || sched.delayPending || sched.rebootWindow !== null;
+  };
+  const idle: IdleMonitor = new IdleMonitor({
+    timeoutMs: idleExitMs,
+    busy,
+    alive: (names) => service?.alive(names) ?? Promise.resolve([...names]),
+    onIdle: async () => {
+      if (service === undefined || stopping !== null) return 'stay';
+      // The schedule goes to systemd first; where it cannot, cosd stays (a schedule is never dropped).
+      const sched = automation.scheduler;
+      if (sched.state.cron) {
+        const next = sched.nextRun;
+        if (next === null) return 'stay';
+        try {
+          await waker.arm(next);
+        } catch (e) {
+          log.warn({ code: e instanceof AgentError ? e.code : null, err: e instanceof Error ? e.message : String(e) }, 'staying resident: the schedule cannot be handed to a systemd timer');
+          return 'resident';
+        }
+      }
+      // Calls routed to cosd before the bus released the name arrive before its reply: one of them keeps cosd.
+      const calls = idle.generation;
+      if (!(await service.releaseName())) return 'stay';
+      if ((idle.generation !== calls || busy()) && (await service.requestName())) return 'stay';
+      log.info({ idleSeconds: idleExitMs / 1000, wake: sched.state.cron ? (sched.nextRun?.toISOString() ?? null) : null }, 'idle: leaving; a call, the schedule\'s timer or a config change starts cosd again');
+      void (async () => {
+        // Another cosd took the name while a call started a job here: finish it first.
+        while (busy()) await new Promise((r) => setTimeout(r, 1000));
+        await stop('idle', 0);
+      })();
+      return 'left';
+    },
+  });
   const stop = (reason: string, code = 0): Promise<void> => {
     stopping ??= (async () => {
+      idle.stop();
       log.info({ reason }, 'stopping');
       if (advanceOnSignal) process.off('SIGUSR2', advanceOnSignal);
       automation.stop();
@@ -151,6 +200,7 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
       log,
       ...(env.DBUS_SYSTEM_BUS_ADDRESS ? { address: env.DBUS_SYSTEM_BUS_ADDRESS } : {}),
       subscribe: (l) => daemon.subscribe(l),
+      onCall: (sender) => idle.activity(sender),
       onDisconnect: (err) => {
         log.error({ err: err.message }, 'lost the bus connection');
         void stop('bus connection lost', 1);
@@ -162,6 +212,14 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
   }
   automation.start();
   statusWatcher.start();
+  // Started by the schedule's wake timer (or after its instant): run the tick it was armed for.
+  const wokenFor = waker.recorded();
+  if (wokenFor !== null && wokenFor.getTime() <= (testClock?.now() ?? new Date()).getTime() + 1000) {
+    waker.clear();
+    log.info({ at: wokenFor.toISOString() }, 'started for a scheduled run');
+    automation.scheduler.tick();
+  }
+  idle.start();
   if (testClock !== undefined) {
     // Test-only seam: each SIGUSR2 moves the manual clock to its next event, one advance at a time.
     let chain = Promise.resolve();

@@ -36,6 +36,7 @@ const POLKIT_DROP_IN = 'usr/share/doc/cos-agent/examples/io.costoolkit.Agent1.po
 const FILES: Readonly<Record<string, string>> = {
   [UNIT]: 'systemd/cosd.service',
   [HEALTH_UNIT]: 'systemd/cos-agent-healthcheck.service',
+  'usr/lib/systemd/system/cos-agent-config.path': 'systemd/cos-agent-config.path',
   [POLICY]: 'packaging/io.costoolkit.Agent1.conf',
   [ACTIVATION]: 'packaging/io.costoolkit.Agent1.service',
   [INTERFACE]: 'src/dbus/interface.xml',
@@ -287,6 +288,23 @@ test('systemd-analyze verify catches a misspelled directive (Tpye=dbus)', broken
 test('systemd-analyze verify catches an invalid value (Type=dbuss)', broken, (u) => u.replace(/^Type=dbus$/m, 'Type=dbuss'), /Failed to parse service type/);
 test('systemd-analyze verify catches Type=dbus without BusName=', broken, (u) => u.replace(/^BusName=.*\n/m, ''), /no D-Bus service name/);
 test('systemd-analyze verify catches a missing ExecStart= binary (no stub /usr/sbin/cosd)', broken, null, /\/usr\/sbin\/cosd is not executable/);
+
+test('systemd-analyze verify passes the installed config path unit without a single diagnostic; it starts cosd.service', async (t) => {
+  const dest = await install(t);
+  const unitPath = 'usr/lib/systemd/system/cos-agent-config.path';
+  const text = await readFile(path.join(dest, unitPath), 'utf8');
+  const r = await verify(t, dest, text, true, unitPath);
+  t.is(r.code, 0, r.stderr);
+  t.true(r.clean, `${r.stdout}${r.stderr}`);
+  const p = section(text, 'Path');
+  t.is(p.Unit, 'cosd.service');
+  // Every config file cosd watches but os-release (src/daemon/watch.ts), by the same paths.
+  const { WATCHED_FILES, WATCHED_DIRS } = await import('../src/daemon/watch.ts');
+  const watched = [...text.matchAll(/^PathChanged=(.*)$/gm)].map((m) => m[1]);
+  t.deepEqual(watched.sort(), [...WATCHED_FILES, ...WATCHED_DIRS].filter((f) => f !== '/etc/os-release').sort());
+  const bad = await verify(t, dest, text.replace('PathChanged=/etc/cos/config', 'PathChanged=etc/cos/config'), true, unitPath);
+  t.false(bad.clean, 'a relative path is refused (the check can fail)');
+});
 
 /** The health-check unit: verified like cosd's (a stub /usr/bin/cosctl for ExecStart=), with its ordering and install. */
 const verifyHealth = (t: ExecutionContext, dest: string, unit: string, stub = true): ReturnType<typeof verify> =>

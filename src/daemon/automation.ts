@@ -21,6 +21,8 @@
  * Test-only seam: AGENT_TEST_CLOCK=manual:<ISO 8601 instant> makes the scheduler run on a ManualClock starting at that
  * instant (see testClockFromEnv; main.ts advances it on SIGUSR2). Inert (unset) on real hosts.
  */
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { AgentError, type ErrorCode } from '../model/errors.ts';
 import type { AutomaticRequest, CheckReport } from '../model/schedule.ts';
 import { DEFAULT_AGENT_SETTINGS } from '../model/schedule.ts';
@@ -48,6 +50,9 @@ export interface AutomationOptions {
   /** The watcher's debounce; default 100 ms. */
   debounceMs?: number;
 }
+
+/** The configured upgrade image the last cosd of this boot saw (tmpfs: a new boot starts without one). */
+export const SEEN_IMAGE = '/run/cos-agent/seen-image';
 
 /** Name of the test-only clock seam. */
 export const TEST_CLOCK_ENV = 'AGENT_TEST_CLOCK';
@@ -92,10 +97,14 @@ export class Automation {
   readonly #ours = new Set<string>();
   #started = false;
   #stopped = false;
+  readonly #root: SysRoot;
+  /** The image seen by the cosd before this one differs from the configured one: run the policy once started. */
+  #imageChangedWhileDown = false;
 
   constructor(opts: AutomationOptions) {
     this.#daemon = opts.daemon;
     this.#log = opts.log;
+    this.#root = opts.root;
     this.watcher = new ConfigWatcher(opts.root, {
       env: opts.env,
       ...(opts.debounceMs !== undefined ? { debounceMs: opts.debounceMs } : {}),
@@ -127,6 +136,34 @@ export class Automation {
   start(): void {
     this.#started = true;
     this.scheduler.start();
+    if (this.#imageChangedWhileDown) {
+      this.#imageChangedWhileDown = false;
+      this.scheduler.imageChanged();
+    }
+  }
+
+  /**
+   * The configured upgrade image as the previous cosd of this boot saw it (SEEN_IMAGE: cosd may exit when idle, and a
+   * path unit starts it again when a config file changes), and record the current one.
+   */
+  #seenImage(current: string | undefined): string | undefined {
+    const file = this.#root.path(SEEN_IMAGE);
+    let seen: string | undefined;
+    try {
+      seen = readFileSync(file, 'utf8').replace(/\n$/, '');
+    } catch {
+      seen = undefined;
+    }
+    if (current !== seen) {
+      try {
+        mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+        if (current === undefined) rmSync(file, { force: true });
+        else writeFileSync(file, `${current}\n`);
+      } catch (e) {
+        this.#log.debug({ file, err: e instanceof Error ? e.message : String(e) }, 'cannot record the configured image');
+      }
+    }
+    return seen;
   }
 
   /** Stop scheduling and watching; an automatic run in progress finishes (the daemon's stop waits for its job). */
@@ -159,6 +196,12 @@ export class Automation {
         },
         prev === undefined ? 'configuration loaded' : 'configuration reloaded',
       );
+    }
+    const image = next.config.upgradeSource?.uri;
+    const seen = this.#seenImage(image);
+    if (prev === undefined && seen !== undefined && image !== undefined && seen !== image) {
+      this.#log.info({ upgradeImage: image, before: seen }, 'the configured image changed while cosd was not running');
+      this.#imageChangedWhileDown = true;
     }
     this.scheduler.onConfigChanged(prev, next);
   }

@@ -96,6 +96,8 @@ AgentInterface.configureMembers({
 
 export interface ServiceOptions {
   log: Logger;
+  /** Told about every method call that reaches cosd (any interface, Properties and Introspect too), by sender. */
+  onCall?: (sender: string | undefined) => void;
   /** Subscribe to the daemon's state changes and completions; returns the unsubscribe function. */
   subscribe(listener: {
     changed(changes: Partial<DaemonState>): void;
@@ -109,6 +111,7 @@ export class AgentService {
   private readonly log: Logger;
   private readonly iface: AgentInterface;
   private readonly handler: (msg: Message) => boolean;
+  private readonly activity: ((msg: Message) => boolean) | undefined;
   private readonly unsubscribe: () => void;
 
   /** Export the interface on `bus` (the caller requests the bus name afterwards). */
@@ -119,6 +122,13 @@ export class AgentService {
     this.iface = new AgentInterface(agent);
     if (!wireHookInstalled) this.log.warn({}, 'dbus-next internals changed: a{sv} options are read from its objects (a repeated key goes unnoticed)');
     this.handler = (msg) => this.handle(msg);
+    const onCall = opts.onCall;
+    // First, and never claiming the call: every call counts as activity, whoever answers it.
+    this.activity = onCall !== undefined ? (msg) => {
+      onCall(msg.sender ?? undefined);
+      return false;
+    } : undefined;
+    if (this.activity !== undefined) bus.addMethodHandler(this.activity);
     bus.addMethodHandler(this.handler);
     bus.export(OBJECT_PATH, this.iface);
     this.unsubscribe = opts.subscribe({
@@ -130,6 +140,7 @@ export class AgentService {
   /** Stop answering and announcing (the interface is unexported). */
   close(): void {
     this.unsubscribe();
+    if (this.activity !== undefined) this.bus.removeMethodHandler(this.activity);
     this.bus.removeMethodHandler(this.handler);
     this.bus.unexport(OBJECT_PATH, this.iface);
   }
@@ -222,6 +233,15 @@ export interface RunningService {
   readonly uniqueName: string;
   /** Release the bus name, unexport, disconnect. */
   stop(): Promise<void>;
+  /**
+   * Give up the bus name and keep the connection (an idle daemon leaving: calls already routed to it are still
+   * answered, the next ones activate a new cosd). Resolves false when the bus did not answer.
+   */
+  releaseName(): Promise<boolean>;
+  /** Take the bus name again (without queueing); false when another cosd holds it now. */
+  requestName(): Promise<boolean>;
+  /** Which of these unique names are still on the bus. */
+  alive(names: readonly string[]): Promise<string[]>;
 }
 
 /**
@@ -256,13 +276,39 @@ export async function startService(agent: AgentPort, opts: StartOptions): Promis
   }
   const uniqueName = (bus as unknown as { name: string }).name;
   opts.log.info({ busName: BUS_NAME, uniqueName, address }, 'on the bus');
+  let released = false;
+  const hasOwner = async (name: string): Promise<boolean> => {
+    const reply = await bus.call(new dbus.Message({
+      destination: 'org.freedesktop.DBus', path: '/org/freedesktop/DBus', interface: 'org.freedesktop.DBus',
+      member: 'NameHasOwner', signature: 's', body: [name],
+    }));
+    return reply?.body[0] === true;
+  };
   return {
     uniqueName,
+    releaseName: async () => {
+      if (lost || stopping) return false;
+      const ok = await bus.releaseName(BUS_NAME).then(() => true, () => false);
+      released ||= ok;
+      return ok;
+    },
+    requestName: async () => {
+      if (lost || stopping) return false;
+      const r = await bus.requestName(BUS_NAME, dbus.NameFlag.DO_NOT_QUEUE).catch(() => undefined);
+      const ok = r === dbus.RequestNameReply.PRIMARY_OWNER || r === dbus.RequestNameReply.ALREADY_OWNER;
+      if (ok) released = false;
+      return ok;
+    },
+    alive: async (names) => {
+      const out: string[] = [];
+      for (const n of names) if (await hasOwner(n)) out.push(n);
+      return out;
+    },
     stop: async () => {
       if (stopping) return;
       stopping = true;
       // A lost connection would never answer: release only over a live one.
-      if (!lost) await bus.releaseName(BUS_NAME).catch(() => undefined);
+      if (!lost && !released) await bus.releaseName(BUS_NAME).catch(() => undefined);
       service.close();
       try {
         bus.disconnect();

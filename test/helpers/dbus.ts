@@ -165,11 +165,14 @@ export interface CosdProcess {
 /**
  * Start the real cosd against `host` (or a bare root dir: `{ root, env: {} }`) on `bus`; resolves once it logged
  * "ready". `env` adds to (and overrides) the defaults: the host's AGENT_TEST_DISK, HOME = the root, log level info,
- * a frozen AGENT_TEST_CLOCK.
+ * a frozen AGENT_TEST_CLOCK; `args` are added to cosd's (`--idle-exit 0` unless they set it).
  */
-export async function startCosd(bus: TestBus, host: Pick<CosHost, 'root' | 'env'>, env: Record<string, string> = {}): Promise<CosdProcess> {
+export async function startCosd(bus: TestBus, host: Pick<CosHost, 'root' | 'env'>, env: Record<string, string> = {}, args: readonly string[] = []): Promise<CosdProcess> {
+  // Resident unless a test asks for --idle-exit (test/daemon/idle-exit.test.ts): a test's cosd must not leave
+  // between two of its steps (the test bus has no activation).
+  const idle = args.includes('--idle-exit') ? [] : ['--idle-exit', '0'];
   // The lines must be read even when nobody waits for one: a full stdout pipe would block the daemon.
-  const child = spawn(process.execPath, [...COSD_NODE_FLAGS, COSD, '--root', host.root], {
+  const child = spawn(process.execPath, [...COSD_NODE_FLAGS, COSD, '--root', host.root, ...idle, ...args], {
     env: {
       ...process.env,
       ...host.env,

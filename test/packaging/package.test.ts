@@ -328,7 +328,7 @@ test('a derivative image built by the Dockerfile snippet (umoci) holds cosd, the
   const snippet = await readSnippet();
   t.regex(snippet.add.source, new RegExp(`^cos-agent-${PKG.version.replaceAll('.', '\\.')}-linux-(amd64|arm64)\\.tar\\.gz$`), 'the snippet ADDs this version\'s tarball');
   t.is(snippet.add.dest, '/');
-  t.deepEqual(snippet.run.argv, ['systemctl', 'enable', 'cosd.service', 'cos-agent-healthcheck.service', 'cos-setup-fs.service', 'cos-setup-boot.service', 'cos-setup-network.service', 'cos-setup-reconcile.timer']);
+  t.deepEqual(snippet.run.argv, ['systemctl', 'enable', 'cosd.service', 'cos-agent-config.path', 'cos-agent-healthcheck.service', 'cos-setup-fs.service', 'cos-setup-boot.service', 'cos-setup-network.service', 'cos-setup-reconcile.timer']);
 
   const dir = await mkdtemp(path.join(tmpdir(), 'cos-derivative-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -357,6 +357,7 @@ test('a derivative image built by the Dockerfile snippet (umoci) holds cosd, the
   const enabled = await layerEntries(layout, image.layers.run);
   const links = {
     'etc/systemd/system/multi-user.target.wants/cosd.service': 'cosd.service',
+    'etc/systemd/system/multi-user.target.wants/cos-agent-config.path': 'cos-agent-config.path',
     'etc/systemd/system/multi-user.target.wants/cos-agent-healthcheck.service': 'cos-agent-healthcheck.service',
     'etc/systemd/system/boot-complete.target.requires/cos-agent-healthcheck.service': 'cos-agent-healthcheck.service',
     // the yip stages, with cOS's install sections

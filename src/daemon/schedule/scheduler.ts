@@ -206,6 +206,17 @@ export class Scheduler {
     this.#trigger(trigger);
   }
 
+  /** A tick now, as the cron task's own (its random delay applies): the run a wake timer started cosd for. */
+  tick(): void {
+    if (this.#started && this.#cron !== undefined) this.#onTick();
+  }
+
+  /** The configured image changed while cosd was not running: run the policy as a reload would. */
+  imageChanged(): void {
+    this.#stagedDigest = undefined;
+    this.#trigger('image-changed');
+  }
+
   /** Run the policy now, as a tick would after its delay (inhibitors still apply). */
   runNow(trigger: AutomaticTrigger = 'schedule'): Promise<void> {
     this.#trigger(trigger);
