@@ -17,7 +17,7 @@ import path from 'node:path';
 import { startRegistry } from '../test/helpers/registry.ts';
 import { slotSize } from '../src/actions/upgrade/size.ts';
 import { benchVerification } from './verify.ts';
-import { benchDaemon } from './daemon.ts';
+import { benchDaemon, benchIdleExit } from './daemon.ts';
 import { benchCli } from './cli.ts';
 import { benchYip } from './yip.ts';
 import { benchPackage, benchVm } from './vm.ts';
@@ -236,6 +236,7 @@ async function main(): Promise<void> {
 
     await benchVerification(out);
     await benchDaemon(out, { reg, imageRef: ctx.imageRef, slotMiB, stateMiB, idleSeconds: Number(process.env['BENCH_IDLE_SECONDS'] ?? 60) });
+    await benchIdleExit(out);
     await benchCli(out);
     await benchYip(out);
     out();

@@ -14,6 +14,9 @@
  *    RSS, the `cosctl status --json` document and the health-check unit's result; after the guest powered off the
  *    host reads COS_STATE/boot_assessment on the disk image: marked good = enable_boot_assessment empty, the
  *    countdown cleared.
+ * 3. at the end of the same boot, the idle exit under systemd (the scenario's cosd was resident: vm-tests/lib/agent.ts
+ *    RESIDENT_COSD): switched to --idle-exit 3, cosd leaves, arms cos-agent-wake.timer for the schedule's next run,
+ *    and is started again by a call (bus activation through systemd) and by a config write (cos-agent-config.path).
  * 2. in the same boot, the yip stages run by the agent from cOS's cos-setup units (the snippet enables them): the
  *    image's /system/oem/50_cosvm.yaml (boot: a hostname, a user with an authorized key) and COS_OEM's
  *    /oem/60_cosvm.yaml (boot: a file; network: a sysctl and a file), checked from the host in the guest's report.
@@ -109,7 +112,7 @@ test('first boot under boot assessment: cosd runs under systemd, status says act
   t.log(`boot: ${(b.durationMs / 1000).toFixed(1)} s, serial log ${b.logPath}`);
   const byKind = new Map<string, Json>();
   for (const r of b.results) byKind.set(String(r['kind']), r);
-  const missing = ['env-before', 'cosd', 'rss', 'status', 'healthcheck', 'yip', 'cosd-journal', 'done'].filter((k) => !byKind.has(k));
+  const missing = ['env-before', 'cosd', 'rss', 'status', 'healthcheck', 'yip', 'idle', 'cosd-journal', 'done'].filter((k) => !byKind.has(k));
   if (b.timedOut || missing.length > 0) t.fail(`the guest did not report ${missing.join(', ') || '(timed out)'}\n${report}`);
   const envBefore = obj(byKind.get('env-before'));
   const cosd = obj(byKind.get('cosd'));
@@ -200,6 +203,27 @@ test('first boot under boot assessment: cosd runs under systemd, status says act
   t.is(yip['swappiness'], '13', `the network stage's sysctl\n${yipDiag}`);
   t.is(yip['network'], 'network stage ran', `the network stage's file\n${yipDiag}`);
 
+  // (g) idle exit under systemd: cosd leaves (exit 0, success), the schedule (the default policy check, 03:00 UTC)
+  // goes to the transient cos-agent-wake.timer, a call starts it again through the bus, and so does a config write
+  const idle = obj(byKind.get('idle'));
+  const idleDiag = `${JSON.stringify(idle)}\n${diag}`;
+  t.is(idle['left'], 'inactive success 0', `cosd left by itself, exit 0\n${idleDiag}`);
+  t.regex(String(idle['wakeNext']), /^\w{3} (\d{4}-\d{2}-\d{2}) 03:00:00 UTC$/, `the wake timer's next elapse\n${idleDiag}`);
+  t.is(idle['wakeActive'], 'active', `cos-agent-wake.timer waits\n${idleDiag}`);
+  t.regex(String(idle['wakeUnit']), /argv\[\]=\S*systemctl start cosd\.service/, `the wake starts cosd.service\n${idleDiag}`);
+  const wakeAt = String(obj(JSON.parse(String(idle['wakeRecord'] || '{}')))['at'] ?? '');
+  t.regex(wakeAt, /T03:00:00\.000Z$/, `/run/cos-agent/wake.json\n${idleDiag}`);
+  t.is(wakeAt.slice(0, 10), /(\d{4}-\d{2}-\d{2})/.exec(String(idle['wakeNext']))?.[1] ?? '', 'the record and the timer name the same instant');
+  t.true(Date.parse(wakeAt) > Date.parse(String(idle['now'])) && Date.parse(wakeAt) - Date.parse(String(idle['now'])) <= 86_400_000, `the next 03:00 UTC after now\n${idleDiag}`);
+  t.is(idle['callExit'], 0, `a GetStatus call activated cosd\n${idleDiag}`);
+  t.is(idle['called'], 'active', idleDiag);
+  t.not(idle['pid2'], idle['pid1'], 'a new process');
+  t.is(idle['again'], 'inactive', `and it left again\n${idleDiag}`);
+  t.is(idle['pathActive'], 'active', `cos-agent-config.path is enabled and waiting\n${idleDiag}`);
+  t.is(idle['byPath'], 'active', `a config write started cosd\n${idleDiag}`);
+  t.not(idle['pid3'], idle['pid2']);
+  t.true(journal.filter((l) => l.msg === 'idle: leaving; a call, the schedule\'s timer or a config change starts cosd again').length >= 2, `cosd said why it left\n${diag}`);
+
   // (e) on the disk, after power-off: the health check's mark-good disarmed boot assessment and cleared the countdown
   const after = await readGrubEnv(image, STATE_BOOT_ASSESSMENT);
   t.is(after['enable_boot_assessment'] ?? '', '', `COS_STATE/boot_assessment after the boot: ${JSON.stringify(after)}`);
@@ -222,6 +246,9 @@ test('first boot under boot assessment: cosd runs under systemd, status says act
     rssReadAfterActiveS: Number(rss['sinceActiveUs']) / 1e6,
     nodeBareStartMs: nodeBaselineMs,
     statusCallMs: Number(status['us']) / 1000,
+    idleLeftAfterMs: Number(idle['leftUs']) / 1000,
+    activationCallMs: Number(idle['callUs']) / 1000,
+    pathStartMs: Number(idle['pathUs']) / 1000,
     healthCheckMs: (Number(health['execMainExitUs']) - Number(health['execMainStartUs'])) / 1000,
     bootAssessmentBefore: envBefore['vars'],
     bootAssessmentAfter: after,
@@ -234,6 +261,7 @@ test('first boot under boot assessment: cosd runs under systemd, status says act
   t.log(`cosd log lines, ms after ExecMainStart: ${Object.entries(milestones).map(([m, ms]) => `${m} +${ms}`).join(', ')} (a bare \`node -e 0\` of the package's runtime takes ${nodeBaselineMs.toFixed(0)} ms in this guest; host load average ${loadavg().map((x) => x.toFixed(1)).join(' ')})`);
   t.log(`cosd idle RSS ${idleRssMiB.toFixed(1)} MiB (VmRSS kB ${samples.join(', ')}, ${(Number(rss['sinceActiveUs']) / 1e6).toFixed(1)} s after active; VmHWM ${String(rss['vmHwmKb'])} kB)`);
   t.log(`cosctl status --json: ${(Number(status['us']) / 1000).toFixed(0)} ms; health check: ${summary.healthCheckMs.toFixed(0)} ms; boot ${summary.bootSeconds.toFixed(1)} s; scenario wall ${wallSeconds.toFixed(1)} s (+ setup ${buildSeconds.toFixed(1)} s)`);
+  t.log(`idle exit: cosd (--idle-exit 3) left ${(summary.idleLeftAfterMs / 1000).toFixed(1)} s after its restart; a GetStatus that activated it answered in ${summary.activationCallMs.toFixed(0)} ms; a config write had it active after ${summary.pathStartMs.toFixed(0)} ms; wake timer: ${String(idle['wakeNext'])}`);
   t.log(`boot_assessment before the agent ${JSON.stringify(envBefore['vars'])}, after power-off ${JSON.stringify(after)}`);
   const summaryFile = path.join(logDir(), 'agent-first-boot-summary.json');
   await mkdir(logDir(), { recursive: true });

@@ -6,17 +6,15 @@
  * it again on the next call (D-Bus activation through a service file), as often as needed.
  */
 import test, { type ExecutionContext } from 'ava';
-import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connectAgent } from '../../src/dbus/client.ts';
-import { COSD_NODE_FLAGS, POLICY_FILE, startBus, startCosd, type TestBus } from '../helpers/dbus.ts';
+import { installActivation, POLICY_FILE, startBus, startCosd, type TestBus } from '../helpers/dbus.ts';
 
-const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const NO_DISK = { AGENT_TEST_DISK: '/dev/cos-test-no-such-disk' };
 
 async function bareRoot(t: ExecutionContext, agentYaml?: string): Promise<string> {
@@ -125,14 +123,7 @@ test('D-Bus activation: a call starts cosd through its service file; it leaves w
   const services = path.join(dir, 'services');
   await mkdir(services);
   const b = await bus(t, services);
-  const launcher = path.join(dir, 'cosd-launch');
-  const log = path.join(dir, 'cosd.log');
-  await writeFile(launcher, `#!/bin/sh
-export DBUS_SYSTEM_BUS_ADDRESS='${b.address}' AGENT_TEST_DISK=/dev/cos-test-no-such-disk HOME='${root}'
-exec '${process.execPath}' ${COSD_NODE_FLAGS.join(' ')} '${path.join(REPO, 'bin/cosd.js')}' --root '${root}' --idle-exit 1 >> '${log}' 2>&1
-`);
-  await chmod(launcher, 0o755);
-  await writeFile(path.join(services, 'io.costoolkit.Agent1.service'), `[D-BUS Service]\nName=io.costoolkit.Agent1\nExec=${launcher}\nUser=root\n`);
+  const { log } = await installActivation(b, { dir, servicedir: services, root, args: ['--idle-exit', '1'] });
   t.true((await readFile(POLICY_FILE, 'utf8')).includes('io.costoolkit.Agent1'));
   const pids: number[] = [];
   for (const round of [1, 2]) {

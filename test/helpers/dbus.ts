@@ -256,6 +256,25 @@ export async function startCosd(bus: TestBus, host: Pick<CosHost, 'root' | 'env'
   return proc;
 }
 
+/**
+ * D-Bus activation of the real cosd on `bus` (started with `servicedir`): a launcher script in `dir` and the service
+ * file in `servicedir` that dbus-daemon runs on the first call to io.costoolkit.Agent1 (as the packaging's activation
+ * file does through systemd). cosd manages `root` with `args`; its log lines are appended to the returned `log`.
+ */
+export async function installActivation(bus: TestBus, opts: { dir: string; servicedir: string; root: string; args?: readonly string[]; env?: Record<string, string> }): Promise<{ log: string }> {
+  const launcher = path.join(opts.dir, 'cosd-launch');
+  const log = path.join(opts.dir, 'cosd.log');
+  const q = (v: string): string => `'${v.replaceAll("'", "'\\''")}'`;
+  const env = { DBUS_SYSTEM_BUS_ADDRESS: bus.address, AGENT_TEST_DISK: '/dev/cos-test-no-such-disk', HOME: opts.root, ...opts.env };
+  await writeFile(launcher, `#!/bin/sh
+export ${Object.entries(env).map(([k, v]) => `${k}=${q(v)}`).join(' ')}
+exec ${q(process.execPath)} ${COSD_NODE_FLAGS.join(' ')} ${q(COSD)} --root ${q(opts.root)} ${(opts.args ?? []).map(q).join(' ')} >> ${q(log)} 2>&1
+`);
+  await chmod(launcher, 0o755);
+  await writeFile(path.join(opts.servicedir, 'io.costoolkit.Agent1.service'), `[D-BUS Service]\nName=io.costoolkit.Agent1\nExec=${launcher}\nUser=root\n`);
+  return { log };
+}
+
 export interface CallResult {
   ok: boolean;
   /** The reply body (JSON-able) when ok. */

@@ -22,6 +22,9 @@
  *     healthcheck  cos-agent-healthcheck.service Result, ExecMainStatus, ActiveState, its journal (-o cat)
  *     yip          what the cos-setup units' stages did: hostname, the user cosvm (passwd, group, authorized_keys),
  *                  /etc/cosvm-from-oem, vm.swappiness, /run/cosvm-network-stage, the units' results and journal
+ *     idle         cosd switched to --idle-exit 3 (a runtime drop-in): it leaves (Result, exit status), the wake timer it
+ *                  armed (next elapse, the unit's command, /run/cos-agent/wake.json), a GetStatus that activates it
+ *                  (exit, latency, new MainPID), it leaves again, and a config write starts it (cos-agent-config.path)
  *     cosd-journal `journalctl -u cosd -o json --output-fields=MESSAGE` (the last 200 entries: the lines with their
  *                  monotonic timestamps, for the start-up breakdown; `parseJournalJson()` parses them)
  *     done         the failed units, uptime
@@ -194,6 +197,35 @@ emit "{\\"kind\\":\\"healthcheck\\",\\"active\\":$(j "$(systemctl is-active $hc)
 yip_units=$(for u in cos-setup-fs cos-setup-boot cos-setup-network; do printf '%s %s %s %s\\n' "$u" "$(show $u.service ActiveState)" "$(show $u.service Result)" "$(show $u.service ExecMainStatus)"; done)
 emit "{\\"kind\\":\\"yip\\",\\"hostname\\":$(j "$(hostname)"),\\"etcHostname\\":$(j "$(cat /etc/hostname)"),\\"passwd\\":$(j "$(getent passwd cosvm)"),\\"group\\":$(j "$(getent group cosvm)"),\\"keys\\":$(j "$(cat /home/cosvm/.ssh/authorized_keys)"),\\"keysStat\\":$(j "$(stat -c '%U %G %a' /home/cosvm/.ssh/authorized_keys)"),\\"oemFile\\":$(j "$(cat /etc/cosvm-from-oem)"),\\"oemFileStat\\":$(j "$(stat -c '%U %a' /etc/cosvm-from-oem)"),\\"swappiness\\":$(j "$(cat /proc/sys/vm/swappiness)"),\\"network\\":$(j "$(cat /run/cosvm-network-stage)"),\\"units\\":$(j "$yip_units"),\\"journal\\":$(j "$(journalctl -u cos-setup-fs -u cos-setup-boot -u cos-setup-network -o cat --no-pager | tail -n 60)")}"
 
+# (g) idle exit (the shipped default is 60 s; the scenario's cosd was resident): cosd with a 3 s idle period leaves,
+# hands the schedule to cos-agent-wake.timer, comes back on a call (bus activation through systemd) and on a config
+# change (cos-agent-config.path)
+wait_state() { for i in $(seq 1 360); do [ "$(systemctl is-active cosd.service)" = "$1" ] && return 0; sleep 0.5; done; return 1; }
+mkdir -p /run/systemd/system/cosd.service.d
+printf '[Service]\\nExecStart=\\nExecStart=/usr/sbin/cosd --idle-exit 3\\n' > /run/systemd/system/cosd.service.d/90-cosvm-idle.conf
+systemctl daemon-reload
+systemctl restart cosd.service
+pid1=$(show cosd.service MainPID)
+t0=$(us_now); wait_state inactive; left_us=$(( $(us_now) - t0 ))
+left="$(systemctl is-active cosd.service) $(show cosd.service Result) $(show cosd.service ExecMainStatus)"
+wake_next=$(systemctl show cos-agent-wake.timer -p NextElapseUSecRealtime --value)
+wake_active=$(systemctl is-active cos-agent-wake.timer)
+wake_unit=$(systemctl show cos-agent-wake.service -p ExecStart --value)
+wake_record=$(cat /run/cos-agent/wake.json)
+t0=$(us_now)
+busctl --system --quiet --timeout=120 call io.costoolkit.Agent1 /io/costoolkit/Agent1 io.costoolkit.Agent1 GetStatus; call_rc=$?
+call_us=$(( $(us_now) - t0 ))
+called="$(systemctl is-active cosd.service)"; pid2=$(show cosd.service MainPID)
+wait_state inactive
+again=$(systemctl is-active cosd.service)
+path_active=$(systemctl is-active cos-agent-config.path)
+mkdir -p /etc/cos-agent
+t0=$(us_now)
+printf 'policy: check\\n' > /etc/cos-agent/agent.yaml
+wait_state active; path_us=$(( $(us_now) - t0 ))
+by_path=$(systemctl is-active cosd.service); pid3=$(show cosd.service MainPID)
+emit "{\\"kind\\":\\"idle\\",\\"pid1\\":$(num "$pid1"),\\"leftUs\\":$(num "$left_us"),\\"left\\":$(j "$left"),\\"wakeNext\\":$(j "$wake_next"),\\"wakeActive\\":$(j "$wake_active"),\\"wakeUnit\\":$(j "$wake_unit"),\\"wakeRecord\\":$(j "$wake_record"),\\"callExit\\":$(num "$call_rc"),\\"callUs\\":$(num "$call_us"),\\"called\\":$(j "$called"),\\"pid2\\":$(num "$pid2"),\\"again\\":$(j "$again"),\\"pathActive\\":$(j "$path_active"),\\"byPath\\":$(j "$by_path"),\\"pathUs\\":$(num "$path_us"),\\"pid3\\":$(num "$pid3"),\\"now\\":$(j "$(date -u +%FT%TZ)")}"
+
 # where the boot's time went (diagnostics for the VM suite's budget): the slowest services
 # (systemd-analyze answers only once the boot finished, after this unit: each service's start and end, monotonic us)
 emit "{\\"kind\\":\\"analyze\\",\\"units\\":$(j "$(systemctl show -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic -p ExecMainExitTimestampMonotonic '*.service' 2>/dev/null)")}"
@@ -286,8 +318,18 @@ export function parseJournalJson(text: string): JournalLine[] {
 }
 
 /**
+ * cosd resident in the scenarios' guests (a drop-in over the shipped unit: `--idle-exit 0`). The scenarios report facts
+ * of the boot's cosd process (MainPID, RSS, restarts) at moments a TCG boot does not pin down; the shipped default
+ * (leave after 60 s idle) is tried by the agent scenario's report, which switches cosd to a short idle period.
+ */
+export const RESIDENT_COSD: GuestFile = {
+  path: '/etc/systemd/system/cosd.service.d/50-cosvm-resident.conf',
+  content: '# cos-agent VM tests: cosd stays resident (vm-tests/lib/agent.ts RESIDENT_COSD)\n[Service]\nExecStart=\nExecStart=/usr/sbin/cosd --idle-exit 0\n',
+};
+
+/**
  * The disk options of an agent scenario: the package tarball unpacked at / with the snippet's units enabled, the
- * guest's fstab (COS_OEM at /oem, COS_PERSISTENT at /usr/local), the scenario's guest units, and the agent's N-tries
+ * guest's fstab (COS_OEM at /oem, COS_PERSISTENT at /usr/local), cosd resident (RESIDENT_COSD), the scenario's guest units, and the agent's N-tries
  * grub_boot_assessment where the disk builder puts cOS's (08_boot_assessment's after-install stage). `extraFiles` go
  * into the root filesystem after the rest (e.g. the trust of lib/upgrade-image.ts, an os-release VERSION).
  */
@@ -296,7 +338,7 @@ export function agentDiskOptions(pkgPath: string, enabled: readonly string[], re
     rootfs: {
       extraTarballs: [pkgPath],
       enableUnits: [...enabled],
-      files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }, ...extraFiles],
+      files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }, RESIDENT_COSD, ...extraFiles],
       units: reporter.units,
     },
     stateFiles: [{ path: 'grub_boot_assessment', text: bootAssessmentScript() }],

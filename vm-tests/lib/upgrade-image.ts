@@ -23,7 +23,7 @@ import { run } from './exec.ts';
 import { buildInitrd } from './initrd.ts';
 import { guestKernel } from './kernel.ts';
 import { prepareRootfs, rootfsKey, type GuestFile, type RootfsOptions } from './rootfs.ts';
-import { agentDiskOptions, agentPackage, COS_FSTAB, dockerfileEnabledUnits } from './agent.ts';
+import { agentDiskOptions, agentPackage, COS_FSTAB, dockerfileEnabledUnits, RESIDENT_COSD } from './agent.ts';
 import { buildCosDisk, type CosDisk } from './disk.ts';
 import { fallbackReporter, osRelease } from './fallback.ts';
 import { makeDerivativeImage, readSnippet } from '../../test/helpers/derivative.ts';
@@ -172,7 +172,7 @@ export async function upgradeScenario(log: (line: string) => void): Promise<Upgr
   const disk = await buildCosDisk({ ...agentDiskOptions(pkg.path, enabled, reporter, [...trust, { path: '/usr/lib/os-release', content: osRelease(OLD_VERSION) }]), passiveUuid: PASSIVE_UUID });
   const image = await buildUpgradeImage({
     pkg: pkg.path,
-    rootfs: { files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }, ...trust, { path: '/usr/lib/os-release', content: osRelease(NEW_VERSION) }], units: reporter.units },
+    rootfs: { files: [...reporter.files, { path: '/etc/fstab', content: COS_FSTAB }, RESIDENT_COSD, ...trust, { path: '/usr/lib/os-release', content: osRelease(NEW_VERSION) }], units: reporter.units },
     log,
   });
   return { disk, image, key };
