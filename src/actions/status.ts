@@ -6,6 +6,7 @@
  * has not mounted are mounted read-only for the duration.
  */
 import { hostname } from 'node:os';
+import { AgentError } from '../model/errors.ts';
 import path from 'node:path';
 import { HOST_API_VERSION, HOST_KIND, type HostStatusDocument, type SlotName, type SlotStatus } from '../model/host.ts';
 import { readExtFile, readSquashfsFile } from '../partitions/index.ts';
@@ -23,6 +24,10 @@ export async function hostStatus(deps: AgentDeps): Promise<HostStatusDocument> {
   const cleanup = new CleanupStack();
   try {
     const host = await readHost(deps, config, cleanup);
+    if (host.dirs.state === undefined && host.unreadable.length > 0) {
+      // Without COS_STATE nothing about the slots or the next boot can be told: say what could not be read, and how.
+      throw new AgentError('ACCESS_DENIED', `status: cannot read the host as uid ${process.geteuid?.() ?? 0}: ${host.unreadable.map((u) => `${u.name}: ${u.why}`).join('; ')}. Run it as root, or start cosd (anyone may ask it for the status)`);
+    }
     const slots = {
       active: await slotStatus(deps, host, 'active'),
       passive: await slotStatus(deps, host, 'passive'),
@@ -58,6 +63,7 @@ export async function hostStatus(deps: AgentDeps): Promise<HostStatusDocument> {
         bootAssessment: state.assessment,
         lastUpgrade: last?.result ?? null,
         failedUpgrade: failedOf(host, slots),
+        ...(host.unreadable.length > 0 ? { unreadable: host.unreadable } : {}),
       },
     };
   } finally {

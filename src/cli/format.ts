@@ -5,7 +5,7 @@
  * cannot put control characters on the terminal or a megabyte on one line.
  */
 import type { HostStatusDocument, SlotStatus } from '../model/host.ts';
-import { displayText, TEXT_LIMITS } from '../model/text.ts';
+import { displayText, TEXT_LIMITS, wrapWords } from '../model/text.ts';
 
 /** A value from outside as the text shows it. */
 const show = (s: string, max: number = TEXT_LIMITS.value): string => displayText(s, max);
@@ -57,10 +57,11 @@ function signature(s: SlotStatus): string {
  * One slot as a block: a title (● booted, + boots next), then the image, version, digest, slot and signature lines.
  * A slot without its image file says so; one whose record names another image says that its image is unknown.
  */
-function slotBlock(title: string, mark: string, s: SlotStatus): string[] {
+function slotBlock(title: string, mark: string, s: SlotStatus, notRead?: string): string[] {
   const head = `${mark} ${title}`.padStart(LABEL_WIDTH);
   const where = `${s.slot} (${s.file}${s.label !== null ? `, ${show(s.label, TEXT_LIMITS.echo)}` : ''}${s.fs !== null ? `, ${s.fs}` : ''})`;
-  if (!s.present) return [`${head}: none (no ${s.file})`];
+  // Not seen as a user is not the same as absent: say which.
+  if (!s.present) return [notRead !== undefined ? `${head}: not read (${show(notRead, TEXT_LIMITS.echo)}: see below)` : `${head}: none (no ${s.file})`];
   return [
     `${head}: ${s.image !== null ? ref(s.image) : 'unknown image (no record of it)'}`,
     field('Version', `${s.version !== null ? show(s.version, TEXT_LIMITS.echo) : '-'}${s.timestamp !== null ? ` (staged ${show(s.timestamp, TEXT_LIMITS.echo)})` : ''}`),
@@ -91,7 +92,8 @@ function renderHuman(doc: HostStatusDocument): string {
   const block = (title: string, mark: string, s: SlotStatus | null): void => {
     if (s === null) return;
     if (mark !== ' ') marks.add(mark);
-    lines.push(...slotBlock(title, mark, s), '');
+    const notRead = st.unreadable?.find((u) => u.of === s.slot || (s.slot === 'recovery' ? u.of === 'recovery' : u.of === 'state'));
+    lines.push(...slotBlock(title, mark, s, notRead?.name), '');
   };
   // The running image's slot (after a system upgrade it moved to passive), what boots next when that differs
   // (staged), the rollback, and the recovery slot.
@@ -115,6 +117,11 @@ function renderHuman(doc: HostStatusDocument): string {
   if (last) {
     const result = last.interruptedAt !== undefined ? `${last.result}, interrupted at ${show(last.interruptedAt, TEXT_LIMITS.echo)}` : last.result;
     lines.push(`Last upgrade: ${result} (${last.target}, ${last.image !== null ? ref(last.image) : '-'}, ${show(last.finishedAt, TEXT_LIMITS.echo)})${last.error ? `: ${show(last.error, TEXT_LIMITS.message)}` : ''}`);
+  }
+  if (st.unreadable !== undefined && st.unreadable.length > 0) {
+    // A user's read without cosd: what is missing above, and how to see it all.
+    lines.push('', `Not read (as uid ${process.geteuid?.() ?? '?'}; run as root, or start cosd, for the whole status):`);
+    for (const u of st.unreadable) lines.push(`  ${wrapWords(`- ${show(`${u.name}: ${u.why}`, TEXT_LIMITS.message)}`, 78, '    ')}`);
   }
   const legend = [...(marks.has('●') ? ['● runs now'] : []), ...(marks.has('+') ? ['+ boots next (staged)'] : [])];
   if (legend.length > 0) lines.push('', legend.join('   '));

@@ -3,6 +3,7 @@
  * the typo suggestions, the man page and the bash/zsh completions (src/cli/docs.ts; packaging/cosctl.1 etc., checked
  * against it by test/cli/docs.test.ts) all come from here.
  */
+import { wrapWords } from '../model/text.ts';
 
 export interface OptionSpec {
   /** Long name without the dashes. */
@@ -196,21 +197,7 @@ export function suggest(word: string, names: readonly string[]): string | undefi
 
 const optionSynopsis = (o: OptionSpec): string => `--${o.name}${o.value !== undefined ? ` ${o.value}` : ''}`;
 
-/** Wrap `text` at `width` columns, each line after the first indented by `indent`. */
-function wrap(text: string, width: number, indent: string): string {
-  const lines: string[] = [];
-  let line = '';
-  for (const word of text.split(/\s+/)) {
-    if (line !== '' && line.length + 1 + word.length > width) {
-      lines.push(line);
-      line = indent + word;
-    } else {
-      line = line === '' ? word : `${line} ${word}`;
-    }
-  }
-  if (line !== '') lines.push(line);
-  return lines.join('\n');
-}
+const wrap = wrapWords;
 
 function optionLines(options: readonly OptionSpec[]): string[] {
   return options.map((o) => {

@@ -45,9 +45,22 @@ export interface HostView {
   state: BootState;
   /** Where the partitions are visible now (undefined: not found or not mountable). */
   dirs: { state?: string; recovery?: string; oem?: string };
+  /**
+   * What a user other than root could not read (a partition the disks' probe or a mount would need root for, a slot
+   * file it may not open), each naming the part and why; empty for root. Facts derived without them are incomplete.
+   */
+  unreadable: Unreadable[];
   /** The state.yaml of COS_STATE and of COS_RECOVERY. */
   records: { state: InstallState; recovery: InstallState };
   files: Record<SlotName, SlotFile>;
+}
+
+/** A part of the host a user other than root could not read: which (a partition's role, or a slot's file), and why. */
+export interface Unreadable {
+  of: 'state' | 'recovery' | 'oem' | SlotName;
+  /** The partition's label, or the slot file (cOS/active.img). */
+  name: string;
+  why: string;
 }
 
 export interface ReadHostOptions {
@@ -60,6 +73,8 @@ export interface ReadHostOptions {
 const isDir = (p: string): Promise<boolean> => stat(p).then((s) => s.isDirectory(), () => false);
 
 const BOOT_RECORD = '/run/cos-agent/booted.json';
+/** Where cOS's initrd mounts COS_STATE (read-only) on a running host. */
+const HOST_STATE_MOUNT = '/run/initramfs/cos-state';
 /** On COS_PERSISTENT (mounted at /usr/local when booted from active or passive): identities seen running, newest last. */
 const BOOTED_IMAGES = '/usr/local/.cos-agent/booted-images';
 const BOOTED_IMAGES_KEPT = 16;
@@ -83,19 +98,40 @@ export async function readHost(scopeDeps: AgentDeps, config: AgentConfig, cleanu
   const upgradeFailure = boot.upgradeFailure || (await readOptionalText(deps.root.path('/run/cos/upgrade_failure'))) !== undefined;
   const writable = opts.writable === true;
 
-  const partDir = async (label: string, fallback: string, rw: boolean): Promise<string | undefined> => {
+  // As a user (cosctl status without cosd), the disks cannot be probed nor partitions mounted: the host's own mounts
+  // where cOS puts them are read instead, and what stays out of reach is said, never taken for absent.
+  const uid = process.geteuid?.() ?? 0;
+  const asUser = uid !== 0;
+  const unreadable: Unreadable[] = [];
+  const userMount = async (at: string | undefined): Promise<string | undefined> => {
+    if (!asUser || at === undefined) return undefined;
+    const dir = deps.root.path(at);
+    return findMountAt(dir, await readMounts().catch(() => []))?.mountPoint === dir ? dir : undefined;
+  };
+  const partDir = async (of: 'state' | 'recovery', label: string, fallback: string, rw: boolean, hostAt?: string): Promise<string | undefined> => {
     const dev = await findPartition(deps, label).catch((e: unknown) => {
       if (e instanceof AgentError && e.code === 'DEVICE_NOT_FOUND') return undefined;
       throw e;
     });
-    if (dev === undefined) return undefined;
-    return rw ? mountRw(deps, dev.device, fallback, cleanup, { restoreRo: true }) : mountRo(deps, dev.device, cleanup);
+    if (dev === undefined) {
+      const seen = await userMount(hostAt);
+      if (seen === undefined && asUser) unreadable.push({ of, name: label, why: `not found, and as uid ${uid} the disks cannot be probed (root can)` });
+      return seen;
+    }
+    try {
+      return rw ? await mountRw(deps, dev.device, fallback, cleanup, { restoreRo: true }) : await mountRo(deps, dev.device, cleanup);
+    } catch (e) {
+      if (!asUser) throw e;
+      unreadable.push({ of, name: label, why: `not mounted by the host, and as uid ${uid} it cannot be mounted (root can)` });
+      return undefined;
+    }
   };
   const dirs = { ...opts.dirs };
-  dirs.state ??= await partDir(config.labels.state, MOUNT_POINTS.state, writable);
-  dirs.recovery ??= await partDir(config.labels.recovery, MOUNT_POINTS.recovery, false).catch(() => undefined);
+  dirs.state ??= await partDir('state', config.labels.state, MOUNT_POINTS.state, writable, HOST_STATE_MOUNT);
+  dirs.recovery ??= await partDir('recovery', config.labels.recovery, MOUNT_POINTS.recovery, false).catch(() => undefined);
   if (dirs.oem === undefined) {
     const dev = await findPartition(deps, config.labels.oem).catch(() => undefined);
+    if (dev === undefined) dirs.oem = await userMount('/oem');
     if (dev !== undefined) {
       const host = await hostMountOf(deps, dev.device);
       if (host !== undefined && (!writable || !host.readOnly)) dirs.oem = host.dir;
@@ -117,9 +153,15 @@ export async function readHost(scopeDeps: AgentDeps, config: AgentConfig, cleanu
     let label: string | null = null;
     if (dir !== undefined) {
       for (const f of candidates) {
-        const st = await stat(path.join(dir, f)).catch(() => undefined);
+        const st = await stat(path.join(dir, f)).catch((e: NodeJS.ErrnoException) => {
+          if (asUser && (e.code === 'EACCES' || e.code === 'EPERM')) unreadable.push({ of: slot, name: f, why: `as uid ${uid}: ${e.code}` });
+          return undefined;
+        });
         if (!st?.isFile()) continue;
-        const ident = await readImageIdentity(path.join(dir, f)).catch(() => undefined);
+        const ident = await readImageIdentity(path.join(dir, f)).catch((e: NodeJS.ErrnoException) => {
+          if (asUser && (e.code === 'EACCES' || e.code === 'EPERM')) unreadable.push({ of: slot, name: f, why: `its filesystem cannot be read as uid ${uid}: ${e.code}` });
+          return undefined;
+        });
         found = { file: f, present: true, size: st.size, fs: ident?.fs ?? null };
         id = ident?.id ?? null;
         label = ident?.label ?? null;
@@ -155,7 +197,7 @@ export async function readHost(scopeDeps: AgentDeps, config: AgentConfig, cleanu
     assessmentScript,
     labels: { active: config.labels.active, passive: config.labels.passive },
   };
-  return { boot, facts, state: deriveBootState(facts), dirs, records, files };
+  return { boot, facts, state: deriveBootState(facts), dirs, records, files, unreadable };
 }
 
 /** readHost in a scope of its own: the read-only mounts it made are undone before it returns (their errors logged). */

@@ -111,5 +111,10 @@ export interface HostStatusDocument {
      * it, and the tries it was given (null: not armed by the agent). Null otherwise.
      */
     failedUpgrade: { slot: 'active' | 'passive'; image: string | null; digest: string | null; version: string | null; uuid: string | null; triesUsed: number | null } | null;
+    /**
+     * Only when a user other than root read the host without cosd: what it could not read, each naming the part and
+     * why (host/bootchooser.ts). The rest is what could be read.
+     */
+    unreadable?: Array<{ of: 'state' | 'recovery' | 'oem' | SlotName; name: string; why: string }>;
   };
 }

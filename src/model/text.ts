@@ -140,3 +140,19 @@ export function utf8Length(s: string): number {
   }
   return n;
 }
+
+/** Wrap `text` at `width` columns on spaces, each line after the first indented by `indent`. */
+export function wrapWords(text: string, width: number, indent: string): string {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(/\s+/)) {
+    if (line !== '' && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = indent + word;
+    } else {
+      line = line === '' ? word : `${line} ${word}`;
+    }
+  }
+  if (line !== '') lines.push(line);
+  return lines.join('\n');
+}

@@ -62,3 +62,55 @@ test('as nobody, reading commands are not refused for access: status and check f
     t.not(r.code, EXIT_CODES.ACCESS_DENIED.exit, `${args[0]}: ${r.stderr}`);
   }
 });
+
+/** A loop-device cOS host a user may read as on a real one: directories 0755, files 0644 (the RO mounts as they are). */
+async function readableHost(t: import('ava').ExecutionContext): Promise<CosHost> {
+  const { createCosHost } = await import('../helpers/cos-host.ts');
+  const host = await createCosHost({});
+  t.teardown(() => host.close());
+  const { execFile } = await import('node:child_process');
+  // chmod fails inside the read-only COS_STATE mount (its files are readable already): that is expected.
+  await new Promise<void>((resolve) => execFile('chmod', ['-R', 'a+rX', path.dirname(host.root)], () => resolve()));
+  return host;
+}
+
+test('as nobody without cosd, status shows what the host mounts and names what it could not read, never "none"', async (t) => {
+  const host = await readableHost(t);
+  const asRoot = await cosctl(host, ['status', '--json'], NO_BUS);
+  t.is(asRoot.code, 0, asRoot.stderr);
+  const rootDoc = JSON.parse(asRoot.stdout) as { status: Record<string, unknown> };
+  t.is(rootDoc.status['unreadable'], undefined, 'root reads everything');
+
+  const json = await cosctl(host, ['status', '--json'], NO_BUS, { uid: NOBODY });
+  t.is(json.code, 0, json.stderr);
+  const doc = JSON.parse(json.stdout) as { status: { unreadable?: Array<{ of: string; name: string; why: string }>; nextBoot: unknown; booted: { slot: string } | null; slots: Record<string, { present: boolean }> } };
+  // COS_STATE: read from the host's own read-only mount, as root sees it.
+  t.deepEqual(doc.status.nextBoot, (rootDoc.status as { nextBoot: unknown }).nextBoot);
+  t.is(doc.status.booted?.slot, 'active');
+  t.true(doc.status.slots['passive']?.present);
+  // COS_RECOVERY is not mounted by the host: a user cannot probe or mount it, and the document says so.
+  t.deepEqual(doc.status.unreadable?.map((u) => [u.of, u.name]), [['recovery', 'COS_RECOVERY']]);
+  t.regex(doc.status.unreadable?.[0]?.why ?? '', /as uid 65534 .*\(root can\)/);
+
+  const human = await cosctl(host, ['status'], NO_BUS, { uid: NOBODY });
+  t.is(human.code, 0, human.stderr);
+  t.regex(human.stdout, /Recovery image: not read \(COS_RECOVERY: see below\)/);
+  t.notRegex(human.stdout, /none \(no cOS\/recovery\.img\)|NOTHING BOOTABLE/);
+  t.regex(human.stdout, /Not read \(as uid 65534; run as root, or start cosd, for the whole status\):\n {2}- COS_RECOVERY: /);
+  t.regex(human.stdout, /Next boot: active: the default entry/);
+  t.true(human.stdout.split('\n').every((l) => l.length <= 80), 'fits 80 columns');
+});
+
+test('as nobody without cosd and no COS_STATE it can read, status is ACCESS_DENIED naming the partition and the fix', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cosctl-access-nostate-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const { chmod, mkdir, writeFile } = await import('node:fs/promises');
+  await chmod(dir, 0o755);
+  await mkdir(path.join(dir, 'etc'), { mode: 0o755 });
+  await writeFile(path.join(dir, 'etc/os-release'), 'NAME=cOS\nVERSION=0.8.10\n', { mode: 0o644 });
+  const host = { root: dir, env: { AGENT_TEST_DISK: '/dev/cos-test-no-such-disk' } } as unknown as CosHost;
+  const r = await cosctl(host, ['status'], NO_BUS, { uid: NOBODY });
+  t.is(r.code, EXIT_CODES.ACCESS_DENIED.exit, r.stderr);
+  t.is(r.stdout, '');
+  t.regex(r.stderr, /^cosctl: status: cannot read the host as uid 65534: COS_STATE: not found, and as uid 65534 the disks cannot be probed \(root can\)[^\n]*Run it as root, or start cosd \(anyone may ask it for the status\)\n$/);
+});
