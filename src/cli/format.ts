@@ -102,21 +102,29 @@ function renderHuman(doc: HostStatusDocument): string {
   block('Booted image', '●', st.booted);
   block('Staged image', '+', st.staged);
   block('Rollback image', ' ', st.rollback);
-  if (st.booted?.slot !== 'recovery' && st.staged?.slot !== 'recovery' && st.rollback?.slot !== 'recovery') block('Recovery image', ' ', st.slots.recovery);
+  // A slot none of those names (after a one-shot rollback, the upgrade waiting in active for the boot after) is
+  // still shown: every slot's image is on the screen.
+  const shown = new Set([st.booted?.slot, st.staged?.slot, st.rollback?.slot]);
+  for (const slot of ['active', 'passive'] as const) if (!shown.has(slot) && st.slots[slot].present) block(`${slot === 'active' ? 'Active' : 'Passive'} image`, ' ', st.slots[slot]);
+  if (!shown.has('recovery')) block('Recovery image', ' ', st.slots.recovery);
   const moved = st.booted !== null && st.booted.slot !== st.bootedFrom ? ` (the running image is ${st.booted.file} now)` : '';
-  lines.push(`Booted from: ${st.bootedFrom}${moved}${st.upgradeFailure ? ', after the last upgrade failed boot assessment and was rolled back' : ''}`);
-  lines.push(`Next boot: ${nextBootText(st.nextBoot)}`);
+  // The lines below fit 80 columns too: wrapped under their value.
+  const line = (label: string, value: string): void => {
+    lines.push(wrapWords(`${label}: ${value}`, 80, ' '.repeat(label.length + 2)));
+  };
+  line('Booted from', `${st.bootedFrom}${moved}${st.upgradeFailure ? ', after the last upgrade failed boot assessment and was rolled back' : ''}`);
+  line('Next boot', nextBootText(st.nextBoot));
   lines.push(`Boot assessment: ${assessmentText(st.bootAssessment)}`);
   const f = st.failedUpgrade;
   if (f) {
     const tries = f.triesUsed === null ? '' : ` after ${f.triesUsed} ${f.triesUsed === 1 ? 'try' : 'tries'}`;
-    lines.push(`Rolled back: ${f.image !== null ? ref(f.image) : 'the image'} in ${f.slot}${f.version !== null ? ` (version ${show(f.version, TEXT_LIMITS.echo)})` : ''} failed boot assessment${tries}; it is not staged again unless --force`);
+    line('Rolled back', `${f.image !== null ? ref(f.image) : 'the image'} in ${f.slot}${f.version !== null ? ` (version ${show(f.version, TEXT_LIMITS.echo)})` : ''} failed boot assessment${tries}; it is not staged again unless --force`);
   }
   if (doc.spec.image) lines.push(`Upgrade source: ${ref(doc.spec.image.image)}${doc.spec.verify ? '' : ' (signature verification OFF)'}`);
   const last = st.lastUpgrade;
   if (last) {
     const result = last.interruptedAt !== undefined ? `${last.result}, interrupted at ${show(last.interruptedAt, TEXT_LIMITS.echo)}` : last.result;
-    lines.push(`Last upgrade: ${result} (${last.target}, ${last.image !== null ? ref(last.image) : '-'}, ${show(last.finishedAt, TEXT_LIMITS.echo)})${last.error ? `: ${show(last.error, TEXT_LIMITS.message)}` : ''}`);
+    line('Last upgrade', `${result} (${last.target}, ${last.image !== null ? ref(last.image) : '-'}, ${show(last.finishedAt, TEXT_LIMITS.echo)})${last.error ? `: ${show(last.error, TEXT_LIMITS.message)}` : ''}`);
   }
   if (st.unreadable !== undefined && st.unreadable.length > 0) {
     // A user's read without cosd: what is missing above, and how to see it all.

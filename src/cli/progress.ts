@@ -16,12 +16,29 @@ export interface ProgressRenderer {
   stop(): void;
 }
 
-const mib = (n: number): string => (n / 1048576).toFixed(1);
+/** PURE: the binary unit a byte count reads best in (KiB under 1 MiB, MiB under 1 GiB, else GiB). */
+function unitOf(n: number): [number, string] {
+  if (n >= 1024 ** 3) return [1024 ** 3, 'GiB'];
+  if (n >= 1024 ** 2) return [1024 ** 2, 'MiB'];
+  return [1024, 'KiB'];
+}
+
+/** PURE: "0.4/4.0 MiB", "12.0/30.5 KiB": done and total in the total's unit (a small layer never reads 0.0 MiB). */
+export function bytesOf(done: number, total: number): string {
+  const [u, name] = unitOf(total);
+  return `${(done / u).toFixed(1)}/${(total / u).toFixed(1)} ${name}`;
+}
+
+/** PURE: "12.3 MiB", "512.0 KiB". */
+export function bytesText(n: number): string {
+  const [u, name] = unitOf(n);
+  return `${(n / u).toFixed(1)} ${name}`;
+}
 
 /** The phases of a job in the order they first appear; the bar counts them (a phase seen again counts no step back). */
 export const PHASES: readonly Progress['operation'][] = ['checking', 'verifying', 'staging', 'hooks', 'downloading', 'finalizing'];
 
-/** PURE: "12.3 MiB/s, 4 s left" from the bytes done over the last few seconds; '' when not known. */
+/** PURE: "12.3 MiB/s, 4 s left" (or KiB/s) from the bytes done over the last few seconds; '' when not known. */
 export function rateText(samples: ReadonlyArray<{ at: number; bytes: number }>, total: number): string {
   const first = samples[0];
   const last = samples[samples.length - 1];
@@ -29,7 +46,7 @@ export function rateText(samples: ReadonlyArray<{ at: number; bytes: number }>, 
   const rate = ((last.bytes - first.bytes) * 1000) / (last.at - first.at);
   const left = Math.max(0, total - last.bytes) / rate;
   const eta = left < 60 ? `${Math.ceil(left)} s` : `${Math.floor(left / 60)} min ${Math.ceil(left % 60)} s`;
-  return ` | ${mib(rate)} MiB/s, ${eta} left`;
+  return ` | ${bytesText(rate)}/s, ${eta} left`;
 }
 
 export function progressRenderer(out: NodeJS.WritableStream & { isTTY?: boolean }): ProgressRenderer {
@@ -41,7 +58,7 @@ export function progressRenderer(out: NodeJS.WritableStream & { isTTY?: boolean 
       if (p.operation === 'downloading') {
         if (p.percent < lastPct + 10 && p.percent !== 100) return;
         lastPct = p.percent;
-        out.write(`[${p.operation}] ${p.percent}% ${p.message} (${mib(p.bytesDone)}/${mib(p.bytesTotal)} MiB)\n`);
+        out.write(`[${p.operation}] ${p.percent}% ${p.message} (${bytesOf(p.bytesDone, p.bytesTotal)})\n`);
         return;
       }
       const line = `[${p.operation}] ${p.message}`;
@@ -60,7 +77,7 @@ function ttyRenderer(out: NodeJS.WritableStream): ProgressRenderer {
   const bar = new cliProgress.SingleBar({
     stream: out as NodeJS.WriteStream,
     // `{total}` is cli-progress's own (the bar's 100 steps): the byte total goes by another name.
-    format: '[{step}/{steps}] {operation} [{bar}] {percentage}% | {message} | {doneMiB}/{totalMiB} MiB{rate}',
+    format: '[{step}/{steps}] {operation} [{bar}] {percentage}% | {message}{bytes}{rate}',
     hideCursor: true,
     clearOnComplete: false,
     noTTYOutput: false,
@@ -80,7 +97,7 @@ function ttyRenderer(out: NodeJS.WritableStream): ProgressRenderer {
       samples = [...samples.filter((x) => now - x.at <= 3000), { at: now, bytes: p.bytesDone }];
     }
     const payload = {
-      step, steps: PHASES.length, operation: p.operation.padEnd(11), message: p.message.slice(0, 40), doneMiB: mib(p.bytesDone), totalMiB: mib(p.bytesTotal),
+      step, steps: PHASES.length, operation: p.operation.padEnd(11), message: p.message.slice(0, 40), bytes: p.bytesTotal > 0 ? ` | ${bytesOf(p.bytesDone, p.bytesTotal)}` : '',
       rate: p.operation === 'downloading' && p.bytesDone < p.bytesTotal ? rateText(samples, p.bytesTotal) : '',
     };
     if (!started) {

@@ -52,9 +52,24 @@ test('the human view says who signed a verified image, digests shortened, wrappe
 test('the human view of a one-shot rollback: the slot that boots once, why, and what boots after', (t) => {
   const d = doc();
   d.status.nextBoot = { entry: 'fallback', oneShot: true, slot: 'passive', reason: 'one-shot', upgradeFailure: false, then: { entry: 'cos', slot: 'active' } };
-  t.regex(renderStatus(d, 'human'), /^Next boot: passive: once, as chosen with cosctl rollback \(next_entry\); the boot after runs active$/m);
+  const out = renderStatus(d, 'human');
+  t.regex(out.replace(/\n +/g, ' '), /^Next boot: passive: once, as chosen with cosctl rollback \(next_entry\); the boot after runs active$/m);
+  t.regex(out, /^Next boot: passive: once, as chosen with cosctl rollback \(next_entry\); the boot\n {11}after runs active$/m, 'wrapped under its value, within 80 columns');
   d.status.nextBoot = { entry: 'cos', oneShot: false, slot: null, reason: 'grub-fallback', upgradeFailure: false };
   t.regex(renderStatus(d, 'human'), /^Next boot: NOTHING BOOTABLE/m);
+});
+
+test('every slot\'s image is on the screen: after a one-shot rollback, the upgrade waiting in active has its own block', (t) => {
+  const d = doc();
+  // As the model has it after `cosctl rollback` with an upgrade staged: passive runs and boots once; nothing is
+  // "staged" for the next boot, but active still holds the upgrade the boot after runs.
+  d.status.staged = null;
+  d.status.nextBoot = { entry: 'fallback', oneShot: true, slot: 'passive', reason: 'one-shot', upgradeFailure: false, then: { entry: 'cos', slot: 'active' } };
+  const out = renderStatus(d, 'human');
+  t.regex(out, /^ +Active image: r\/os:2\n {9}Version: 2\.0\n/m);
+  t.is(out.match(/Slot: active \(/g)?.length, 1);
+  t.notRegex(out, /Passive image:/, 'passive is shown already (booted, rollback)');
+  t.true(out.split('\n').every((l) => l.length <= 80), out);
 });
 
 test('JSON and YAML carry the same document', (t) => {
@@ -86,5 +101,5 @@ test('the human view shows outside text escaped and bounded: control bytes from 
   t.regex(out, /^Upgrade source: reg\/os:\\x1b\]0;pwned\\x07a+\[\.\.\. \d+ characters left out \.\.\.\]a+/m);
   t.regex(out, /r\/os:1\\x1b\[2J/);
   t.regex(out, /Version: 1\.0\\x07/);
-  t.regex(out, /^Last upgrade: failure .*: invalid image reference "b+\[\.\.\. \d+ characters left out \.\.\.\]b+"\\x1b\[31m$/m);
+  t.regex(out.replace(/\n +/g, ' '), /^Last upgrade: failure .*: invalid image reference "b+\[\.\.\. \d+ characters left out \.\.\.\]b+"\\x1b\[31m$/m);
 });

@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { Writable } from 'node:stream';
-import { PHASES, progressRenderer, rateText } from '../../src/cli/progress.ts';
+import { bytesOf, bytesText, PHASES, progressRenderer, rateText } from '../../src/cli/progress.ts';
 
 function tty(): { stream: Writable & { isTTY: boolean; columns: number }; text(): string } {
   const chunks: string[] = [];
@@ -14,6 +14,15 @@ function tty(): { stream: Writable & { isTTY: boolean; columns: number }; text()
 }
 
 const MiB = 1048576;
+
+test('bytes in the unit of the total: a small layer reads in KiB, never 0.0 MiB; a rate in its own unit', (t) => {
+  t.is(bytesOf(12 * 1024, 30.5 * 1024), '12.0/30.5 KiB');
+  t.is(bytesOf(0, 300), '0.0/0.3 KiB');
+  t.is(bytesOf(0.4 * MiB, 4 * MiB), '0.4/4.0 MiB');
+  t.is(bytesOf(MiB, 3 * 1024 * MiB), '0.0/3.0 GiB');
+  t.is(bytesText(512 * 1024), '512.0 KiB');
+  t.is(rateText([{ at: 0, bytes: 0 }, { at: 1000, bytes: 100 * 1024 }], 10 * MiB), ' | 100.0 KiB/s, 1 min 42 s left');
+});
 
 test('rateText: MiB/s and the time left from the last samples; nothing before half a second of data', (t) => {
   t.is(rateText([{ at: 0, bytes: 0 }, { at: 1000, bytes: 10 * MiB }], 40 * MiB), ' | 10.0 MiB/s, 3 s left');

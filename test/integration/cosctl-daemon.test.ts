@@ -251,9 +251,10 @@ test.serial('cosctl upgrade under a TTY draws the cli-progress bar (redrawn in p
   const r = await upgrading;
   t.is(r.code, 0, r.stdout);
   t.is(r.stderr, '', 'under the pty everything arrives on stdout');
-  // Each frame: back to column 1, "[<phase>/6] <operation> [<40 shades>] <n>% | <message> | <done>/<total> MiB" and,
-  // while downloading, " | <rate> MiB/s, <n> s left" once a rate is known; clear to the end of the line.
-  const frames = [...r.stdout.matchAll(/\u001b\[1G\[(\d)\/6\] (\w+) +\[([\u2588\u2591]{40})\] (\d{1,3})% \| ([^|\u001b]*) \| (\d+\.\d)\/(\d+\.\d) MiB( \| \d+\.\d MiB\/s, (\d+ min )?\d+ s left)?\u001b\[0K/g)];
+  // Each frame: back to column 1, "[<phase>/6] <operation> [<40 shades>] <n>% | <message>", with bytes
+  // " | <done>/<total> <KiB|MiB|GiB>" (in the total's unit) while there are some, and while downloading
+  // " | <rate> <unit>/s, <n> s left" once a rate is known; clear to the end of the line.
+  const frames = [...r.stdout.matchAll(/\u001b\[1G\[(\d)\/6\] (\w+) +\[([\u2588\u2591]{40})\] (\d{1,3})% \| ([^|\u001b]*)(?: \| (\d+\.\d)\/(\d+\.\d) (KiB|MiB|GiB))?( \| \d+\.\d [KMG]iB\/s, (\d+ min )?\d+ s left)?\u001b\[0K/g)];
   t.true(frames.length >= 3, `bar frames: ${frames.length}\n${JSON.stringify(r.stdout)}`);
   t.is(r.stdout.split('\u001b[1G').length - 1, frames.length, 'every redraw is a whole bar frame');
   for (const [, , , bar, pct] of frames) {
@@ -263,9 +264,10 @@ test.serial('cosctl upgrade under a TTY draws the cli-progress bar (redrawn in p
   t.deepEqual(steps, [...steps].sort((a, b) => a - b), `the phase count never goes back: ${steps.join(' ')}`);
   // The MiB figures are the layer's bytes (not cli-progress's own 100-step total): the finished download frame
   // reads n/n with n the compressed layer size.
-  const layerMiB = (layerSize / 1048576).toFixed(1);
+  const [unitBytes, unit] = layerSize >= 1048576 ? [1048576, 'MiB'] : [1024, 'KiB'];
+  const layerInUnit = (layerSize / unitBytes).toFixed(1);
   const downloads = frames.filter((f) => f[2] === 'downloading');
-  t.true(downloads.every((f) => f[7] === layerMiB), `download totals ${downloads.map((f) => f[7]).join(',')} vs ${layerMiB}`);
+  t.true(downloads.every((f) => f[7] === layerInUnit && f[8] === unit), `download totals ${downloads.map((f) => `${f[7]} ${f[8]}`).join(',')} vs ${layerInUnit} ${unit}`);
   t.true(frames.every((f) => f[2] !== 'downloading' || Number(f[6]) <= Number(f[7])));
   const ops = frames.map((f) => f[2]);
   t.log(frames.map((f) => `[${f[1]}/6] ${f[2]} ${f[4]}%`).join(' -> '));
