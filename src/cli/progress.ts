@@ -127,9 +127,11 @@ function ttyRenderer(out: NodeJS.WritableStream): ProgressRenderer {
         write();
         return;
       }
-      out.write('\r\u001b[2K');
+      // cli-progress turns the terminal's line wrap off while it draws (ESC[?7l, so a long bar is cut, not wrapped):
+      // the note is written with wrap on, whole on as many lines as it takes, then wrap goes off again for the bar.
+      out.write('\r\u001b[2K\u001b[?7h');
       write();
-      out.write('\u001b7');
+      out.write('\u001b[?7l\u001b7');
     },
     stop() {
       if (!started) return;

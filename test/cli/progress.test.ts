@@ -57,7 +57,7 @@ test('a failure clears the bar\'s line; a note clears it first so the bar never 
   bar.note(() => {
     noted = out.text();
   });
-  t.true(noted.endsWith('\r\u001b[2K'), 'the line is cleared before the note is written');
+  t.true(noted.endsWith('\r\u001b[2K\u001b[?7h'), 'the line is cleared, and line wrap is on again, before the note is written');
   bar.stop();
   t.true(out.text().endsWith('\u001b[1A\r\u001b[2K'), 'the last frame is cleared after a failure');
 });
