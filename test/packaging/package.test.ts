@@ -40,6 +40,7 @@ const SYSTEM_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 const INTEGRATION_FILES: Readonly<Record<string, string>> = {
   'usr/lib/systemd/system/cosd.service': 'systemd/cosd.service',
   'usr/lib/systemd/system/cos-agent-healthcheck.service': 'systemd/cos-agent-healthcheck.service',
+  'usr/lib/systemd/system/cos-agent-config.path': 'systemd/cos-agent-config.path',
   'usr/share/dbus-1/system.d/io.costoolkit.Agent1.conf': 'packaging/io.costoolkit.Agent1.conf',
   'usr/share/dbus-1/system-services/io.costoolkit.Agent1.service': 'packaging/io.costoolkit.Agent1.service',
   'usr/share/dbus-1/interfaces/io.costoolkit.Agent1.xml': 'src/dbus/interface.xml',
