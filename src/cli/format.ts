@@ -92,7 +92,8 @@ function renderHuman(doc: HostStatusDocument): string {
   const block = (title: string, mark: string, s: SlotStatus | null): void => {
     if (s === null) return;
     if (mark !== ' ') marks.add(mark);
-    const notRead = st.unreadable?.find((u) => u.of === s.slot || (s.slot === 'recovery' ? u.of === 'recovery' : u.of === 'state'));
+    // Its own entry (a file, or COS_RECOVERY for recovery), else for active and passive COS_STATE's.
+    const notRead = st.unreadable?.find((u) => u.of === s.slot || (s.slot !== 'recovery' && u.of === 'state'));
     lines.push(...slotBlock(title, mark, s, notRead?.name), '');
   };
   // The running image's slot (after a system upgrade it moved to passive), what boots next when that differs

@@ -197,13 +197,11 @@ export function suggest(word: string, names: readonly string[]): string | undefi
 
 const optionSynopsis = (o: OptionSpec): string => `--${o.name}${o.value !== undefined ? ` ${o.value}` : ''}`;
 
-const wrap = wrapWords;
-
 function optionLines(options: readonly OptionSpec[]): string[] {
   return options.map((o) => {
     const head = `  ${o.short !== undefined ? `-${o.short}, ` : ''}${optionSynopsis(o)}`.padEnd(24);
     // The help text in a column from 25: wrapped to fit 80, continuation lines indented to the column.
-    const help = wrap(o.help, 80 - 25, '').split('\n');
+    const help = wrapWords(o.help, 80 - 25, '').split('\n');
     const first = head.length > 24 ? [head.trimEnd(), ...help.map((l) => `${' '.repeat(25)}${l}`)] : [`${head} ${help[0] ?? ''}`, ...help.slice(1).map((l) => `${' '.repeat(25)}${l}`)];
     return first.join('\n');
   });
@@ -236,13 +234,13 @@ export function commandUsage(c: CommandSpec): string {
 /** `cosctl COMMAND --help` / `cosctl help COMMAND`. */
 export function commandHelp(c: CommandSpec): string {
   return [
-    wrap(commandUsage(c), 80, '         '),
+    wrapWords(commandUsage(c), 80, '         '),
     '',
-    wrap(`${c.summary.charAt(0).toUpperCase()}${c.summary.slice(1)}.`, 80, ''),
+    wrapWords(`${c.summary.charAt(0).toUpperCase()}${c.summary.slice(1)}.`, 80, ''),
     '',
-    ...c.details.flatMap((d) => [wrap(d, 80, ''), '']),
+    ...c.details.flatMap((d) => [wrapWords(d, 80, ''), '']),
     ...(c.operand !== undefined ? ['Arguments:', ...optionLines([{ name: '', help: c.operand.help }]).map((l, i) => (i === 0 ? `  ${c.operand!.name.padEnd(22)}${l.slice(24)}` : l)), ''] : []),
     ...(c.options.length > 0 ? ['Options:', ...optionLines(c.options), ''] : []),
-    wrap(`Global options: ${GLOBAL_OPTIONS.map((o) => optionSynopsis(o)).join(', ')} (see cosctl --help).`, 80, ''),
+    wrapWords(`Global options: ${GLOBAL_OPTIONS.map((o) => optionSynopsis(o)).join(', ')} (see cosctl --help).`, 80, ''),
   ].join('\n');
 }

@@ -14,11 +14,12 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
-import { createCosHost, type CosHost, type CosHostOptions } from '../helpers/cos-host.ts';
-import { startBus, startCosd } from '../helpers/dbus.ts';
+import type { CosHost } from '../helpers/cos-host.ts';
+import { startCosd } from '../helpers/dbus.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { holdLayerDownload, type HeldLayer } from '../helpers/fault-proxy.ts';
+import { daemonHost, firstLayer } from '../helpers/daemon-host.ts';
 import { cosctl, grubList, imageCat, mountOptions, sha256File } from '../helpers/cosctl.ts';
 import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
 import { AgentClient } from '../../src/dbus/client.ts';
@@ -31,24 +32,11 @@ let layerSize = 0;
 test.before(async () => {
   reg = await startRegistry();
   v2 = await pushOsImage(reg, 'cos/os:v2', '2.0.0');
-  const manifest = await fetch(`${reg.url}/v2/cos/os/manifests/v2`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
-  const layers = ((await manifest.json()) as { layers: Array<{ digest: string; size: number }> }).layers;
-  v2Layer = layers[0]?.digest ?? '';
-  layerSize = layers[0]?.size ?? 0;
+  ({ digest: v2Layer, size: layerSize } = await firstLayer(reg, 'cos/os', 'v2'));
 });
 test.after.always(async () => {
   await reg?.stop();
 });
-
-async function daemonHost(t: { teardown: (fn: () => Promise<void>) => void }, opts: CosHostOptions = {}) {
-  const bus = await startBus();
-  t.teardown(() => bus.stop());
-  const host = await createCosHost({ ...opts, files: { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\n', ...opts.files } });
-  t.teardown(() => host.close());
-  const cosd = await startCosd(bus, host);
-  t.teardown(async () => { await cosd.stop(); });
-  return { bus, host, cosd, env: { DBUS_SYSTEM_BUS_ADDRESS: bus.address } };
-}
 
 test.serial('cosctl upgrade runs the job in cosd, prints its progress, and exits 0', async (t) => {
   const { host, cosd, env } = await daemonHost(t);

@@ -10,10 +10,10 @@ import { once } from 'node:events';
 import { readdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { createCosHost, type CosHost } from '../helpers/cos-host.ts';
-import { startBus, startCosd, type CosdProcess, type TestBus } from '../helpers/dbus.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { holdLayerDownload, type HeldLayer } from '../helpers/fault-proxy.ts';
+import { daemonHost, firstLayer } from '../helpers/daemon-host.ts';
 import { cosctl, imageCat, mountOptions, sha256File } from '../helpers/cosctl.ts';
 import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
 
@@ -25,8 +25,7 @@ let layer = '';
 test.before(async () => {
   reg = await startRegistry();
   await pushOsImage(reg, 'cos/os:v2', '2.0.0');
-  const manifest = await fetch(`${reg.url}/v2/cos/os/manifests/v2`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
-  layer = ((await manifest.json()) as { layers: Array<{ digest: string }> }).layers[0]?.digest ?? '';
+  layer = (await firstLayer(reg, 'cos/os', 'v2')).digest;
 });
 test.after.always(async () => {
   await reg?.stop();
@@ -52,18 +51,6 @@ function startCosctl(host: CosHost, args: string[], env: Record<string, string> 
   child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
   const exit = once(child, 'exit').then(([code]) => code as number | null);
   return { child, out: () => out, err: () => err, exit };
-}
-
-async function daemonHost(t: ExecutionContext): Promise<{ bus: TestBus; host: CosHost; cosd: CosdProcess; env: Record<string, string> }> {
-  const bus = await startBus();
-  t.teardown(() => bus.stop());
-  const host = await createCosHost({ files: CONFIG });
-  t.teardown(() => host.close());
-  const cosd = await startCosd(bus, host);
-  t.teardown(async () => {
-    await cosd.stop();
-  });
-  return { bus, host, cosd, env: { DBUS_SYSTEM_BUS_ADDRESS: bus.address } };
 }
 
 const slots = async (host: CosHost): Promise<string[]> => [await sha256File(host.statePath('cOS/active.img')), await sha256File(host.statePath('cOS/passive.img'))];

@@ -10,11 +10,10 @@ import test, { type ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomBytes } from 'node:crypto';
-import { createCosHost, type CosHost } from '../helpers/cos-host.ts';
-import { startBus, startCosd } from '../helpers/dbus.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { holdLayerDownload } from '../helpers/fault-proxy.ts';
+import { daemonHost, firstLayer } from '../helpers/daemon-host.ts';
 import { cosctlInvocation, sha256File } from '../helpers/cosctl.ts';
 import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
 
@@ -23,8 +22,7 @@ let layer = '';
 test.before(async () => {
   reg = await startRegistry();
   await pushOsImage(reg, 'cos/os:v2', '2.0.0');
-  const manifest = await fetch(`${reg.url}/v2/cos/os/manifests/v2`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
-  layer = ((await manifest.json()) as { layers: Array<{ digest: string }> }).layers[0]?.digest ?? '';
+  layer = (await firstLayer(reg, 'cos/os', 'v2')).digest;
 });
 test.after.always(async () => {
   await reg?.stop();
@@ -68,18 +66,6 @@ async function inTmux(t: ExecutionContext, argv: readonly string[], env: Record<
       throw new Error(`the screen never showed ${re}:\n${last}`);
     },
   };
-}
-
-async function daemonHost(t: ExecutionContext): Promise<{ host: CosHost; env: Record<string, string> }> {
-  const bus = await startBus();
-  t.teardown(() => bus.stop());
-  const host = await createCosHost({ files: { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\n' } });
-  t.teardown(() => host.close());
-  const cosd = await startCosd(bus, host);
-  t.teardown(async () => {
-    await cosd.stop();
-  });
-  return { host, env: { DBUS_SYSTEM_BUS_ADDRESS: bus.address } };
 }
 
 const BAR = /^\[(\d)\/6\] (\w+) +\[[\u2588\u2591]{40}\] (\d{1,3})% \| (.*)$/;
