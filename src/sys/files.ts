@@ -5,6 +5,7 @@
  */
 import { open, readFile, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import { SpawnRunner } from './runner.ts';
 
 /** fsync a directory (its entries); filesystems that cannot (EINVAL, ENOTSUP) are tolerated. */
 export async function fsyncDir(dir: string): Promise<void> {
@@ -17,6 +18,18 @@ export async function fsyncDir(dir: string): Promise<void> {
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * syncfs(2) on the filesystem holding `p` (coreutils `sync -f`). An fsync makes a change durable for the kernel, which
+ * replays the ext4 journal when it mounts; GRUB reads the disk without replaying it. Until the committed metadata
+ * (directory entries, inodes, extent blocks) is written to its home blocks, which the kernel's flusher does some 30 s
+ * later, GRUB sees the names and extents of before, or a mix of before and after: a power cut in that window left a
+ * disk that GRUB could not boot from any entry (the VM power-cut test, cut at record-state). syncfs writes those
+ * home blocks, so what GRUB reads is what the kernel reads.
+ */
+export async function syncFilesystem(p: string): Promise<void> {
+  await new SpawnRunner().run({ argv: ['sync', '-f', '--', p], description: `writing the filesystem holding ${p} to its disk` });
 }
 
 /** Temp-file names only need to be unique among this process's writes in flight (pid + counter; 'wx' checks). */

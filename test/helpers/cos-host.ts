@@ -81,7 +81,40 @@ export interface CosHost {
   close(): Promise<void>;
   /** What is still mounted under the temp dir and still attached from files inside it. */
   leaks(): Promise<{ mounts: string[]; loops: string[] }>;
+  /**
+   * GRUB's own view of a partition, through grub-fstest on the disk file: GRUB's filesystem drivers, which replay no
+   * ext4 journal, as GRUB at boot does. The loop device writes to the disk file through the page cache, so the file
+   * holds what a power cut at this instant would leave on the disk, whatever the kernel still keeps in its journal.
+   */
+  grub(label: CosLabel): GrubView;
   [Symbol.asyncDispose](): Promise<void>;
+}
+
+export interface GrubView {
+  /** Names in a directory (`/cOS/`), sorted. */
+  ls(dir: string): Promise<string[]>;
+  /** CRC-32 of a file as GRUB reads it (hex, as `grub-fstest crc` prints it), or the error GRUB gives. */
+  crc(file: string): Promise<{ crc: string } | { error: string }>;
+}
+
+function grubView(disk: string, part: number): GrubView {
+  const fstest = async (...args: string[]): Promise<{ ok: boolean; out: string }> => {
+    const r = await new SpawnRunner()
+      .run({ argv: ['grub-fstest', disk, ...args], description: `grub-fstest ${args.join(' ')}`, okExitCodes: [1] });
+    return { ok: r.exitCode === 0, out: `${r.stdout}${r.stderr}`.trim() };
+  };
+  const at = (p: string): string => `(loop0,gpt${part})${p}`;
+  return {
+    async ls(dir) {
+      const r = await fstest('ls', at(dir));
+      if (!r.ok) throw new Error(`GRUB cannot list ${dir}: ${r.out}`);
+      return r.out.split(/\s+/).filter((n) => n !== '').sort();
+    },
+    async crc(file) {
+      const r = await fstest('crc', at(file));
+      return r.ok ? { crc: r.out } : { error: r.out };
+    },
+  };
 }
 
 const DEFAULT_VERSIONS = { active: '0.8.10', passive: '0.8.9', recovery: '0.8.8' } as const;
@@ -430,9 +463,11 @@ export async function createCosHost(opts: CosHostOptions = {}): Promise<CosHost>
     const parts = await ensurePartitionNodes(runner, loop, LAYOUT.length, madeNodes);
     const devices = Object.fromEntries(LAYOUT.map(([label], i) => [label, parts[i] as string])) as Record<CosLabel, string>;
 
-    // 3. Filesystems.
+    // 3. Filesystems. 4 KiB blocks as on a real cOS disk (mkfs picks 1 KiB for a filesystem this small): with 1 KiB
+    // blocks, mkfs -d leaves an image's all-zero first block a hole, and GRUB 2.06 cannot read a file whose first
+    // extent starts after block 0 ("invalid extent").
     const mkfs4 = (label: CosLabel, tree: string): Promise<unknown> =>
-      runner.run({ argv: ['mkfs.ext4', '-q', '-F', '-L', label, '-d', tree, devices[label]], description: `formatting ${label}` });
+      runner.run({ argv: ['mkfs.ext4', '-q', '-F', '-b', '4096', '-L', label, '-d', tree, devices[label]], description: `formatting ${label}` });
     const mtoolsEnv = { MTOOLS_SKIP_CHECK: '1' };
     await Promise.all([
       (async () => {
@@ -504,6 +539,7 @@ export async function createCosHost(opts: CosHostOptions = {}): Promise<CosHost>
       peek,
       close,
       leaks,
+      grub: (label) => grubView(disk, LAYOUT.findIndex(([l]) => l === label) + 1),
       [Symbol.asyncDispose]: close,
     };
   } catch (err) {

@@ -5,10 +5,13 @@
  * After each crash: both GRUB entries still find an image with the right label, the next run finishes (or cleans up)
  * what the crash left, and then nothing is left behind (mounts, loop devices, transition or journal files, COS_STATE
  * rw), the records agree with the images, the running image is in a slot, and the next upgrade succeeds.
+ * A kill is not a power cut: the kernel still writes back what it holds. What a power cut at that instant would leave
+ * is checked through GRUB's own reader (CosHost.grub), which replays no ext4 journal, as GRUB at boot does.
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
-import { readdir, stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { crc32 } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -33,8 +36,27 @@ test.after.always(async () => {
 const image = (tag: string): string => `${reg.host}/cos/os:${tag}`;
 const ino = async (host: CosHost, f: string): Promise<number> => (await stat(host.statePath(f))).ino;
 
+/**
+ * A power cut now would leave on the disk what the kernel shows: GRUB, reading COS_STATE without replaying the ext4
+ * journal, finds the images its entries boot (active.img, passive.img) where the kernel does, and reads the same bytes
+ * in them and in the GRUB files of COS_STATE (boot_assessment, grub_oem_env, grubcustom, grub_boot_assessment).
+ * (The agent's own files, the switch journal or a transition image, need not be visible to GRUB yet.)
+ */
+async function grubSeesKernel(t: ExecutionContext, host: CosHost, what: string): Promise<void> {
+  const slots = (names: string[]): string[] => names.filter((n) => n === 'active.img' || n === 'passive.img').sort();
+  const names = slots(await readdir(host.statePath('cOS')));
+  const grub = host.grub('COS_STATE');
+  t.deepEqual(slots(await grub.ls('/cOS/')), names, `${what}: GRUB finds in cOS/ the slot images the kernel finds`);
+  const files = [...names.map((n) => `cOS/${n}`), 'boot_assessment', 'grub_oem_env', 'grubcustom', 'grub_boot_assessment'];
+  for (const f of files) {
+    const kernel = crc32(await readFile(host.statePath(f))).toString(16).padStart(8, '0');
+    t.deepEqual(await grub.crc(`/${f}`), { crc: kernel }, `${what}: GRUB reads in ${f} the bytes the kernel reads`);
+  }
+}
+
 /** Both GRUB entries find their image with the label their cmdline names (or a journal will make it so). */
 async function entriesBoot(t: ExecutionContext, host: CosHost, what: string): Promise<void> {
+  await grubSeesKernel(t, host, what);
   const names = await readdir(host.statePath('cOS'));
   t.true(names.includes('active.img'), `${what}: active.img exists (${names.join(' ')})`);
   t.is(await imageLabel(host.statePath('cOS/active.img')), 'COS_ACTIVE', `${what}: the default entry's image is labelled COS_ACTIVE`);
