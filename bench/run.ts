@@ -39,7 +39,8 @@ import {
 
 const MiB = 1024 * 1024;
 const TARGET_VS_PIPELINE = 1.5;
-const TARGET_VS_FLOOR = 1.4;
+// issue 12: the agent within 1.3x of the floor (gunzip to /dev/null + write the bytes once + fsync)
+const TARGET_VS_FLOOR = 1.3;
 const TARGET_DISK = 1.05;
 
 const out = (line = ''): void => {
