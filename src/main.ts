@@ -34,6 +34,8 @@ import { advanceToNextEvent, Automation, TEST_CLOCK_ENV, testClockFromEnv } from
 import { StatusWatcher } from './daemon/status-watch.ts';
 import { IdleMonitor } from './daemon/idle.ts';
 import { systemdWaker } from './daemon/wake.ts';
+import { DEFAULT_METRICS_FILE, MetricsFile } from './daemon/metrics-file.ts';
+import { VERSION } from './version.ts';
 
 /** Default idle period before cosd leaves (systemd's hostnamed waits 30 s, fwupd two hours). */
 export const DEFAULT_IDLE_EXIT_S = 60;
@@ -44,12 +46,14 @@ export interface DaemonIo {
   env: NodeJS.ProcessEnv;
 }
 
-const USAGE = `usage: cosd [--root DIR] [--idle-exit SECONDS]
+const USAGE = `usage: cosd [--root DIR] [--idle-exit SECONDS] [--metrics-file PATH]
   --root DIR           manage the cOS host whose root is DIR (default /); the bus is DBUS_SYSTEM_BUS_ADDRESS, else
                        the system bus
   --idle-exit SECONDS  leave after SECONDS with no call, no job and no connected caller (default ${DEFAULT_IDLE_EXIT_S});
                        the bus, a systemd timer (the schedule) and cos-agent-config.path start cosd again;
-                       0 stays resident`;
+                       0 stays resident
+  --metrics-file PATH  node_exporter textfile with the agent's metrics, rewritten on every change (default
+                       ${DEFAULT_METRICS_FILE}, written when its directory exists; '' writes none)`;
 
 /** A running daemon: `stopped` resolves with the exit status once it has left the bus. */
 export interface Cosd {
@@ -60,9 +64,9 @@ export interface Cosd {
 
 /** Parse argv, start the daemon. Throws AgentError USAGE on bad arguments. */
 export async function startDaemon(argv: readonly string[], io: DaemonIo): Promise<Cosd | null> {
-  let values: { root?: string; help?: boolean; 'idle-exit'?: string };
+  let values: { root?: string; help?: boolean; 'idle-exit'?: string; 'metrics-file'?: string };
   try {
-    ({ values } = parseArgs({ args: [...argv], strict: true, allowPositionals: false, options: { root: { type: 'string' }, 'idle-exit': { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
+    ({ values } = parseArgs({ args: [...argv], strict: true, allowPositionals: false, options: { root: { type: 'string' }, 'idle-exit': { type: 'string' }, 'metrics-file': { type: 'string' }, help: { type: 'boolean', short: 'h' } } }));
   } catch (e) {
     throw new AgentError('USAGE', `${e instanceof Error ? e.message : String(e)}\n${USAGE}`);
   }
@@ -137,6 +141,10 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
     automation.stop();
     throw e;
   }
+  const metricsPath = values['metrics-file'] ?? DEFAULT_METRICS_FILE;
+  const metrics = metricsPath === '' ? undefined
+    : new MetricsFile({ root, file: metricsPath, createDir: values['metrics-file'] !== undefined, log, version: VERSION });
+  await metrics?.attach(daemon);
 
   let resolveStopped: (code: number) => void = () => {};
   const stopped = new Promise<number>((resolve) => {
@@ -189,6 +197,8 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
       automation.stop();
       statusWatcher.stop();
       await daemon.stop();
+      metrics?.detach();
+      await metrics?.idle();
       await service?.stop();
       log.info({}, 'stopped');
       resolveStopped(code);

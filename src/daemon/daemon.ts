@@ -124,6 +124,8 @@ export interface DaemonListener {
    * or upgrade of the configured system image (no image or recovery override): the automatic-update policy may act on it.
    */
   finished?(record: TransactionRecord, configuredSource: boolean): void;
+  /** The status document was read again (at start, after each job, after a change outside cosd). */
+  statusRefreshed?(doc: HostStatusDocument): void;
 }
 
 export interface DaemonDeps {
@@ -295,6 +297,11 @@ export class AgentDaemon implements AgentPort {
     return this.current;
   }
 
+  /** The status document as last read (null before the first read succeeded). */
+  get statusDocument(): HostStatusDocument | null {
+    return this.statusDoc;
+  }
+
   subscribe(listener: DaemonListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
@@ -423,6 +430,7 @@ export class AgentDaemon implements AgentPort {
         this.statusText = `${JSON.stringify(doc, null, 2)}\n`;
         this.statusError = null;
         this.set({ bootedSlot: doc.status.bootedFrom, upgradeFailure: doc.status.upgradeFailure, slots: slotSummaries(doc) });
+        for (const l of this.listeners) l.statusRefreshed?.(doc);
       } catch (e) {
         this.statusError = toAgentError(e);
         this.log.warn({ code: this.statusError.code, err: this.statusError.message }, 'could not read the host status');

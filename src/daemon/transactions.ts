@@ -17,6 +17,8 @@ import { readLastResult } from '../host/records.ts';
 import type { JobKind } from './job.ts';
 
 const FILES = ['/run/cos-agent/last-transaction.json', '/usr/local/.cos-agent/last-transaction.json'] as const;
+/** The last check, kept apart (the metrics report it after later jobs of other kinds, and across an idle exit). */
+const LAST_CHECK = '/run/cos-agent/last-check.json';
 
 /** Completion result codes (the Completed signal's `result`). */
 export const RESULT = { ok: 0, failed: 1, cancelled: 2 } as const;
@@ -146,11 +148,18 @@ export async function recordTransaction(root: SysRoot, rec: TransactionRecord): 
   const [volatile, persistent] = FILES.map((f) => root.path(f)) as [string, string];
   await mkdir(path.dirname(volatile), { recursive: true });
   await writeFileAtomic(volatile, text);
+  if (rec.kind === 'check') await writeFileAtomic(root.path(LAST_CHECK), text);
   if (await stat(root.path('/usr/local')).then((s) => s.isDirectory(), () => false)) {
     await mkdir(path.dirname(persistent), { recursive: true }).then(() => writeFileAtomic(persistent, text)).catch((e: unknown) => {
       throw new AgentError('STATE_INVALID', `the outcome of ${rec.transaction} is kept in ${volatile} only (lost at the next reboot): writing ${persistent} failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
     });
   }
+}
+
+/** The last check recorded in this boot (recordTransaction), or null when none is (or it is unreadable). */
+export async function readLastCheck(root: SysRoot): Promise<TransactionRecord | null> {
+  const parsed = await readFile(root.path(LAST_CHECK), 'utf8').then((t) => JSON.parse(t) as unknown).catch(() => null);
+  return isRecord(parsed) && parsed.kind === 'check' ? boundRecord(parsed) : null;
 }
 
 /** The upgrade result record of result.ts, as a transaction record. */

@@ -15,12 +15,12 @@ export interface DaemonHost {
   env: { DBUS_SYSTEM_BUS_ADDRESS: string };
 }
 
-export async function daemonHost(t: { teardown: (fn: () => Promise<void>) => void }, opts: CosHostOptions = {}): Promise<DaemonHost> {
+export async function daemonHost(t: { teardown: (fn: () => Promise<void>) => void }, opts: CosHostOptions = {}, cosdArgs: readonly string[] = []): Promise<DaemonHost> {
   const bus = await startBus();
   t.teardown(() => bus.stop());
   const host = await createCosHost({ ...opts, files: { '/etc/cos/config': 'DEFAULT_IMAGE_SIZE=48\n', ...opts.files } });
   t.teardown(() => host.close());
-  const cosd = await startCosd(bus, host);
+  const cosd = await startCosd(bus, host, {}, cosdArgs);
   t.teardown(async () => {
     await cosd.stop();
   });
