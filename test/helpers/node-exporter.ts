@@ -3,8 +3,8 @@
  * serving on 127.0.0.1 (a free port), stopped with the test; scrape() parses what it serves.
  */
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { freePort } from './registry.ts';
 
 export interface Sample { name: string; labels: Record<string, string>; value: number }
 
@@ -12,14 +12,6 @@ export interface NodeExporter {
   url: string;
   /** The samples it serves now (comments dropped), parsed from the exposition text. */
   scrape(): Promise<Sample[]>;
-}
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise((resolve) => srv.close(resolve));
-  return port;
 }
 
 const unescape = (v: string): string => v.replace(/\\(["\\n])/g, (_m, c: string) => (c === 'n' ? '\n' : c));
