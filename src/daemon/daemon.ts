@@ -126,6 +126,8 @@ export interface DaemonListener {
   finished?(record: TransactionRecord, configuredSource: boolean): void;
   /** The status document was read again (at start, after each job, after a change outside cosd). */
   statusRefreshed?(doc: HostStatusDocument): void;
+  /** A read of the status document failed: the copy kept (statusDocument) is the last one read. */
+  statusFailed?(error: AgentError): void;
 }
 
 export interface DaemonDeps {
@@ -270,6 +272,7 @@ export class AgentDaemon implements AgentPort {
   /** statusDoc as JSON, serialised once per refresh. */
   private statusText = '';
   private statusError: AgentError | null = null;
+  private updateKnown = false;
   private refreshChain: Promise<void> = Promise.resolve();
   /** Whether a read of the status is queued or running, and when the last one began (performance.now()). */
   private refreshing = false;
@@ -302,6 +305,19 @@ export class AgentDaemon implements AgentPort {
     return this.statusDoc;
   }
 
+  /** Whether the last read of the status document succeeded (statusDocument is current). */
+  get statusReadOk(): boolean {
+    return this.statusError === null;
+  }
+
+  /**
+   * Whether UpdateAvailable is known: a check of the configured image said so, in this run or (restored at start) in
+   * the last job of this boot, or an upgrade to it cleared it. False: the property's `false` only means "not known".
+   */
+  get updateAvailableKnown(): boolean {
+    return this.updateKnown;
+  }
+
   subscribe(listener: DaemonListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
@@ -320,6 +336,7 @@ export class AgentDaemon implements AgentPort {
       // UpdateAvailable as the last check of the configured image left it (a check of another image says nothing).
       const configured = this.current.config?.upgradeImage.replace(/^oci:/, '');
       if (last?.kind === 'check' && last.result === RESULT.ok && last.details.image !== undefined && last.details.image === configured) {
+        this.updateKnown = last.details.updateAvailable !== undefined;
         this.set({ updateAvailable: last.details.updateAvailable === true });
       }
       // One probe pass of the block devices for the whole start: the recovery, /oem/grubenv and the first status read.
@@ -434,6 +451,7 @@ export class AgentDaemon implements AgentPort {
       } catch (e) {
         this.statusError = toAgentError(e);
         this.log.warn({ code: this.statusError.code, err: this.statusError.message }, 'could not read the host status');
+        for (const l of this.listeners) l.statusFailed?.(this.statusError);
       } finally {
         this.refreshing = false;
       }
@@ -595,6 +613,7 @@ export class AgentDaemon implements AgentPort {
     else log.error({ kind, code: rec.code, err: rec.error, cancelled: result === RESULT.cancelled }, result === RESULT.cancelled ? 'job cancelled' : 'job failed');
     // UpdateAvailable is about the configured image: its checks set it, an upgrade to it clears it.
     const configured = pending?.configuredSource === true && result === RESULT.ok;
+    if (configured && ((kind === 'check' && details.updateAvailable !== undefined) || kind === 'upgrade')) this.updateKnown = true;
     this.set({
       lastTransaction: rec,
       // A job's success does not hide a configuration error that is still in effect.

@@ -22,11 +22,14 @@ export const DEFAULT_METRICS_FILE = '/var/lib/node_exporter/textfile_collector/c
 
 export interface MetricsSource {
   readonly statusDocument: HostStatusDocument | null;
+  readonly statusReadOk: boolean;
   readonly state: { readonly updateAvailable: boolean };
+  readonly updateAvailableKnown: boolean;
   subscribe(listener: {
     changed?(changes: { updateAvailable?: boolean }): void;
     finished?(record: TransactionRecord): void;
     statusRefreshed?(doc: HostStatusDocument): void;
+    statusFailed?(error: Error): void;
   }): () => void;
 }
 
@@ -67,6 +70,7 @@ export class MetricsFile {
         this.schedule(source);
       },
       statusRefreshed: () => this.schedule(source),
+      statusFailed: () => this.schedule(source),
     });
     this.schedule(source);
     await this.idle();
@@ -93,9 +97,16 @@ export class MetricsFile {
       this.#pending = false;
       const doc = source.statusDocument;
       if (doc === null) return;
-      const text = renderMetrics({ agentVersion: this.#version, status: doc, updateAvailable: source.state.updateAvailable, lastCheck: this.#lastCheck });
-      if (text === this.#written) return;
-      await this.#write(text);
+      try {
+        const text = renderMetrics({
+          agentVersion: this.#version, status: doc, statusReadOk: source.statusReadOk,
+          updateAvailable: source.updateAvailableKnown ? source.state.updateAvailable : null, lastCheck: this.#lastCheck,
+        });
+        if (text !== this.#written) await this.#write(text);
+      } catch (e) {
+        // Never left rejected: the next change writes again.
+        this.#once('render', () => this.#log.warn({ err: e instanceof Error ? e.message : String(e) }, 'metrics: cannot render the metrics'));
+      }
     });
   }
 

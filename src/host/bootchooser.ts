@@ -325,6 +325,20 @@ export async function installBootAssessment(dirs: { state?: string; oem?: string
     await writeFileAtomic(file, text);
     changed.push(file);
   };
+  try {
+    await installBootAssessmentFiles(dirs, put, changed);
+  } finally {
+    // What was written reaches the disk where GRUB reads it, even when a later write failed.
+    for (const dir of [dirs.state, dirs.oem]) if (dir !== undefined && changed.some((f) => f.startsWith(`${dir}/`))) await syncFs(dir);
+  }
+  return changed;
+}
+
+async function installBootAssessmentFiles(
+  dirs: { state?: string; oem?: string },
+  put: (file: string, text: string) => Promise<void>,
+  changed: string[],
+): Promise<void> {
   if (dirs.state !== undefined) {
     const script = path.join(dirs.state, 'grub_boot_assessment');
     const want = bootAssessmentScript();
@@ -341,8 +355,6 @@ export async function installBootAssessment(dirs: { state?: string; oem?: string
     await updateGrubEnvFile(file, {}, { create: true });
     changed.push(file);
   }
-  for (const dir of [dirs.state, dirs.oem]) if (dir !== undefined && changed.some((f) => f.startsWith(`${dir}/`))) await syncFs(dir);
-  return changed;
 }
 
 /**

@@ -21,6 +21,8 @@ export interface JobOutcome {
 export interface MetricsInput {
   agentVersion: string;
   status: HostStatusDocument;
+  /** Whether the last read of the status succeeded (false: `status` is the last copy read, from before). */
+  statusReadOk: boolean;
   /** cosd's UpdateAvailable (the last check of the configured image); null when not known. */
   updateAvailable: boolean | null;
   lastCheck: JobOutcome | null;
@@ -80,6 +82,10 @@ export function metricFamilies(input: MetricsInput): Family[] {
   const lastUpgrade = st.lastUpgrade;
   const fams: Family[] = [
     { name: 'cos_agent_info', help: 'The cos-agent version that wrote these metrics.', type: 'gauge', samples: [{ labels: { version: input.agentVersion }, value: 1 }] },
+    {
+      name: 'cos_agent_status_read_ok', help: 'Whether the last read of the host status succeeded (0: the values below are from the last read that did).', type: 'gauge',
+      samples: [{ value: bit(input.statusReadOk) }],
+    },
     {
       name: 'cos_agent_booted_slot', help: 'The slot the running system booted from (1 for that slot).', type: 'gauge',
       samples: BOOTED.map((slot) => ({ labels: { slot }, value: bit(st.bootedFrom === slot) })),

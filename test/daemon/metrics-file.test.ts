@@ -1,7 +1,8 @@
 /**
  * MetricsFile (src/daemon/metrics-file.ts) on a temp root with a stand-in daemon: the default path only where its
  * directory exists, an explicit one created, unchanged text not rewritten, a burst ending with its last state, the last check kept
- * across a restart (read back from /run/cos-agent/last-check.json), and a failed write warned once, then retried.
+ * across a restart (read back from /run/cos-agent/last-check.json), a failed write warned once, then retried, a failed
+ * status read marked, and UpdateAvailable left out until it is known.
  */
 import test from 'ava';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -31,6 +32,8 @@ const doc = (bootedFrom: 'active' | 'passive'): HostStatusDocument => ({
 /** A stand-in for AgentDaemon: a status copy, UpdateAvailable, and its listeners. */
 class FakeDaemon implements MetricsSource {
   statusDocument: HostStatusDocument | null = doc('active');
+  statusReadOk = true;
+  updateAvailableKnown = false;
   state = { updateAvailable: false };
   readonly listeners = new Set<Parameters<MetricsSource['subscribe']>[0]>();
   subscribe(l: Parameters<MetricsSource['subscribe']>[0]): () => void {
@@ -43,6 +46,15 @@ class FakeDaemon implements MetricsSource {
   }
   finished(r: TransactionRecord): void {
     for (const l of this.listeners) l.finished?.(r);
+  }
+  failed(): void {
+    this.statusReadOk = false;
+    for (const l of this.listeners) l.statusFailed?.(new Error('EIO'));
+  }
+  update(available: boolean): void {
+    this.updateAvailableKnown = true;
+    this.state = { updateAvailable: available };
+    for (const l of this.listeners) l.changed?.({ updateAvailable: available });
   }
 }
 
@@ -137,4 +149,23 @@ test('a write that fails is warned about once and retried with the next change; 
   d.refreshed(doc('active'));
   await m.idle();
   t.regex(await readFile(path.join(dir, 'blocked/c.prom'), 'utf8'), /^cos_agent_booted_slot\{slot="active"\} 1$/m);
+});
+
+test('a failed status read says so (status_read_ok 0) beside the last values read; UpdateAvailable only once it is known', async (t) => {
+  const dir = await tempRoot(t);
+  const file = path.join(dir, 'm/c.prom');
+  const d = new FakeDaemon();
+  const m = new MetricsFile({ root: new SysRoot(dir), file: '/m/c.prom', createDir: true, log: recordingLog(), version: '0.1.0' });
+  await m.attach(d);
+  let text = await readFile(file, 'utf8');
+  t.regex(text, /^cos_agent_status_read_ok 1$/m);
+  t.notRegex(text, /cos_agent_update_available/, 'not known: left out, not 0');
+  d.update(false);
+  await m.idle();
+  t.regex(await readFile(file, 'utf8'), /^cos_agent_update_available 0$/m, 'known: 0 is a value');
+  d.failed();
+  await m.idle();
+  text = await readFile(file, 'utf8');
+  t.regex(text, /^cos_agent_status_read_ok 0$/m);
+  t.regex(text, /^cos_agent_booted_slot\{slot="active"\} 1$/m, 'the last values read stay, marked as such');
 });

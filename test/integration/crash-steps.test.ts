@@ -6,7 +6,8 @@
  *
  * After each crash:
  *   - both GRUB entries boot per the on-disk state: active.img and passive.img carry their labels and pass e2fsck,
- *     the recovery image is intact;
+ *     the recovery image is intact, and GRUB, which replays no ext4 journal, reads the slot images, the GRUB env
+ *     blocks and the recovery image as the kernel does (helpers/grub-view.ts: what a power cut there would leave);
  *   - once the journal is written (commit-switch and later), boot assessment is armed for the new active already, so a
  *     reboot right there boots it tentatively, with the fallback behind it;
  *   - the next run finishes (or discards) what the crash left: no mount, loop device, transition or journal file,
@@ -24,6 +25,7 @@ import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { cosctl, cosStatus, grubList, imageCat, imageLabel, mountOptions, testHost } from '../helpers/cosctl.ts';
 import { startBus, startCosd } from '../helpers/dbus.ts';
+import { grubSeesKernel, grubSeesRecovery } from '../helpers/grub-view.ts';
 
 const run = promisify(execFile);
 let reg: TestRegistry;
@@ -75,6 +77,7 @@ async function crashAt(t: ExecutionContext, host: CosHost, args: string[], point
 
 /** Both GRUB entries find an image with their label that passes fsck (a committed journal is finished next run). */
 async function entriesBoot(t: ExecutionContext, host: CosHost, what: string): Promise<void> {
+  await grubSeesKernel(t, host, what);
   const names = await readdir(host.statePath('cOS'));
   t.true(names.includes('active.img') && names.includes('passive.img'), `${what}: both slot files (${names.join(' ')})`);
   t.is(await imageLabel(host.statePath('cOS/active.img')), 'COS_ACTIVE', `${what}: the default entry's image`);
@@ -134,6 +137,7 @@ for (const flavour of ['img', 'squashfs'] as const) {
       const file = flavour === 'img' ? 'recovery.img' : 'recovery.squashfs';
       const args = ['upgrade', '--recovery', '--no-verify', '--image', image('v2')];
       await crashAt(t, host, args, point);
+      await grubSeesRecovery(t, host, file, `after the crash at ${point}`);
       const left = await host.peek('COS_RECOVERY', async (dir) => (await readdir(`${dir}/cOS`)).sort());
       t.true(left.includes(file), `the recovery image has its name after the crash (${left.join(' ')})`);
       const recovery = (): Promise<string> => host.peek('COS_RECOVERY', (dir) => flavour === 'img'

@@ -6,18 +6,18 @@
  * what the crash left, and then nothing is left behind (mounts, loop devices, transition or journal files, COS_STATE
  * rw), the records agree with the images, the running image is in a slot, and the next upgrade succeeds.
  * A kill is not a power cut: the kernel still writes back what it holds. What a power cut at that instant would leave
- * is checked through GRUB's own reader (CosHost.grub), which replays no ext4 journal, as GRUB at boot does.
+ * is checked through GRUB's own reader (helpers/grub-view.ts), which replays no ext4 journal, as GRUB at boot does.
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
-import { readdir, readFile, stat } from 'node:fs/promises';
-import { crc32 } from 'node:zlib';
+import { readdir, stat } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { CosHost } from '../helpers/cos-host.ts';
 import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
+import { grubSeesKernel } from '../helpers/grub-view.ts';
 import { cosctl, cosStatus, grubList, imageCat, imageLabel, mountOptions, testHost } from '../helpers/cosctl.ts';
 
 const run = promisify(execFile);
@@ -35,24 +35,6 @@ test.after.always(async () => {
 
 const image = (tag: string): string => `${reg.host}/cos/os:${tag}`;
 const ino = async (host: CosHost, f: string): Promise<number> => (await stat(host.statePath(f))).ino;
-
-/**
- * A power cut now would leave on the disk what the kernel shows: GRUB, reading COS_STATE without replaying the ext4
- * journal, finds the images its entries boot (active.img, passive.img) where the kernel does, and reads the same bytes
- * in them and in the GRUB files of COS_STATE (boot_assessment, grub_oem_env, grubcustom, grub_boot_assessment).
- * (The agent's own files, the switch journal or a transition image, need not be visible to GRUB yet.)
- */
-async function grubSeesKernel(t: ExecutionContext, host: CosHost, what: string): Promise<void> {
-  const slots = (names: string[]): string[] => names.filter((n) => n === 'active.img' || n === 'passive.img').sort();
-  const names = slots(await readdir(host.statePath('cOS')));
-  const grub = host.grub('COS_STATE');
-  t.deepEqual(slots(await grub.ls('/cOS/')), names, `${what}: GRUB finds in cOS/ the slot images the kernel finds`);
-  const files = [...names.map((n) => `cOS/${n}`), 'boot_assessment', 'grub_oem_env', 'grubcustom', 'grub_boot_assessment'];
-  for (const f of files) {
-    const kernel = crc32(await readFile(host.statePath(f))).toString(16).padStart(8, '0');
-    t.deepEqual(await grub.crc(`/${f}`), { crc: kernel }, `${what}: GRUB reads in ${f} the bytes the kernel reads`);
-  }
-}
 
 /** Both GRUB entries find their image with the label their cmdline names (or a journal will make it so). */
 async function entriesBoot(t: ExecutionContext, host: CosHost, what: string): Promise<void> {

@@ -43,6 +43,8 @@ test.serial('node_exporter serves the agent\'s metrics: the booted image, then t
 
   let s = await scrapeUntil(ne.scrape, (x) => value(x, 'cos_agent_info') === 1);
   t.is(value(s, 'node_textfile_scrape_error'), 0, 'node_exporter parsed the file');
+  t.is(value(s, 'cos_agent_status_read_ok'), 1);
+  t.is(value(s, 'cos_agent_update_available'), undefined, 'no check of the configured image yet: not known, not 0');
   t.is(value(s, 'cos_agent_booted_slot', { slot: 'active' }), 1);
   t.is(value(s, 'cos_agent_booted_slot', { slot: 'passive' }), 0);
   t.is(value(s, 'cos_agent_next_boot_slot', { slot: 'active' }), 1);
@@ -74,6 +76,7 @@ test.serial('node_exporter serves the agent\'s metrics: the booted image, then t
   const err = s.find((x) => x.name === 'cos_agent_last_check_error');
   t.truthy(err?.labels.code, 'the failed check\'s error code');
   t.is(value(s, 'cos_agent_last_upgrade_success'), 1, 'the upgrade\'s values stay');
+  t.is(value(s, 'cos_agent_update_available'), undefined, 'a check of another image says nothing about the configured one');
   // The file is replaced whole: no temp file is left beside it for the collector to read.
   t.deepEqual(await readdir(dir), ['cos_agent.prom']);
   t.notRegex(await readFile(path.join(dir, 'cos_agent.prom'), 'utf8'), /transaction/, 'no transaction id anywhere');

@@ -34,7 +34,7 @@ function doc(over: Partial<HostStatusDocument['status']> = {}): HostStatusDocume
 }
 
 const input = (over: Partial<MetricsInput> = {}): MetricsInput => ({
-  agentVersion: '0.1.0', status: doc(), updateAvailable: false,
+  agentVersion: '0.1.0', status: doc(), statusReadOk: true, updateAvailable: false,
   lastCheck: { ok: false, code: 'REGISTRY_UNREACHABLE', startedAt: '2026-12-05T11:00:00.000Z', finishedAt: '2026-12-05T11:00:02.250Z' },
   ...over,
 });
@@ -43,6 +43,9 @@ test('a staged upgrade on trial: the exact exposition text', (t) => {
   t.is(renderMetrics(input()), `# HELP cos_agent_info The cos-agent version that wrote these metrics.
 # TYPE cos_agent_info gauge
 cos_agent_info{version="0.1.0"} 1
+# HELP cos_agent_status_read_ok Whether the last read of the host status succeeded (0: the values below are from the last read that did).
+# TYPE cos_agent_status_read_ok gauge
+cos_agent_status_read_ok 1
 # HELP cos_agent_booted_slot The slot the running system booted from (1 for that slot).
 # TYPE cos_agent_booted_slot gauge
 cos_agent_booted_slot{slot="active"} 0
@@ -124,6 +127,12 @@ test('unknown values leave their families out instead of reporting 0: no upgrade
     t.false(names.includes(gone), gone);
   }
   t.true(names.includes('cos_agent_boot_assessment_armed'));
+});
+
+test('a failed status read: status_read_ok 0, the other values those of the last read', (t) => {
+  const text = renderMetrics(input({ statusReadOk: false }));
+  t.regex(text, /^cos_agent_status_read_ok 0$/m);
+  t.regex(text, /^cos_agent_booted_slot\{slot="passive"\} 1$/m);
 });
 
 test('a boot-assessment fallback and a failed upgrade: upgrade_failure 1, the error code as the only label', (t) => {

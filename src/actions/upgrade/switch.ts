@@ -18,7 +18,11 @@ export async function applySwitchStep(deps: AgentDeps, partDir: string, step: Sw
   if (opts.repeatable === true) {
     const source = step.op === 'label' ? step.file : step.from;
     if (!(await exists(at(source)))) {
-      if (step.op === 'label' || (await exists(at(step.to)))) return;
+      if (step.op === 'label' || (await exists(at(step.to)))) {
+        // Done before a crash, maybe not yet written where GRUB reads it (its syncfs may not have run).
+        await syncFs(at('cOS'));
+        return;
+      }
       throw new AgentError('STATE_INVALID', `switch step ${step.op} ${step.from} -> ${step.to}: neither name exists`);
     }
   }
