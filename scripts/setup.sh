@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   e2fsprogs dosfstools mtools squashfs-tools grub-common docker-registry skopeo umoci dbus util-linux fdisk gdisk
-  zstd gzip attr kmod ca-certificates apache2-utils openssl polkitd systemd git tmux prometheus-node-exporter
+  zstd gzip attr kmod ca-certificates apache2-utils openssl polkitd systemd git tmux prometheus-node-exporter rsync podman runc
   qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin busybox-static debootstrap cpio zsh groff-base
 )
 missing=()

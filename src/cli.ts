@@ -89,6 +89,12 @@ async function run(argv: readonly string[], io: CliIo): Promise<number> {
   if (spec.operand !== undefined && operand === undefined) throw usage(`${spec.name} needs ${spec.operand.name}`);
   if (rest.length > 0) throw usage(`unexpected argument ${displayText(rest[0] ?? '', TEXT_LIMITS.echo)}`);
   if (values.json === true && values.yaml === true) throw usage('--json and --yaml are exclusive');
+  if (values.image !== undefined && values.source !== undefined) throw usage('--image and --source are the same option: give one');
+  // --source URI is --image's other spelling (elemental's --system URI): one value from here on.
+  if (typeof values.source === 'string') {
+    values.image = values.source;
+    delete values.source;
+  }
   // An absurd reference is refused here, naming its length (not echoing it), as cosd refuses it over D-Bus.
   for (const [what, ref] of [['--image', values.image], ['IMAGE', spec.name === 'verify' ? operand : undefined]] as const) {
     const bytes = typeof ref === 'string' ? utf8Length(ref) : 0;

@@ -3,6 +3,7 @@
  */
 import type { AgentDeps } from '../host/deps.ts';
 import { loadActionConfig } from '../host/config.ts';
+import { AgentError } from '../model/errors.ts';
 import { resolveSource } from './upgrade/upgrade.ts';
 import { readSlotImage } from '../host/slot-image.ts';
 import { RegistryClient } from '../oci/registry.ts';
@@ -21,6 +22,7 @@ export interface CheckOutcome {
 export async function checkForUpdate(deps: AgentDeps, opts: { image?: string; recovery?: boolean } = {}): Promise<CheckOutcome> {
   const { config } = await loadActionConfig(deps);
   const source = resolveSource(config, opts);
+  if (source.kind === 'dir') throw new AgentError('NOT_SUPPORTED', `${source.uri}: a local tree has no digest to compare: check needs an OCI image (cosctl upgrade stages a dir: source)`);
   const ref = parseReference(source.ref);
   const registry = new RegistryClient({ root: deps.root, env: deps.env, ...deps.registry });
   try {

@@ -28,7 +28,8 @@ export interface UpgradeSummary {
   transaction: string;
   target: 'system' | 'recovery';
   image: string;
-  digest: string;
+  /** '' or null for a dir: source (a local tree has no digest). */
+  digest: string | null;
   version: string | null;
   verification: Verification;
   keepPassiveReason: string | null;

@@ -18,7 +18,7 @@ import type { AgentDeps } from '../host/deps.ts';
 import type { Backend, CliIo } from './backend.ts';
 import { commandSpec } from './spec.ts';
 
-export type Values = Partial<Record<'root' | 'verbose' | 'no-daemon' | 'image' | 'json' | 'yaml' | 'watch' | 'recovery' | 'no-verify' | 'force' | 'reboot' | 'permanent' | 'no-reboot' | 'strict' | 'dry-run', string | boolean>>;
+export type Values = Partial<Record<'root' | 'verbose' | 'no-daemon' | 'image' | 'source' | 'json' | 'yaml' | 'watch' | 'recovery' | 'no-verify' | 'force' | 'reboot' | 'permanent' | 'no-reboot' | 'strict' | 'dry-run', string | boolean>>;
 
 /** The upgrade hooks are yip stages run by the agent's engine, loaded when the first hook runs. */
 function yipHooks(deps: AgentDeps): HookRunner {
@@ -122,8 +122,8 @@ async function dispatch(command: string, operand: string | undefined, values: Va
       }
       // "Reboot to run it" only when GRUB really boots the new active next (read back from the disk by the upgrade).
       const runsNext = res.target === 'recovery' || res.nextBoot === null || res.nextBoot === 'active';
-      out(`Upgraded ${res.target === 'recovery' ? 'recovery' : 'active'} slot to ${res.image}@${res.digest}` +
-        `${res.version ? ` version ${res.version}` : ''}${res.verification === 'skipped' ? ' [signature NOT verified]' : ''}.\n` +
+      out(`Upgraded ${res.target === 'recovery' ? 'recovery' : 'active'} slot to ${res.image}${res.digest ? `@${res.digest}` : ''}` +
+        `${res.version ? ` version ${res.version}` : ''}${res.verification === 'skipped' ? ' [signature NOT verified]' : res.verification === 'not-applicable' ? ' [a local tree: no signature applies]' : ''}.\n` +
         `${res.keepPassiveReason ? `Passive kept: ${res.keepPassiveReason}.\n` : ''}` +
         `${!runsNext ? `The next boot does NOT run it: GRUB boots ${res.nextBoot === '' ? 'nothing' : res.nextBoot} next (see cosctl status).\n` : values.reboot ? 'Rebooting into it.\n' : 'Reboot to run it.\n'}`);
       warn(res.warnings);

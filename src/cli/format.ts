@@ -44,11 +44,15 @@ function field(label: string, value: string): string {
   return lines.join('\n');
 }
 
-/** An image reference as the text spells it everywhere: without the docker:// or oci:// of state.yaml's records. */
-const ref = (image: string): string => show(image.replace(/^(docker|oci):\/\//, ''));
+/**
+ * An image reference as the text spells it everywhere: without the docker:// or oci:// of state.yaml's records, and
+ * a local tree as dir:/path (the records' dir:///path).
+ */
+const ref = (image: string): string => show(image.replace(/^(docker|oci):\/\//, '').replace(/^dir:\/\/(?=\/)/, 'dir:'));
 
 function signature(s: SlotStatus): string {
   if (s.verification === 'skipped') return 'UNVERIFIED (staged with verification off)';
+  if (s.verification === 'not-applicable') return 'not applicable: dir source (a local tree, no registry signature)';
   if (s.verification === 'unknown') return s.record === 'unknown' ? 'unknown (the records name other images)' : 'unknown (no record of its staging)';
   return s.signedBy !== null ? `verified: ${show(shortenDigests(s.signedBy))}` : 'verified';
 }

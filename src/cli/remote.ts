@@ -32,7 +32,7 @@ export async function connectDaemon(env: NodeJS.ProcessEnv, deps: AgentDeps, opt
         image: d.image ?? req.image ?? '',
         digest: d.digest ?? '',
         version: d.version ?? null,
-        verification: d.verification === 'verified' ? 'verified' : d.verification === 'skipped' ? 'skipped' : 'unknown',
+        verification: d.verification === 'verified' || d.verification === 'skipped' || d.verification === 'not-applicable' ? d.verification : 'unknown',
         keepPassiveReason: d.keepPassiveReason ?? null,
         unchanged: d.unchanged ?? null,
         warnings: d.warnings ?? [],

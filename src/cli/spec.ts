@@ -45,6 +45,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     summary: 'stage a new OS image into the active (or recovery) slot',
     options: [
       { name: 'image', value: 'REF', help: 'the image to stage (default: the configured one, /etc/cos-upgrade-image)' },
+      { name: 'source', value: 'URI', help: 'what to stage, as a URI: docker:REF, oci:REF, or dir:PATH (a local tree; no signature applies)' },
       { name: 'recovery', help: 'stage into the recovery slot' },
       { name: 'no-verify', help: 'skip signature verification' },
       { name: 'force', help: 'stage even when the slot already holds the image' },
@@ -53,6 +54,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     details: [
       'Pulls the image, verifies its signature, builds it into a transition image and switches it into the slot: the running image becomes the fallback (passive), and the next boot runs the new one under boot assessment.',
       'An image whose digest the slot already holds is not staged again unless --force. Ctrl-C cancels before the slot switch and cleans up.',
+      'A dir:PATH source (elemental\'s --system dir:PATH) is a local tree copied as it is, hard links, special files and xattrs included; status shows its verification as not-applicable, and policy.yaml\'s dirSources: refuse refuses it. dir:/ is the running root (SUC\'s upgrade job, /usr/sbin/suc-upgrade): /host, /proc, /sys, /dev, /run and the mounts on it are skipped.',
     ],
     changes: true,
   },

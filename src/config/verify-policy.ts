@@ -19,6 +19,7 @@
  *   registries:                    # the longest matching prefix of registry/repository overrides default's fields
  *     - match: registry.example.com/os
  *       keys: [/etc/cos-agent/keys/os.pub]
+ *   dirSources: refuse             # refuse `dir:` upgrades (a local tree has no signature); default: allow
  */
 import { readFile } from 'node:fs/promises';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node as YamlNode, type YAMLMap } from 'yaml';
@@ -43,6 +44,8 @@ interface Rule {
 export interface PolicyFile {
   default: Rule;
   registries: Array<Rule & { match: string }>;
+  /** `dir:` sources (a local tree, e.g. the SUC upgrade container's own root): no signature can apply to them. */
+  dirSources?: 'allow' | 'refuse';
 }
 
 export interface ImagePolicy {
@@ -140,11 +143,28 @@ export function parsePolicyFile(text: string, file: string): PolicyFile {
         const match = i.get('match', true);
         return { ...rule(i, `registries[${n}]`, ['match']), match: str(match, `registries[${n}].match`) };
       });
+    } else if (k === 'dirSources') {
+      const d = str(v, 'dirSources');
+      if (d !== 'allow' && d !== 'refuse') fail('must be allow or refuse', v, 'dirSources');
+      result.dirSources = d as 'allow' | 'refuse';
     } else {
-      fail('unknown key (expected default, registries)', pair.key as YamlNode, k);
+      fail('unknown key (expected default, registries, dirSources)', pair.key as YamlNode, k);
     }
   }
   return result;
+}
+
+/**
+ * Whether a `dir:` upgrade source is allowed: policy.yaml's `dirSources` (default allow). A policy file that cannot
+ * be read or parsed is an error (fail closed). Returns the file that refused, or null when allowed.
+ */
+export async function dirSourceRefusedBy(root: SysRoot, policyText?: string | null): Promise<string | null> {
+  const policyPath = root.path(POLICY_FILE);
+  const text = policyText !== undefined ? (policyText ?? undefined) : await readOptionalText(policyPath).catch((e: unknown) => {
+    throw new ConfigError(policyPath, `cannot read: ${(e as Error).message}`, { cause: e });
+  });
+  if (text === undefined) return null;
+  return parsePolicyFile(text, policyPath).dirSources === 'refuse' ? policyPath : null;
 }
 
 /** PURE: the rule for `registry/repository`: default, overridden by the longest matching registries[] prefix. */

@@ -636,7 +636,8 @@ export class AgentDaemon implements AgentPort {
       if (outcome !== null) {
         const o = outcome as UpgradeOutcome;
         return {
-          image: o.image, digest: o.digest, target: o.target, verification: o.verification, rotated: o.rotated,
+          image: o.image, target: o.target, verification: o.verification, rotated: o.rotated,
+          ...(o.digest !== null ? { digest: o.digest } : {}),
           ...(o.version !== null ? { version: o.version } : {}),
           ...(o.keepPassiveReason !== null ? { keepPassiveReason: o.keepPassiveReason } : {}),
           ...(o.unchanged !== null ? { unchanged: o.unchanged } : {}),

@@ -28,7 +28,7 @@ import type {
 
 const PARTITION_ORDER: readonly string[] = ['state', 'recovery', 'oem', 'persistent'];
 const IMAGE_ORDER: readonly string[] = ['active', 'passive', 'recovery'];
-const VERIFICATION: readonly VerificationResult[] = ['verified', 'skipped'];
+const VERIFICATION: readonly VerificationResult[] = ['verified', 'skipped', 'not-applicable'];
 const UPGRADE_RESULTS: readonly UpgradeResult[] = ['staged', 'good', 'failed'];
 
 /** A state with nothing recorded. */

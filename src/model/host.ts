@@ -8,7 +8,8 @@ export const HOST_KIND = 'CosHost';
 
 export type SlotName = 'active' | 'passive' | 'recovery';
 export type BootedFrom = 'active' | 'passive' | 'recovery' | 'live' | 'unknown';
-export type Verification = 'verified' | 'skipped' | 'unknown';
+/** not-applicable: a `dir:` source, a local tree that no registry signature covers. */
+export type Verification = 'verified' | 'skipped' | 'not-applicable' | 'unknown';
 
 /** What is known of one slot's OS image. */
 export interface SlotStatus {

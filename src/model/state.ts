@@ -21,7 +21,7 @@ export type ImageSlotName = 'active' | 'passive' | 'recovery';
 export type PartitionRole = 'state' | 'recovery' | 'oem' | 'persistent';
 
 /** How the image's signature was handled when it was deployed. */
-export type VerificationResult = 'verified' | 'skipped';
+export type VerificationResult = 'verified' | 'skipped' | 'not-applicable';
 /** `staged`: written, not yet booted; `good`: booted and marked good; `failed`: rolled back (upgrade_failure). */
 export type UpgradeResult = 'staged' | 'good' | 'failed';
 

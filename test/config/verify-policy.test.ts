@@ -3,7 +3,7 @@ import type { AgentError } from '../../src/model/errors.ts';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { loadImagePolicy, parsePolicyFile, ruleFor } from '../../src/config/verify-policy.ts';
+import { dirSourceRefusedBy, loadImagePolicy, parsePolicyFile, ruleFor } from '../../src/config/verify-policy.ts';
 import { ConfigError } from '../../src/model/errors.ts';
 import { SysRoot } from '../../src/sys/root.ts';
 import { resolveConfig } from '../../src/config/resolve.ts';
@@ -42,6 +42,7 @@ const bad: Array<[string, string, RegExp]> = [
   ['bad regular expression', 'default:\n  identities:\n    - subjectRegExp: "("\n      issuer: i\n', /subjectRegExp/],
   ['requireTlog not a boolean', 'default:\n  requireTlog: sometimes\n', /policy.yaml:2 \(default.requireTlog\)/],
   ['not YAML', 'default: [\n', /not valid YAML/],
+  ['dirSources neither allow nor refuse', 'dirSources: never\n', /policy.yaml:1 \(dirSources\).*must be allow or refuse/],
 ];
 for (const [what, text, re] of bad) {
   test(`a policy file with ${what} is a CONFIG_INVALID naming file, line and key`, (t) => {
@@ -50,6 +51,24 @@ for (const [what, text, re] of bad) {
     t.regex(err?.message ?? '', re);
   });
 }
+
+test('dirSources: refuse refuses dir: sources; allow, no key or no policy file allows them', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'policy-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const root = new SysRoot(dir);
+  t.is(await dirSourceRefusedBy(root), null, 'no policy file');
+  await mkdir(path.join(dir, 'etc/cos-agent'), { recursive: true });
+  const file = path.join(dir, 'etc/cos-agent/policy.yaml');
+  await writeFile(file, 'default:\n  keys: [/k.pub]\n');
+  t.is(await dirSourceRefusedBy(root), null, 'no dirSources key');
+  await writeFile(file, 'dirSources: allow\n');
+  t.is(await dirSourceRefusedBy(root), null);
+  await writeFile(file, 'dirSources: refuse\n');
+  t.is(await dirSourceRefusedBy(root), file);
+  t.is(await dirSourceRefusedBy(root, null), null, "the daemon's view: no valid policy file");
+  t.is(await dirSourceRefusedBy(root, 'dirSources: refuse\n'), file, "the daemon's last valid policy");
+  t.is(parsePolicyFile('dirSources: refuse\n', 'p').dirSources, 'refuse');
+});
 
 test('keys come from the policy file and from COSIGN_PUBLIC_KEY_LOCATION; URLs and KMS are refused', async (t) => {
   const dir = await mkdtemp(path.join(tmpdir(), 'policy-'));

@@ -43,6 +43,9 @@ import { estimateRootfs, pullInto } from './pull.ts';
 import { makeSkeleton, prepareTree, sealTree, withChrootBinds, type Tree } from './tree.ts';
 import { readImageOsRelease } from './image-files.ts';
 import { hookError } from './errors.ts';
+import { copyTree, estimateTree, openDirSource, type OpenDirSource } from './dir-source.ts';
+import { parseImageUri } from '../../config/resolve.ts';
+import { dirSourceRefusedBy } from '../../config/verify-policy.ts';
 import { MOUNT_POINTS } from '../../host/mount-points.ts';
 
 export { hasErrno, mapNoSpace } from './errors.ts';
@@ -73,7 +76,8 @@ export interface UpgradeOutcome {
   transaction: string;
   target: 'system' | 'recovery';
   image: string;
-  digest: string;
+  /** The manifest digest staged; null for a dir: source (a local tree has none). */
+  digest: string | null;
   version: string | null;
   /** The slot file written, relative to its partition. */
   file: string;
@@ -127,17 +131,19 @@ interface UpgradeStep {
   run: (run: UpgradeRun) => Promise<void | 'stop'>;
 }
 
+/**
+ * The source to upgrade from: --image (an image reference, `docker:`/`oci:` URI, or `dir:PATH`), else the
+ * configured one. `channel:` and `file:` sources are NOT_SUPPORTED.
+ */
 export function resolveSource(config: AgentConfig, opts: { image?: string; recovery?: boolean }): ImageSource {
-  if (opts.image !== undefined && opts.image !== '') {
-    const ref = opts.image.replace(/^(docker|oci):(\/\/)?/, '');
-    return { kind: 'oci', ref, uri: `oci:${ref}` };
-  }
-  const src = opts.recovery ? (config.recoverySource ?? config.upgradeSource) : config.upgradeSource;
+  const src = opts.image !== undefined && opts.image !== ''
+    ? parseImageUri(opts.image)
+    : opts.recovery ? (config.recoverySource ?? config.upgradeSource) : config.upgradeSource;
   if (src === undefined) {
     throw new AgentError('CONFIG_INVALID', 'no upgrade image: pass --image REF or set UPGRADE_IMAGE (with CHANNEL_UPGRADES=false) in /etc/cos-upgrade-image');
   }
-  if (src.kind !== 'oci') {
-    throw new AgentError('NOT_SUPPORTED', `upgrade source ${src.uri} (${src.kind}) is not supported: only OCI images are; set CHANNEL_UPGRADES=false and UPGRADE_IMAGE to an image reference`);
+  if (src.kind !== 'oci' && src.kind !== 'dir') {
+    throw new AgentError('NOT_SUPPORTED', `upgrade source ${src.uri} (${src.kind}) is not supported: only OCI images and dir: trees are; set CHANNEL_UPGRADES=false and UPGRADE_IMAGE to an image reference`);
   }
   return src;
 }
@@ -203,6 +209,8 @@ class UpgradeRun {
 
   // config
   config!: AgentConfig;
+  /** A `dir:` source's path (dir-source.ts); null for an OCI image (then `ref` and the registry steps apply). */
+  dirSource: string | null = null;
   ref!: ImageReference;
   /** The reference as shown and recorded (result.image). */
   imageName!: string;
@@ -214,6 +222,8 @@ class UpgradeRun {
   registry!: RegistryClient;
   image!: ResolvedImage;
   pinned!: ImageReference;
+  /** resolve, for a dir: source: the tree to copy. */
+  tree0!: OpenDirSource;
   // estimate
   estimate!: number | null;
   // verify
@@ -357,6 +367,14 @@ async function readConfig(run: UpgradeRun): Promise<void> {
   });
   run.config = config;
   const source = resolveSource(config, opts);
+  if (source.kind === 'dir') {
+    run.dirSource = source.ref;
+    run.imageName = `dir:${source.ref}`;
+    result.image = run.imageName;
+    // No signature can cover a local tree: verification does not apply (verify refuses it where the policy says so).
+    run.disabledBy = undefined;
+    return;
+  }
   run.ref = parseReference(source.ref);
   run.imageName = formatReference(run.ref);
   result.image = run.imageName;
@@ -419,6 +437,10 @@ async function readHostBefore(run: UpgradeRun): Promise<void> {
 /** Resolve the tag to a digest; everything after uses the digest. */
 async function resolve(run: UpgradeRun): Promise<void> {
   const { deps, result } = run;
+  if (run.dirSource !== null) {
+    run.tree0 = await openDirSource(deps, run.dirSource, run.cleanup);
+    return;
+  }
   // With verification on, a policy that can accept nothing fails before the registry is contacted.
   if (run.disabledBy === undefined) await preflightVerification(deps.root, run.config, run.ref, deps.config?.()?.policyText);
   run.progress({ operation: 'checking', message: `resolving ${result.image}` });
@@ -434,7 +456,8 @@ async function resolve(run: UpgradeRun): Promise<void> {
 /** Nothing to do when the slot already holds this digest (bootc's "no changes"), unless forced. */
 async function stopWhenAlreadyStaged(run: UpgradeRun): Promise<void | 'stop'> {
   const { opts, before, image, target } = run;
-  if (opts.force) return;
+  // A local tree has no digest to compare: it is always staged (SUC's job compares os-release before it asks).
+  if (opts.force || run.dirSource !== null) return;
   // An image that failed boot assessment here (or was marked bad) is not staged again unless forced: that would
   // boot-loop into the same failure (kairos#4303's other half).
   const failed = target === 'system' ? failedDigests(before.facts) : [];
@@ -479,13 +502,24 @@ async function stopWhenAlreadyStaged(run: UpgradeRun): Promise<void | 'stop'> {
 
 /** The rootfs size, from the layers' own metadata, before pulling. */
 async function estimate(run: UpgradeRun): Promise<void> {
-  run.estimate = await estimateRootfs(run.registry, run.pinned, run.image);
+  run.estimate = run.dirSource !== null
+    ? await estimateTree(run.tree0, run.opts.signal)
+    : await estimateRootfs(run.registry, run.pinned, run.image);
   run.checkAbort();
 }
 
 /** Signatures, before a single byte is written (fail closed; the error names the check that failed). */
 async function verify(run: UpgradeRun): Promise<void> {
   const { deps, config, result, image } = run;
+  if (run.dirSource !== null) {
+    const refusedBy = await dirSourceRefusedBy(deps.root, deps.config?.()?.policyText);
+    if (refusedBy !== null) throw new AgentError('VERIFY_FAILED', `${refusedBy} refuses dir: sources (dirSources: refuse): ${result.image ?? ''} cannot be verified`);
+    run.verification = 'not-applicable';
+    run.verificationDetail = 'dir source';
+    run.log.warn({ image: result.image }, 'staging a dir: source: no signature applies to a local tree');
+    run.progress({ operation: 'verifying', message: `${result.image ?? ''}: a local tree, no signature applies (verification not-applicable: dir source)` });
+    return;
+  }
   run.verification = 'skipped';
   run.verificationDetail = `disabled by ${run.disabledBy ?? '?'}`;
   if (run.disabledBy === undefined) {
@@ -575,6 +609,15 @@ async function hookBeforeUpgrade(run: UpgradeRun): Promise<void> {
 /** Pull: every layer streamed, digest-checked, straight into the tree. */
 async function pull(run: UpgradeRun): Promise<void> {
   const treeDir = run.tree.dir;
+  if (run.dirSource !== null) {
+    const mib = (run.estimate ?? 0) / (1 << 20);
+    run.progress({ operation: 'downloading', message: `copying ${run.imageName} (${mib.toFixed(1)} MiB)`, bytesTotal: run.estimate ?? 0 });
+    await copyTree(run.deps, run.tree0, run.dirSource, treeDir);
+    run.progress({ operation: 'downloading', message: `copied ${run.imageName}`, percent: 100, bytesDone: run.estimate ?? 0, bytesTotal: run.estimate ?? 0 });
+    await chmod(treeDir, 0o755);
+    run.checkAbort();
+    return;
+  }
   await pullInto(run.deps, run.registry, run.pinned, run.image, treeDir, run.sizeMiB, (p) => run.progress(p), run.opts.signal, run.log);
   await chmod(treeDir, 0o755);
   run.checkAbort();
@@ -673,15 +716,16 @@ async function commitSwitch(run: UpgradeRun): Promise<void> {
 function newImageEntry(run: UpgradeRun): ImageEntry {
   const { deps, plan: p, image } = run;
   return {
-    source: `docker://${formatReference(run.ref)}`,
-    sourceMetadata: { digest: image.digest, size: image.compressedSize },
+    // elemental's URI forms: docker://REF, dir:///path.
+    ...(run.dirSource !== null
+      ? { source: `dir://${run.dirSource}` }
+      : { source: `docker://${formatReference(run.ref)}`, sourceMetadata: { digest: image.digest, size: image.compressedSize }, digest: image.digest }),
     ...(p.label !== null ? { label: p.label } : {}),
     fs: p.fs,
-    digest: image.digest,
     ...(run.newIdentity?.id != null ? { uuid: run.newIdentity.id } : {}),
     date: deps.now().toISOString().replace(/\.\d{3}Z$/, 'Z'),
     ...(run.osRelease.get('VERSION') !== undefined ? { version: run.osRelease.get('VERSION') as string } : {}),
-    verification: run.verification === 'skipped' ? 'skipped' : 'verified',
+    verification: run.verification === 'skipped' || run.verification === 'not-applicable' ? run.verification : 'verified',
     verificationDetail: run.verificationDetail,
     upgradeResult: 'staged',
   };
@@ -767,7 +811,7 @@ function stagedOutcome(run: UpgradeRun): UpgradeOutcome {
     transaction: run.transaction,
     target: p.target,
     image: run.imageName,
-    digest: run.image.digest,
+    digest: run.dirSource !== null ? null : run.image.digest,
     version: run.osRelease.get('VERSION') ?? null,
     file: p.finalFile,
     rotated: p.rotate && run.haveActive,
