@@ -16,6 +16,8 @@
 #                                             (opt-in bus drop-in for polkit delegation: an example, NOT put into
 #                                             system.d; the administrator copies it there to delegate)
 #   README.md                              -> DESTDIR/usr/share/doc/cos-agent/README.md
+#   packaging/suc-upgrade                  -> DESTDIR/usr/sbin/suc-upgrade (0755: SUC's upgrade job, a flock around
+#                                             cosctl suc-upgrade)
 #   packaging/check/required.d/00-cosd-running
 #                                          -> DESTDIR/usr/lib/cos-agent/check/required.d/00-cosd-running (0755: the
 #                                             shipped required health check), and the empty
@@ -79,3 +81,6 @@ put packaging/_cosctl                      usr/share/zsh/vendor-completions/_cos
 mkdir_0755 usr/lib/cos-agent/check/wanted.d
 put packaging/check/required.d/00-cosd-running usr/lib/cos-agent/check/required.d/00-cosd-running
 chmod 0755 -- "$dest/usr/lib/cos-agent/check/required.d/00-cosd-running"
+# SUC's upgrade job (elemental-operator's ManagedOSImage default command): flock, then cosctl suc-upgrade.
+put packaging/suc-upgrade                  usr/sbin/suc-upgrade
+chmod 0755 -- "$dest/usr/sbin/suc-upgrade"

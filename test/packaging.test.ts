@@ -52,6 +52,7 @@ const FILES: Readonly<Record<string, string>> = {
 /** Installed executables (0755), installed path -> source, and the directories installed empty. */
 const EXECUTABLES: Readonly<Record<string, string>> = {
   [HEALTH_CHECK]: 'packaging/check/required.d/00-cosd-running',
+  'usr/sbin/suc-upgrade': 'packaging/suc-upgrade',
 };
 const EMPTY_DIRS: readonly string[] = ['usr/lib/cos-agent/check/wanted.d'];
 

@@ -33,7 +33,9 @@ function yipHooks(deps: AgentDeps): HookRunner {
 
 export async function execute(command: string, operand: string | undefined, values: Values, io: CliIo): Promise<number> {
   const spec = commandSpec(command);
-  const rootDir = (typeof values.root === 'string' ? values.root : undefined) ?? io.env.COS_ROOT ?? '/';
+  // suc-upgrade acts on the host mounted at $HOST_DIR (SUC's /host), as the reference script does.
+  const rootDir = (typeof values.root === 'string' ? values.root : undefined) ??
+    (command === 'suc-upgrade' ? (io.env.HOST_DIR || '/host') : undefined) ?? io.env.COS_ROOT ?? '/';
   const level = values.verbose ? 'debug' : (io.env.COS_LOG_LEVEL ?? 'silent');
   const deps: AgentDeps = {
     root: new SysRoot(rootDir),
@@ -192,6 +194,19 @@ async function dispatch(command: string, operand: string | undefined, values: Va
       const err = values.strict === true ? strictFailure(o) : null;
       if (err !== null) throw err;
       return EXIT_OK;
+    }
+    case 'suc-upgrade': {
+      // In-process, in SUC's job container (the host's cosd cannot see the container's root): root only.
+      if (process.getuid?.() !== 0) throw new AgentError('ACCESS_DENIED', 'suc-upgrade upgrades the host at $HOST_DIR: run it as root (SUC runs it in a privileged container)');
+      const { sucOptionsFromEnv, sucUpgrade } = await import('../actions/suc-upgrade.ts');
+      const opts = sucOptionsFromEnv(io.env);
+      // The job's log (kubectl logs): one line per change of what the upgrade does, not one per chunk.
+      let last = '';
+      const onProgress = (p: { message: string }): void => {
+        if (p.message !== last) out(`suc-upgrade: ${displayText(p.message, TEXT_LIMITS.message)}\n`);
+        last = p.message;
+      };
+      return sucUpgrade(deps, { ...opts, hostDir: deps.root.path('/'), say: (line) => out(`${line}\n`), onProgress });
     }
     case 'boot-assessment': {
       if (process.getuid?.() !== 0) throw new AgentError('ACCESS_DENIED', 'boot-assessment writes GRUB files on COS_STATE and COS_OEM: run it as root');

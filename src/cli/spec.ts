@@ -153,6 +153,16 @@ export const COMMANDS: readonly CommandSpec[] = [
     ],
     changes: true,
   },
+  {
+    name: 'suc-upgrade',
+    summary: 'SUC\'s upgrade job: stage this container\'s root on $HOST_DIR',
+    options: [],
+    details: [
+      'What /usr/sbin/suc-upgrade runs (under flock on $HOST_DIR/run/elemental/upgrade.lock), as the default command of elemental-operator\'s ManagedOSImage plans: system-upgrade-controller runs the new OS image as a privileged container with the host\'s / at $HOST_DIR (default /host).',
+      'Exits 1 without change while the host shuts down; 0 when the image\'s /etc/os-release equals the host\'s, or the host is newer (IMAGE_REPO, IMAGE_TAG as sort -V orders them) and FORCE is not true. Otherwise it writes the plan\'s cloud-config (/run/data/cloud-config) to /oem/90_operator.yaml, stages the container\'s root (dir:/) into the system slot (and recovery with UPGRADE_RECOVERY=true; recovery alone with UPGRADE_RECOVERY_ONLY=true, then exits 0), reboots the host and exits 1, so that SUC runs the job again after the reboot.',
+    ],
+    changes: true,
+  },
 ];
 
 export const COMMAND_NAMES: readonly string[] = COMMANDS.map((c) => c.name);

@@ -161,6 +161,7 @@ test('the tarball holds exactly the package: sorted, root:root, 0755/0644, one m
   const expected = [
     entry('usr/bin/cosctl', 'exe'),
     entry('usr/sbin/cosd', 'exe'),
+    entry('usr/sbin/suc-upgrade', 'exe'),
     entry(LIB, 'dir'),
     entry(`${LIB}/node`, 'exe'),
     entry(`${LIB}/cosd.mjs`, 'file'),
@@ -195,6 +196,7 @@ test('the files are their sources: bundles, entry modules, integration files; th
   }
   for (const [installed, source] of Object.entries(INTEGRATION_FILES)) await same(installed, source);
   await same(`${LIB}/check/required.d/00-cosd-running`, 'packaging/check/required.d/00-cosd-running');
+  await same('usr/sbin/suc-upgrade', 'packaging/suc-upgrade');
 
   const node = path.join(root, LIB, 'node');
   const version = await run(node, ['--version'], { env: { PATH: SYSTEM_PATH }, cwd: '/' });
