@@ -21,7 +21,7 @@ export class YipHooks implements HookRunner {
   async run(name: HookName, ctx: HookContext): Promise<void> {
     const root = ctx.chroot !== undefined ? new SysRoot(ctx.chroot) : this.deps.root;
     const log = this.deps.log.child({ transaction: ctx.transaction, hook: name });
-    const outcome = await runStageAction({ ...this.deps, root, log }, { stage: name, dryRun: false, ...(ctx.extraPaths !== undefined ? { extraPaths: ctx.extraPaths } : {}) });
+    const outcome = await runStageAction({ ...this.deps, root, log }, { stage: name, dryRun: false, storeRoot: this.deps.root, ...(ctx.extraPaths !== undefined ? { extraPaths: ctx.extraPaths } : {}) });
     const steps = outcome.runs.reduce((n, r) => n + r.ops.filter((o) => o.skipped === null).length, 0);
     log.info({ sources: outcome.sources, steps, errors: outcome.errors, ...(ctx.chroot !== undefined ? { chroot: ctx.chroot } : {}) }, `hook ${name}: ${steps} step(s), ${outcome.errors} error(s)`);
     if (ctx.strict) {

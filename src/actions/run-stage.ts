@@ -19,6 +19,7 @@ import { runStage, stageSources, type RunStageResult } from '../yip/run-stage.ts
 import type { YipEnv } from '../yip/executor.ts';
 import { resolveInRoot } from '../yip/paths.ts';
 import { readText } from '../yip/read.ts';
+import type { SysRoot } from '../sys/root.ts';
 import { fileDecodeStore } from '../yip/decode-store.ts';
 
 export interface RunStageActionOptions {
@@ -29,6 +30,11 @@ export interface RunStageActionOptions {
    * config files (a config that does not load adds none, with a warning), as elemental run-stage reads its config.
    */
   extraPaths?: readonly string[];
+  /**
+   * Where the decoded-file cache lives (its run/cos-agent/yip-decoded), default the stage's root. The
+   * after-upgrade-chroot hook gives the host's: the agent's cache must never land in the image being staged.
+   */
+  storeRoot?: SysRoot;
 }
 
 export interface RunStageOutcome {
@@ -101,7 +107,7 @@ export async function runStageAction(deps: AgentDeps, opts: RunStageActionOption
       }
     }
   } else {
-    result = await runStage(env, { stage: opts.stage, extraPaths, cmdline, store: fileDecodeStore(root) });
+    result = await runStage(env, { stage: opts.stage, extraPaths, cmdline, store: fileDecodeStore(opts.storeRoot ?? root) });
   }
   const where = (p: { file: string; line: number; step: number | null; key: string; message: string }): string =>
     `${p.file}${p.line > 0 ? `:${p.line}` : ''}${p.step !== null ? ` step ${p.step}` : ''}${p.key !== '' ? ` ${p.key}` : ''}: ${p.message}`;

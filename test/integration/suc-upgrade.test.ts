@@ -149,6 +149,7 @@ test.serial('the job stages its own root into the host, writes 90_operator.yaml,
   t.deepEqual(staged.filter(keep), (await listing(tree)).filter(keep));
   const joined = staged.join('\n');
   for (const needle of ['usr/lib/cos-agent/node', 'usr/sbin/suc-upgrade', 'var/lib/null', 'char 1,3', 'var/lib/fifo', 'user.cos=']) t.true(joined.includes(needle), needle);
+  for (const d of ['host', 'proc', 'sys', 'dev', 'run']) t.false(new RegExp(`^${d}/`, 'm').test(joined), `nothing under /${d} is copied: ${staged.filter((l) => l.startsWith(`${d}/`)).join('; ')}`);
   t.false(/^opt\/host-tools\/bin\/./m.test(joined), 'the host tools bound in are not copied');
   t.false(/^usr\/lib\/x86_64-linux-gnu\/./m.test(joined), 'nor the host libraries');
 
