@@ -197,7 +197,7 @@ async function dispatch(command: string, operand: string | undefined, values: Va
     }
     case 'suc-upgrade': {
       // In-process, in SUC's job container (the host's cosd cannot see the container's root): root only.
-      if (process.getuid?.() !== 0) throw new AgentError('ACCESS_DENIED', 'suc-upgrade upgrades the host at $HOST_DIR: run it as root (SUC runs it in a privileged container)');
+      if (process.getuid?.() !== 0) throw new AgentError('ACCESS_DENIED', 'suc-upgrade changes the host at $HOST_DIR: run it as root (SUC runs it in a privileged container)');
       const { sucOptionsFromEnv, sucUpgrade } = await import('../actions/suc-upgrade.ts');
       const opts = sucOptionsFromEnv(io.env);
       // The job's log (kubectl logs): one line per change of what the upgrade does, not one per chunk.

@@ -30,6 +30,7 @@ const ARGS: Record<string, string[]> = {
   'health-check': ['health-check'],
   'boot-assessment': ['boot-assessment'],
   'run-stage': ['run-stage', 'boot'],
+  'suc-upgrade': ['suc-upgrade'],
 };
 
 for (const c of COMMANDS.filter((x) => x.changes && x.needsDaemon !== true)) {
