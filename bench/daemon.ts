@@ -103,7 +103,8 @@ export async function benchDaemon(
     await job;
     // The resident mode (--idle-exit 0) after an upgrade: 1,000 more GetStatus, then its RSS.
     for (let i = 0; i < 1000; i++) await client.getStatusText();
-    await sleep(1000);
+    // Its resident size once quiet: cosd collects 2 s after the last call (src/daemon/quiet-gc.ts).
+    await sleep(3000);
     const rssResident = await rssMb(pid);
 
     out();

@@ -1,10 +1,12 @@
-#!/usr/bin/env -S node --no-memory-reducer --max-semi-space-size=1 --invocation-count-for-maglev=20000
-// Node flags (kept on the shebang so the unit, a shell and the tests run cosd alike), each measured on idle RSS by
+#!/usr/bin/env -S node --no-memory-reducer --max-semi-space-size=1 --max-opt=1 --expose-gc
+// Node flags (kept on the shebang so the unit, a shell and the tests run cosd alike), each measured on RSS by
 // bench/daemon.ts: the memory reducer would wake the idle daemon every 8 s; a 1 MB semi-space keeps the young
-// generation small; Maglev tiers functions up after 20000 calls instead of 400, so the Node internals startup calls
-// a few thousand times (path normalisation: about 8,000 character checks with a test's long temp root) stay in the
-// interpreter and Maglev's code (2.4 MB of resident pages) is not mapped in until real work runs (staging's hot
-// loops run millions of times; 20000 interpreted calls cost them about a millisecond).
+// generation small; --max-opt=1 keeps cosd's code in the interpreter and Sparkplug's baseline code, never Maglev or
+// Turbofan: their compilers' pages of the Node binary and their code stay resident once a burst of calls has made
+// functions hot (the resident daemon after an upgrade and 1,000 GetStatus: 70.7 MB with them, 59.5 MB without; the
+// GetStatus round trip is the same, p50 0.65 ms; the jobs, which do the heavy work, run in processes of their own
+// with Node's defaults, src/daemon/job-process.ts); --expose-gc lets cosd collect once when it goes quiet after
+// calls or a job (src/daemon/quiet-gc.ts), what the memory reducer would have done.
 // cosd: thin wrapper. Runs the bundle `npm run build` makes (dist/cosd/main.mjs: what ships, ~59 MB idle), or the
 // TypeScript sources (src/main.ts, run natively by Node >= 24) when no bundle was built or src/ is newer (entry.js).
 import { entry } from './entry.js';

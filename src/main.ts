@@ -10,8 +10,9 @@
  * /etc/cos-agent/agent.yaml (src/daemon/automation.ts). The idle daemon holds the scheduler's cron task and the
  * watches, no other timer.
  *
- * Static imports stay small (dbus-next, pino, the daemon state, the config loader): the job machinery is imported on
- * the first job, and the schedule's next run is computed by node-cron in the cron helper process (src/cron-next.ts),
+ * Static imports stay small (dbus-next, pino, the daemon state, the config loader): the jobs run in a process of their
+ * own (src/daemon/job-process.ts, src/job-worker.ts) that loads the job machinery and frees it when the job ends, and
+ * the schedule's next run is computed by node-cron in the cron helper process (src/cron-next.ts),
  * so ICU's date-format data never loads in the idle daemon.
  *
  * Test-only seam: AGENT_TEST_CLOCK=manual:<ISO instant> runs the scheduler on a ManualClock starting there, and only
@@ -24,15 +25,14 @@ import { AgentError } from './model/errors.ts';
 import { SysRoot } from './sys/root.ts';
 import { SpawnRunner } from './sys/runner.ts';
 import { createLogger, type Logger } from './sys/log.ts';
-import { crashHooks } from './sys/crash.ts';
-import { NoHooks } from './host/hooks.ts';
-import { YipHooks } from './actions/hooks.ts';
+import { agentDeps } from './host/agent-deps.ts';
 import { AgentDaemon } from './daemon/daemon.ts';
 import type { AgentDeps } from './host/deps.ts';
 import { startService, type RunningService } from './dbus/service.ts';
 import { advanceToNextEvent, Automation, TEST_CLOCK_ENV, testClockFromEnv } from './daemon/automation.ts';
 import { StatusWatcher } from './daemon/status-watch.ts';
 import { IdleMonitor } from './daemon/idle.ts';
+import { QuietGc } from './daemon/quiet-gc.ts';
 import { systemdWaker } from './daemon/wake.ts';
 import { DEFAULT_METRICS_FILE, MetricsFile } from './daemon/metrics-file.ts';
 import { VERSION } from './version.ts';
@@ -89,23 +89,13 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
   const runner = new SpawnRunner({
     onCommand: (argv) => log.debug({ ...(current() !== '' ? { transaction: current() } : {}), argv: [...argv] }, 'run'),
   });
-  const agent: AgentDeps = {
-    root,
-    runner,
-    log,
-    // Replaced below by the yip hooks, which need these deps.
-    hooks: new NoHooks(),
-    env,
-    now: () => new Date(),
-    ...(env.AGENT_TEST_DISK ? { testDisk: env.AGENT_TEST_DISK } : {}),
-    ...(crashHooks(env) !== undefined ? { testHooks: crashHooks(env) } : {}),
-    // Test-only seam: shorter registry backoff so fault tests do not wait out production retry delays.
-    ...(env.AGENT_TEST_REGISTRY_RETRY_MS ? { registry: { retryBaseMs: Number(env.AGENT_TEST_REGISTRY_RETRY_MS) } } : {}),
-  };
-  agent.hooks = new YipHooks(agent);
+  // No hooks here: the upgrade hooks run with the jobs, in the job process (src/job-worker.ts builds its own).
+  const agent: AgentDeps = agentDeps({ root, env, log, runner });
 
   const daemon: AgentDaemon = new AgentDaemon({
     agent,
+    // Every job runs in a process of its own: the job machinery never loads into this one (src/daemon/job-process.ts).
+    jobActions: async () => (await import('./daemon/job-process.ts')).processActions(),
     reboot: async () => {
       // Test-only seam: AGENT_TEST_REBOOT_ARGV (a JSON argv) runs instead of the reboot.
       const seam = env.AGENT_TEST_REBOOT_ARGV;
@@ -189,9 +179,15 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
       return 'left';
     },
   });
+  // A full GC once quiet after calls or a job (no memory reducer: see quiet-gc.ts); with --expose-gc (bin/cosd.js).
+  const gc = (globalThis as { gc?: (o?: object) => void }).gc;
+  const quietGc = gc === undefined ? undefined : new QuietGc({ quietMs: 2000, busy, collect: () => gc({ type: 'major', flavor: 'last-resort' }) });
+  const unsubscribeGc = quietGc === undefined ? undefined : daemon.subscribe({ completed: () => quietGc.activity() });
   const stop = (reason: string, code = 0): Promise<void> => {
     stopping ??= (async () => {
       idle.stop();
+      quietGc?.stop();
+      unsubscribeGc?.();
       log.info({ reason }, 'stopping');
       if (advanceOnSignal) process.off('SIGUSR2', advanceOnSignal);
       automation.stop();
@@ -210,7 +206,10 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
       log,
       ...(env.DBUS_SYSTEM_BUS_ADDRESS ? { address: env.DBUS_SYSTEM_BUS_ADDRESS } : {}),
       subscribe: (l) => daemon.subscribe(l),
-      onCall: (sender) => idle.activity(sender),
+      onCall: (sender) => {
+        idle.activity(sender);
+        quietGc?.activity();
+      },
       onDisconnect: (err) => {
         log.error({ err: err.message }, 'lost the bus connection');
         void stop('bus connection lost', 1);

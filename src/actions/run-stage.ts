@@ -8,7 +8,10 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { AgentError } from '../model/errors.ts';
+import { checkStageName, type RunStageOutcome } from '../model/stage.ts';
+
+// Pure, in src/model so the daemon validates names and judges --strict without loading yip: re-exported for callers here.
+export { checkStageName, strictFailure, type RunStageOutcome } from '../model/stage.ts';
 import { shellConsole } from '../sys/console.ts';
 import { parseOsRelease } from '../host/os-release.ts';
 import { loadConfig } from '../config/load.ts';
@@ -37,21 +40,7 @@ export interface RunStageActionOptions {
   storeRoot?: SysRoot;
 }
 
-export interface RunStageOutcome {
-  stage: string;
-  sources: string[];
-  /** Per stage (STAGE.before, STAGE, STAGE.after) and source: the ops in order, what was skipped and why, the errors. */
-  runs: Array<{ stage: string; source: string; ops: Array<{ op: string; skipped: string | null; errors: string[]; warnings: string[] }>; problems: string[]; warnings: string[] }>;
-  errors: number;
-  dryRun: boolean;
-}
 
-const STAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
-
-/** A stage name as yip's: letters, digits, `.`, `_`, `-`, at most 100 characters; else USAGE naming it. */
-export function checkStageName(stage: string): void {
-  if (!STAGE_NAME.test(stage) || stage.length > 100) throw new AgentError('USAGE', `run-stage: ${JSON.stringify(stage.slice(0, 100))} is not a stage name (letters, digits, . _ -)`);
-}
 
 export async function runStageAction(deps: AgentDeps, opts: RunStageActionOptions): Promise<RunStageOutcome> {
   checkStageName(opts.stage);
@@ -130,12 +119,6 @@ export async function runStageAction(deps: AgentDeps, opts: RunStageActionOption
   return outcome;
 }
 
-/** With --strict, a stage that had errors fails (after its report is printed): CLOUD_INIT_FAILED naming the first. */
-export function strictFailure(outcome: RunStageOutcome): AgentError | null {
-  if (outcome.errors === 0) return null;
-  const first = outcome.runs.flatMap((r) => [...r.problems, ...r.ops.flatMap((o) => o.errors.map((e) => `${o.op}: ${e}`))])[0] ?? '';
-  return new AgentError('CLOUD_INIT_FAILED', `stage ${outcome.stage}: ${outcome.errors} error(s) (--strict); the first: ${first.split('\n')[0] ?? ''}`);
-}
 
 /** One line for an op error: its first line, and the last line a failed command printed (yip's "command output:"). */
 function errorLine(e: string): string {

@@ -10,11 +10,10 @@ import { EXIT_OK, EXIT_UP_TO_DATE } from './exit-codes.ts';
 import type { StatusFormat } from './format.ts';
 import type { HostStatusDocument } from '../model/host.ts';
 import { SysRoot } from '../sys/root.ts';
-import { SpawnRunner } from '../sys/runner.ts';
 import { nullLogger } from '../sys/log-null.ts';
-import { crashHooks } from '../sys/crash.ts';
 import type { HookRunner } from '../host/hooks.ts';
 import type { AgentDeps } from '../host/deps.ts';
+import { agentDeps } from '../host/agent-deps.ts';
 import type { Backend, CliIo } from './backend.ts';
 import { commandSpec } from './spec.ts';
 
@@ -37,21 +36,14 @@ export async function execute(command: string, operand: string | undefined, valu
   const rootDir = (typeof values.root === 'string' ? values.root : undefined) ??
     (command === 'suc-upgrade' ? (io.env.HOST_DIR || '/host') : undefined) ?? io.env.COS_ROOT ?? '/';
   const level = values.verbose ? 'debug' : (io.env.COS_LOG_LEVEL ?? 'silent');
-  const deps: AgentDeps = {
+  const deps: AgentDeps = agentDeps({
     root: new SysRoot(rootDir),
-    runner: new SpawnRunner(),
+    env: io.env,
     // JSON logs are for the journal and for --verbose; a plain cosctl run prints progress on stdout and, on failure,
     // exactly one line on stderr.
     // (pino loads only when something is logged.)
     log: level === 'silent' ? nullLogger : (await import('../sys/log.ts')).createLogger({ level, destination: io.stderr, format: values.verbose ? 'readable' : 'json' }),
-    hooks: { run: () => Promise.resolve() },
-    env: io.env,
-    now: () => new Date(),
-    ...(io.env.AGENT_TEST_DISK ? { testDisk: io.env.AGENT_TEST_DISK } : {}),
-    ...(crashHooks(io.env) !== undefined ? { testHooks: crashHooks(io.env) } : {}),
-    // Test-only seam: shorter registry backoff so fault tests do not wait out production retry delays.
-    ...(io.env.AGENT_TEST_REGISTRY_RETRY_MS ? { registry: { retryBaseMs: Number(io.env.AGENT_TEST_REGISTRY_RETRY_MS) } } : {}),
-  };
+  });
   // The upgrade hooks (before-upgrade, after-upgrade-chroot, after-upgrade) run through the yip engine.
   deps.hooks = yipHooks(deps);
 

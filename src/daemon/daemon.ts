@@ -4,8 +4,9 @@
  * transaction), persists every job's outcome (transactions.ts) before announcing it, refreshes the status document
  * after each job, and reboots after an upgrade that asked for it.
  *
- * Memory: the job machinery (got, the OCI and signature stack, the actions) is imported on the first job, never at
- * start; the status reader is imported at start because the properties come from disk.
+ * Memory: the job machinery (got, the OCI and signature stack, the actions) is never imported here in cosd: each job
+ * runs in a process of its own (DaemonDeps.jobActions: the daemon never holds that code or its memory, and staging
+ * never blocks the bus); without jobActions (tests) it is imported on the first job. The status reader is imported at start because the properties come from disk.
  */
 import { AgentError } from '../model/errors.ts';
 import { displayText, TEXT_LIMITS } from '../model/text.ts';
@@ -14,12 +15,12 @@ import type { ConfigSnapshot } from '../config/load.ts';
 import type { BootedFrom, HostStatusDocument, SlotName } from '../model/host.ts';
 import type { Logger } from '../sys/log.ts';
 import type { AgentDeps, Operation, Progress } from '../host/deps.ts';
-import type { JobKind, JobManager, JobOutcome } from './job.ts';
+import type { JobActions, JobKind, JobManager, JobOutcome } from './job.ts';
 import type { UpgradeOutcome } from '../actions/upgrade/upgrade.ts';
 import type { CheckOutcome } from '../actions/check.ts';
 import type { RollbackOutcome } from '../actions/rollback.ts';
 import type { MarkOutcome } from '../actions/mark.ts';
-import { checkStageName, type RunStageOutcome } from '../actions/run-stage.ts';
+import { checkStageName, type RunStageOutcome } from '../model/stage.ts';
 import { readLastResult } from '../host/records.ts';
 import { boundRecord, readLastTransaction, recordedThisBoot, recordTransaction, RESULT, type TransactionDetails, type TransactionRecord } from './transactions.ts';
 
@@ -143,6 +144,11 @@ export interface DaemonDeps {
    * Default: a one-off loadConfig on each reloadConfig().
    */
   reloadConfig?(): Promise<void>;
+  /**
+   * What runs the jobs, loaded on the first one. Default: the real actions in this process (job-actions.ts); cosd
+   * passes its job processes (job-process.ts), so that the job machinery never loads into the daemon.
+   */
+  jobActions?: () => Promise<JobActions>;
 }
 
 /** Whatever the service needs from the daemon: the state, and one call per method. */
@@ -554,7 +560,8 @@ export class AgentDaemon implements AgentPort {
   }
 
   private jobs(): Promise<JobManager> {
-    this.managerLoading ??= import('./job.ts').then((m) => {
+    const actions = this.deps.jobActions ?? (async () => (await import('./job-actions.ts')).REAL_ACTIONS);
+    this.managerLoading ??= Promise.all([import('./job.ts'), actions()]).then(([m, jobActions]) => {
       this.manager = new m.JobManager(this.jobDeps, {
         operation: (op, tx) => this.onOperation(op, tx),
         progress: (p) => this.onProgress(p),
@@ -564,7 +571,7 @@ export class AgentDaemon implements AgentPort {
             .then(() => this.finish(tx, kind, result, error, outcome))
             .catch((e: unknown) => this.log.error({ transaction: tx, err: e instanceof Error ? (e.stack ?? e.message) : String(e) }, 'could not announce the end of a job'));
         },
-      });
+      }, jobActions);
       this.log.info({}, 'job machinery loaded');
       return this.manager;
     });

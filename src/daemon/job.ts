@@ -1,17 +1,18 @@
 /**
- * One job at a time (rauc's install thread + notify/cleanup callbacks): the daemon and an in-process CLI drive the
- * same actions through this. A second request while a job runs gets BUSY naming the running transaction. Progress
- * and completion go to the listener; the transport (D-Bus) turns them into properties and signals. The actions are
- * injected (default: the real ones), so tests drive the job logic with fakes and without root.
+ * One job at a time (rauc's install thread + notify/cleanup callbacks): the daemon drives the actions through this.
+ * A second request while a job runs gets BUSY naming the running transaction. Progress and completion go to the
+ * listener; the transport (D-Bus) turns them into properties and signals. The actions are injected (JobActions: the
+ * real ones in this process, or in a job process of their own), so tests drive the job logic with fakes, without root.
  */
 import { randomUUID } from 'node:crypto';
 import { AgentError } from '../model/errors.ts';
 import type { AgentDeps, Operation, Progress } from '../host/deps.ts';
-import { upgrade, type UpgradeOptions, type UpgradeOutcome } from '../actions/upgrade/upgrade.ts';
-import { rollback, type RollbackOptions, type RollbackOutcome } from '../actions/rollback.ts';
-import { checkForUpdate, type CheckOutcome } from '../actions/check.ts';
-import { markBooted, type MarkOutcome } from '../actions/mark.ts';
-import { runStageAction, strictFailure, type RunStageOutcome } from '../actions/run-stage.ts';
+import type { upgrade, UpgradeOptions, UpgradeOutcome } from '../actions/upgrade/upgrade.ts';
+import type { rollback, RollbackOptions, RollbackOutcome } from '../actions/rollback.ts';
+import type { checkForUpdate, CheckOutcome } from '../actions/check.ts';
+import type { markBooted, MarkOutcome } from '../actions/mark.ts';
+import type { runStageAction } from '../actions/run-stage.ts';
+import { strictFailure, type RunStageOutcome } from '../model/stage.ts';
 
 export type JobKind = 'upgrade' | 'check' | 'rollback' | 'mark-good' | 'mark-bad' | 'run-stage';
 
@@ -34,7 +35,11 @@ export interface JobListener {
   completed(transaction: string, kind: JobKind, result: number, error: AgentError | null, outcome: JobOutcome): void;
 }
 
-/** What the jobs run: the real actions by default; tests pass fakes with the same signatures. */
+/**
+ * What the jobs run: the real actions in this process (job-actions.ts), or each in a process of its own
+ * (job-process.ts: cosd's way, so that the daemon never holds the job machinery); tests pass fakes
+ * with the same signatures. This module imports none of them: loading it loads no action.
+ */
 export interface JobActions {
   upgrade: typeof upgrade;
   rollback: typeof rollback;
@@ -43,15 +48,13 @@ export interface JobActions {
   runStageAction: typeof runStageAction;
 }
 
-const REAL_ACTIONS: JobActions = { upgrade, rollback, checkForUpdate, markBooted, runStageAction };
-
 export class JobManager {
   private readonly deps: AgentDeps;
   private readonly listener: JobListener;
   private readonly actions: JobActions;
   private job: (RunningJob & { abort: AbortController; committed: boolean; done: Promise<void> }) | null = null;
 
-  constructor(deps: AgentDeps, listener: JobListener, actions: JobActions = REAL_ACTIONS) {
+  constructor(deps: AgentDeps, listener: JobListener, actions: JobActions) {
     this.deps = deps;
     this.listener = listener;
     this.actions = actions;

@@ -20,19 +20,24 @@ import { cosctlInvocation, type CliResult } from './cosctl.ts';
 
 const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 
-/** Runs argv[1:], then writes "<peak KiB> <returncode>" to fd 3 and exits with the child's code (128+N for signal N). */
+/** Runs argv[1:], then writes "<peak KiB> <returncode> <wall ms>" to fd 3 and exits with the child's code (128+N for signal N). */
 const WRAPPER = [
-  'import os, resource, subprocess, sys',
+  'import os, resource, subprocess, sys, time',
+  't0 = time.monotonic()',
   'r = subprocess.run(sys.argv[1:])',
+  'ms = (time.monotonic() - t0) * 1000',
   'peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss',
-  "os.write(3, ('%d %d\\n' % (peak, r.returncode)).encode())",
+  "os.write(3, ('%d %d %.3f\\n' % (peak, r.returncode, ms)).encode())",
   'sys.exit(r.returncode if r.returncode >= 0 else 128 - r.returncode)',
 ].join('\n');
 
 export interface PeakResult extends CliResult {
   /** The peak RSS of the program (and of the descendants it waited for), KiB. */
   peakKb: number;
-  /** Wall time of the run, ms. */
+  /**
+   * Wall time of the program itself, ms: from the wrapper's spawn of it to its exit, as the wrapper's monotonic clock
+   * reads it (the wrapper's own start, about 40 ms of python3, is not the program's).
+   */
   ms: number;
 }
 
@@ -50,7 +55,6 @@ const signalName = (n: number): NodeJS.Signals | null =>
 
 /** Run `argv` (an argv array, no shell) under the wrapper; resolves with its output, exit code and peak RSS. */
 export function runWithPeakRss(argv: readonly string[], opts: PeakOptions = {}): Promise<PeakResult> {
-  const started = Date.now();
   return new Promise((resolve, reject) => {
     const child = spawn(PYTHON, ['-c', WRAPPER, ...argv], {
       env: opts.env ?? process.env,
@@ -80,8 +84,8 @@ export function runWithPeakRss(argv: readonly string[], opts: PeakOptions = {}):
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      const [peak, rc] = Buffer.concat(report).toString('utf8').trim().split(' ').map(Number);
-      if (peak === undefined || Number.isNaN(peak) || rc === undefined || Number.isNaN(rc)) {
+      const [peak, rc, ms] = Buffer.concat(report).toString('utf8').trim().split(' ').map(Number);
+      if (peak === undefined || Number.isNaN(peak) || rc === undefined || Number.isNaN(rc) || ms === undefined || Number.isNaN(ms)) {
         reject(new Error(`the peak-RSS wrapper reported nothing (exit ${code}, signal ${signal}): ${Buffer.concat(err).toString('utf8').slice(-2000)}`));
         return;
       }
@@ -91,7 +95,7 @@ export function runWithPeakRss(argv: readonly string[], opts: PeakOptions = {}):
         stdout: Buffer.concat(out).toString('utf8'),
         stderr: Buffer.concat(err).toString('utf8'),
         peakKb: peak,
-        ms: Date.now() - started,
+        ms,
       });
     });
   });

@@ -5,7 +5,8 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { Ajv } from 'ajv';
-import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { AgentError } from '../../src/model/errors.ts';
@@ -240,6 +241,46 @@ test.serial('Cancel mid-download stops the upgrade: Completed(tx, 2), slots byte
   t.is(props.Operation, 'idle');
   t.like(props.LastTransaction, { transaction: tx, result: 2, code: 'STAGE_FAILED' });
   t.false(operations(rec.events).includes('finalizing'), 'never reached the switch');
+});
+
+test.serial('each job runs in a process of its own: a job process killed mid-download fails the job (STAGE_FAILED naming SIGKILL), cosd carries on, and the next upgrade recovers and succeeds', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'cosd-job-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const notify = path.join(dir, 'paused');
+  const { host, cosd, client } = await daemon(t, {}, { AGENT_TEST_PAUSE_AT: 'pull:50%', AGENT_TEST_PAUSE_NOTIFY: notify });
+  const baseline = await host.leaks();
+  const rec = await recordEvents(t, client);
+  const tx = await client.upgrade({ image: `${reg.host}/cos/os:v2`, noVerify: true });
+  // the job's own process, a child of cosd, blocks at the pause point (the test seam) with half the image unpacked
+  while (!(await readFile(notify, 'utf8').catch(() => '')).includes('pull:50%')) await new Promise((r) => setTimeout(r, 50));
+  const cosdPid = cosd.child.pid as number;
+  const children = (await readFile(`/proc/${cosdPid}/task/${cosdPid}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean).map(Number);
+  const jobs = [];
+  for (const pid of children) {
+    const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (cmdline.some((a) => /job-worker\.(mjs|ts)$/.test(a))) jobs.push({ pid, cmdline });
+  }
+  t.is(jobs.length, 1, `one job process under cosd: ${JSON.stringify(jobs)}`);
+  t.true(jobs[0]?.cmdline.includes('cosd-upgrade'), 'named for its action');
+  t.is((await client.getProperties()).Operation, 'downloading', 'cosd answers while its job is blocked');
+  process.kill(jobs[0]?.pid as number, 'SIGKILL');
+
+  const c = await rec.completion(tx);
+  t.is(c.result, 1);
+  t.regex(c.error, /the upgrade job process was killed by SIGKILL before it reported an outcome/);
+  const props = await client.getProperties();
+  t.is(props.Operation, 'idle');
+  t.like(props.LastTransaction, { transaction: tx, result: 1, code: 'STAGE_FAILED' });
+  t.is(cosd.child.exitCode, null, 'cosd still runs');
+
+  // The killed run left what a power cut would (its running marker, a mount): the next upgrade, in-process without
+  // the pause seam, finds it, recovers and stages the image.
+  await cosd.stop();
+  const up = await cosctl(host, ['--no-daemon', 'upgrade', '--no-verify', '--image', `${reg.host}/cos/os:v2`]);
+  t.is(up.code, 0, up.stderr);
+  t.regex(await imageCat(host.statePath('cOS/active.img'), '/etc/os-release'), /VERSION="2\.0\.0"/);
+  t.deepEqual(await host.leaks(), baseline, 'nothing of the killed job is left mounted or attached');
+  t.deepEqual((await readdir(host.statePath('cOS'))).sort(), ['active.img', 'passive.img']);
 });
 
 test.serial('a non-root caller reads GetStatus and properties but is denied Upgrade', async (t) => {

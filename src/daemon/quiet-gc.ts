@@ -1,0 +1,51 @@
+/**
+ * One full, compacting garbage collection when the daemon goes quiet after activity (calls, a job). cosd runs without
+ * V8's memory reducer (bin/cosd.js: it would wake the idle daemon every 8 s), so nothing else gives back the heap a
+ * burst of calls or a job's announcements grew: this does it once per burst, from a one-shot timer armed only by
+ * activity, so the idle daemon still never wakes up (bench/daemon.ts counts its wake-ups).
+ */
+export interface QuietGcOptions {
+  /** How long after the last activity (ms). */
+  quietMs: number;
+  /** Whether work is under way (a job): then the collection waits for the next quiet period. */
+  busy: () => boolean;
+  /** The collection (globalThis.gc with cosd's --expose-gc). */
+  collect: () => void;
+  setTimer?: (fn: () => void, ms: number) => { cancel(): void };
+}
+
+const realTimer = (fn: () => void, ms: number): { cancel(): void } => {
+  const t = setTimeout(fn, ms);
+  // never what keeps the daemon alive
+  t.unref();
+  return { cancel: () => clearTimeout(t) };
+};
+
+export class QuietGc {
+  readonly #opts: QuietGcOptions;
+  readonly #setTimer: NonNullable<QuietGcOptions['setTimer']>;
+  #timer: { cancel(): void } | undefined;
+  #stopped = false;
+
+  constructor(opts: QuietGcOptions) {
+    this.#opts = opts;
+    this.#setTimer = opts.setTimer ?? realTimer;
+  }
+
+  /** Something happened: collect once `quietMs` passes with nothing else (and no job under way). */
+  activity(): void {
+    if (this.#stopped) return;
+    this.#timer?.cancel();
+    this.#timer = this.#setTimer(() => {
+      this.#timer = undefined;
+      if (this.#opts.busy()) this.activity();
+      else this.#opts.collect();
+    }, this.#opts.quietMs);
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.#timer?.cancel();
+    this.#timer = undefined;
+  }
+}

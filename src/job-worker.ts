@@ -1,0 +1,109 @@
+/**
+ * A job process's entry (a composition root, like main.ts): runs the one action of a cosd job (src/daemon/job-process.ts
+ * forks it and sends a JobData) with the real dependencies and the daemon's root, environment and last valid
+ * configuration, and reports back over the IPC channel: log lines, progress, the point of no return, then the outcome
+ * or the error, and exits. A cancel from the daemon, or a SIGTERM/SIGINT (the unit stopping), aborts the action until
+ * it reports its point of no return; after it the job finishes. If the daemon goes away, the job goes on to its end
+ * (what it does is recorded on disk, not in the daemon).
+ */
+import { AgentError } from './model/errors.ts';
+import { SysRoot } from './sys/root.ts';
+import { SpawnRunner } from './sys/runner.ts';
+import type { Logger } from './sys/log.ts';
+import { agentDeps } from './host/agent-deps.ts';
+import type { AgentDeps } from './host/deps.ts';
+import { YipHooks } from './actions/hooks.ts';
+import { REAL_ACTIONS } from './daemon/job-actions.ts';
+import type { FromJob, JobData, LogLevel, ToJob } from './daemon/job-process.ts';
+
+if (process.send === undefined) {
+  process.stderr.write('job-worker: this is a cosd job process, started by cosd (src/daemon/job-process.ts), not a command\n');
+  process.exit(2);
+}
+
+const post = (m: FromJob): void => {
+  if (process.connected) process.send?.(m, () => {});
+};
+
+/** Log lines go to the daemon's logger: one format, one destination, the job's transaction on every line. */
+function forwardingLogger(bindings: Record<string, unknown>): Logger {
+  const line = (level: LogLevel) => (obj: object, msg?: string): void => {
+    const fields = { ...bindings, ...obj };
+    try {
+      post({ t: 'log', level, obj: fields, ...(msg !== undefined ? { msg } : {}) });
+    } catch {
+      // a field the serializer cannot copy (a function): its JSON form, as the log line would have shown it
+      post({ t: 'log', level, obj: JSON.parse(JSON.stringify(fields)) as object, ...(msg !== undefined ? { msg } : {}) });
+    }
+  };
+  return { debug: line('debug'), info: line('info'), warn: line('warn'), error: line('error'), child: (b) => forwardingLogger({ ...bindings, ...b }) };
+}
+
+const abort = new AbortController();
+let committed = false;
+const cancel = (reason: AgentError): void => {
+  if (!committed && !abort.signal.aborted) abort.abort(reason);
+};
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => cancel(new AgentError('STAGE_FAILED', `cancelled (${sig})`)));
+
+async function run(data: JobData): Promise<unknown> {
+  const log = forwardingLogger({});
+  const base = agentDeps({
+    root: new SysRoot(data.root),
+    env: process.env,
+    log,
+    // Tool runs are logged at debug level (the daemon adds the transaction).
+    runner: new SpawnRunner({ onCommand: (argv) => log.debug({ argv: [...argv] }, 'run') }),
+  });
+  base.hooks = new YipHooks(base);
+  // The jobs read the daemon's config snapshot (the hooks read the files, as in the daemon).
+  const deps: AgentDeps = { ...base, config: () => data.config };
+  const a = REAL_ACTIONS;
+  switch (data.action) {
+    case 'upgrade':
+      return a.upgrade(deps, {
+        ...(data.args as object),
+        signal: abort.signal,
+        onProgress: (p) => post({ t: 'progress', p }),
+        onCommit: () => {
+          committed = true;
+          post({ t: 'commit' });
+        },
+      });
+    case 'rollback':
+      return a.rollback(deps, data.args as Parameters<typeof a.rollback>[1]);
+    case 'checkForUpdate':
+      return a.checkForUpdate(deps, data.args as Parameters<typeof a.checkForUpdate>[1]);
+    case 'markBooted':
+      return a.markBooted(deps, data.args === true);
+    case 'runStageAction':
+      return a.runStageAction(deps, data.args as Parameters<typeof a.runStageAction>[1]);
+  }
+}
+
+async function job(data: JobData): Promise<FromJob> {
+  try {
+    return { t: 'done', outcome: await run(data) };
+  } catch (e) {
+    const outcome = typeof e === 'object' && e !== null && 'outcome' in e ? (e as { outcome: unknown }).outcome : undefined;
+    return {
+      t: 'failed',
+      code: e instanceof AgentError ? e.code : null,
+      message: e instanceof Error ? e.message : String(e),
+      ...(outcome !== undefined ? { outcome } : {}),
+    };
+  }
+}
+
+let started = false;
+process.on('message', (m: ToJob) => {
+  if (m.t === 'cancel') cancel(new AgentError(m.code, m.message));
+  else if (m.t === 'start' && !started) {
+    started = true;
+    void job(m.data).then((report) => {
+      // the report written (or the daemon gone), the job ends: nothing it started is still running
+      if (process.connected) process.send?.(report, () => process.exit(0));
+      else process.exit(0);
+    });
+  }
+});
