@@ -3,9 +3,10 @@
  * forks it and sends a JobData) with the real dependencies and the daemon's root, environment and last valid
  * configuration, and reports back over the IPC channel: log lines, progress, the point of no return, then the outcome
  * or the error, and exits. A cancel from the daemon, or a SIGTERM/SIGINT (the unit stopping), aborts the action until
- * it reports its point of no return; after it the job finishes. If the daemon goes away, the job goes on to its end
- * (what it does is recorded on disk, not in the daemon).
+ * it reports its point of no return; after it the job finishes. If the daemon goes away (its IPC channel closes), the
+ * job cancels the same way: a job dies with its daemon, cleaning up after itself, and records how it ended.
  */
+import { pathToFileURL } from 'node:url';
 import { AgentError } from './model/errors.ts';
 import { SysRoot } from './sys/root.ts';
 import { SpawnRunner } from './sys/runner.ts';
@@ -16,7 +17,9 @@ import { YipHooks } from './actions/hooks.ts';
 import { REAL_ACTIONS } from './daemon/job-actions.ts';
 import type { FromJob, JobData, LogLevel, ToJob } from './daemon/job-process.ts';
 
-if (process.send === undefined) {
+// Only as a forked job (an IPC channel) does this do anything; run by hand it says what it is, imported it is inert.
+const forked = process.send !== undefined;
+if (!forked && process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
   process.stderr.write('job-worker: this is a cosd job process, started by cosd (src/daemon/job-process.ts), not a command\n');
   process.exit(2);
 }
@@ -44,7 +47,10 @@ let committed = false;
 const cancel = (reason: AgentError): void => {
   if (!committed && !abort.signal.aborted) abort.abort(reason);
 };
-for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => cancel(new AgentError('STAGE_FAILED', `cancelled (${sig})`)));
+if (forked) for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => cancel(new AgentError('STAGE_FAILED', `cancelled (${sig})`)));
+// cosd gone (crashed, killed): the job is nobody's any more. Before its point of no return it cancels and cleans up
+// (its record says so, for the next cosd to publish); after it, it finishes the switch. Then it exits.
+if (forked) process.on('disconnect', () => cancel(new AgentError('STAGE_FAILED', 'cancelled: cosd, which ran this job, went away')));
 
 async function run(data: JobData): Promise<unknown> {
   const log = forwardingLogger({});
@@ -96,7 +102,7 @@ async function job(data: JobData): Promise<FromJob> {
 }
 
 let started = false;
-process.on('message', (m: ToJob) => {
+if (forked) process.on('message', (m: ToJob) => {
   if (m.t === 'cancel') cancel(new AgentError(m.code, m.message));
   else if (m.t === 'start' && !started) {
     started = true;

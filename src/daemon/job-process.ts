@@ -14,7 +14,8 @@
  * A job that ends without reporting (killed, crashed) fails with STAGE_FAILED naming how it ended; the host is then
  * as a crash of cosd would have left it, and the next upgrade finds the run and recovers it (actions/recover.ts).
  * A SIGTERM of the unit reaches the job too: before its point of no return it cancels, after it the job finishes
- * (src/job-worker.ts); cosd waits for it either way (AgentDaemon.stop).
+ * (src/job-worker.ts); cosd waits for it either way (AgentDaemon.stop). A job whose cosd dies (the IPC channel
+ * closes) cancels the same way and exits: no job outlives its daemon by more than its cleanup.
  */
 import { AgentError, type ErrorCode } from '../model/errors.ts';
 import type { ConfigSnapshot } from '../config/load.ts';

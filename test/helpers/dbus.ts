@@ -303,3 +303,28 @@ export function asUser(uid: number, bus: TestBus, call: string, ...args: string[
     });
   });
 }
+
+/**
+ * cosd's job processes now (src/daemon/job-process.ts): its children running job-worker (the bundle's .mjs or the
+ * source), with their argv.
+ */
+export async function jobProcesses(cosdPid: number): Promise<Array<{ pid: number; argv: string[] }>> {
+  const { readFile } = await import('node:fs/promises');
+  const children = (await readFile(`/proc/${cosdPid}/task/${cosdPid}/children`, 'utf8').catch(() => '')).trim().split(/\s+/).filter(Boolean).map(Number);
+  const jobs: Array<{ pid: number; argv: string[] }> = [];
+  for (const pid of children) {
+    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0').filter(Boolean);
+    if (argv.some((a) => /job-worker\.(mjs|ts)$/.test(a))) jobs.push({ pid, argv });
+  }
+  return jobs;
+}
+
+/** Resolves once process `pid` is gone (polls /proc), or rejects after `ms`. */
+export async function processGone(pid: number, ms = 30_000): Promise<void> {
+  const { stat } = await import('node:fs/promises');
+  const end = Date.now() + ms;
+  while (await stat(`/proc/${pid}`).then(() => true, () => false)) {
+    if (Date.now() > end) throw new Error(`process ${pid} still runs after ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

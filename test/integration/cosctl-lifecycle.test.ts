@@ -14,7 +14,8 @@ import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { holdLayerDownload, type HeldLayer } from '../helpers/fault-proxy.ts';
 import { daemonHost, firstLayer } from '../helpers/daemon-host.ts';
-import { cosctl, imageCat, mountOptions, sha256File } from '../helpers/cosctl.ts';
+import { cosctl, cosStatus, imageCat, mountOptions, sha256File } from '../helpers/cosctl.ts';
+import { jobProcesses, processGone } from '../helpers/dbus.ts';
 import { EXIT_CODES } from '../../src/cli/exit-codes.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/cosctl.js', import.meta.url));
@@ -110,15 +111,26 @@ test.serial('Ctrl-C on cosctl while cosd runs its upgrade cancels the job in cos
   t.deepEqual(await host.leaks(), baseline);
 });
 
-test.serial('cosd dying while cosctl waits for its job: cosctl ends with DAEMON_LOST instead of waiting forever', async (t) => {
+test.serial('cosd dying while cosctl waits for its job: cosctl ends with DAEMON_LOST instead of waiting forever; the orphaned job process cancels, cleans up and exits', async (t) => {
   const { host, cosd, env } = await daemonHost(t);
+  const baseline = await host.leaks();
+  const before = await slots(host);
   const { proxy, downloading } = await heldProxy(t);
   const run = startCosctl(host, ['upgrade', '--no-verify', '--image', `${proxy.host}/cos/os:v2`], env);
   await downloading();
+  const jobs = await jobProcesses(cosd.child.pid as number);
+  t.is(jobs.length, 1, JSON.stringify(jobs));
   cosd.child.kill('SIGKILL');
   const code = await run.exit;
   t.is(code, EXIT_CODES.DAEMON_LOST.exit, run.err());
   t.regex(run.err(), /^cosctl: cosd left the bus \(it crashed or was stopped\) while transaction [0-9a-f-]{36} was running; its outcome shows in LastTransaction once cosd is back\n$/);
+  // a job never outlives its daemon by more than its cleanup (src/job-worker.ts: cancel on disconnect)
+  await processGone(jobs[0]?.pid as number);
+  t.deepEqual(await slots(host), before);
+  t.deepEqual(await host.leaks(), baseline, 'the job cleaned up after itself');
+  const last = (await cosStatus(host)).status.lastUpgrade;
+  t.like(last ?? {}, { result: 'failure', code: 'STAGE_FAILED' }, JSON.stringify(last));
+  t.regex(last?.error ?? '', /^upgrade cancelled/, 'recorded as a cancelled upgrade');
 });
 
 test.serial('cosctl --root of another host than the daemon manages runs in-process on that root', async (t) => {

@@ -19,7 +19,7 @@ import { startRegistry, type TestRegistry } from '../helpers/registry.ts';
 import { pushOsImage } from '../helpers/os-image.ts';
 import { holdLayerDownload, type HeldLayer } from '../helpers/fault-proxy.ts';
 import { cosctl, grubList, imageCat, mountOptions, sha256File } from '../helpers/cosctl.ts';
-import { asUser, startBus, startCosd, type CosdLog, type CosdProcess, type TestBus } from '../helpers/dbus.ts';
+import { asUser, jobProcesses, startBus, startCosd, type CosdLog, type CosdProcess, type TestBus } from '../helpers/dbus.ts';
 
 let reg: TestRegistry;
 let v2 = '';
@@ -253,15 +253,9 @@ test.serial('each job runs in a process of its own: a job process killed mid-dow
   const tx = await client.upgrade({ image: `${reg.host}/cos/os:v2`, noVerify: true });
   // the job's own process, a child of cosd, blocks at the pause point (the test seam) with half the image unpacked
   while (!(await readFile(notify, 'utf8').catch(() => '')).includes('pull:50%')) await new Promise((r) => setTimeout(r, 50));
-  const cosdPid = cosd.child.pid as number;
-  const children = (await readFile(`/proc/${cosdPid}/task/${cosdPid}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean).map(Number);
-  const jobs = [];
-  for (const pid of children) {
-    const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (cmdline.some((a) => /job-worker\.(mjs|ts)$/.test(a))) jobs.push({ pid, cmdline });
-  }
+  const jobs = await jobProcesses(cosd.child.pid as number);
   t.is(jobs.length, 1, `one job process under cosd: ${JSON.stringify(jobs)}`);
-  t.true(jobs[0]?.cmdline.includes('cosd-upgrade'), 'named for its action');
+  t.true(jobs[0]?.argv.includes('cosd-upgrade'), 'named for its action');
   t.is((await client.getProperties()).Operation, 'downloading', 'cosd answers while its job is blocked');
   process.kill(jobs[0]?.pid as number, 'SIGKILL');
 
