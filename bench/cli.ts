@@ -17,7 +17,7 @@ export const TARGET_HELP_VS_NODE = 2;
 /** Issue 12: `cosctl status` under 150 ms on a host, where bare Node took 30 ms. */
 export const TARGET_STATUS_MS = 150;
 export const ISSUE_BARE_NODE_MS = 30;
-export const TARGET_STATUS_VS_NODE = TARGET_STATUS_MS / ISSUE_BARE_NODE_MS;
+export const TARGET_STATUS_VS_NODE: number = TARGET_STATUS_MS / ISSUE_BARE_NODE_MS;
 
 const median = (xs: readonly number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
