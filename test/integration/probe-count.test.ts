@@ -2,12 +2,17 @@
  * Label discovery probes each block device once per host read, on a cOS host on loop devices (candidates: the 5
  * partitions of its disk, AGENT_TEST_DISK): a status read looks up COS_STATE, COS_RECOVERY and COS_OEM, cosd's start
  * adds the recovery of an interrupted run and /oem/grubenv, an action recovers then reads the host; each of them makes
- * ONE probe pass (one `blkid -p` per partition), not one per lookup. Counted through the runner's onCommand seam and
+ * ONE probe pass (one `blkid -p` per partition), not one per lookup. An upgrade makes three: its recovery, its reads
+ * before the transition image is attached, and the read-back after the switch. Counted through the runner's onCommand seam and
  * cosd's debug "run" lines: counts, not times (the times are in the report of the change and `npm run bench`).
  */
 import test from 'ava';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { hostStatus } from '../../src/actions/status.ts';
 import { rollback } from '../../src/actions/rollback.ts';
+import { upgrade } from '../../src/actions/upgrade/upgrade.ts';
 import { NoHooks } from '../../src/host/hooks.ts';
 import type { AgentDeps } from '../../src/host/deps.ts';
 import { silentLogger } from '../../src/sys/log.ts';
@@ -80,4 +85,18 @@ test.serial('an action (rollback: recovery of an interrupted run, then a writabl
   await hostStatus(deps);
   t.deepEqual(probed(spawned.slice(before)), partitions(host));
   t.log(`rollback: ${tally(spawned.slice(0, before))}`);
+});
+
+test.serial('an upgrade probes each partition three times: recovery of an interrupted run, the reads before its transition image exists (read-host to plan, one pass), and the read-back after the switch', async (t) => {
+  const host = await testHost(t);
+  const tree = await mkdtemp(path.join(tmpdir(), 'probe-tree-'));
+  t.teardown(() => rm(tree, { recursive: true, force: true }));
+  await mkdir(path.join(tree, 'etc'), { recursive: true });
+  await writeFile(path.join(tree, 'etc/os-release'), 'NAME="probe"\nVERSION="2.0.0"\n');
+  const { deps, spawned } = countingDeps(host);
+  const out = await upgrade(deps, { image: `dir:${tree}` });
+  t.is(out.version, '2.0.0');
+  const parts = partitions(host);
+  t.deepEqual(probed(spawned), [...parts, ...parts, ...parts].sort(), 'three passes, not one per lookup');
+  t.log(`upgrade (dir: source): ${tally(spawned)}`);
 });

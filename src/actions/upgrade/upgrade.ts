@@ -37,7 +37,7 @@ import { isSquashfs, readImageIdentity, syncFs, type ImageIdentity } from '../..
 import { pathExists } from '../../sys/files.ts';
 import { parseOsRelease } from '../../host/os-release.ts';
 import { applySwitchSteps } from './switch.ts';
-import { findPartition, mountRw } from '../../host/access.ts';
+import { findPartition, mountRw, withDiscovery } from '../../host/access.ts';
 import { preflightVerification, verifyImage } from '../verify-image.ts';
 import { estimateRootfs, pullInto } from './pull.ts';
 import { makeSkeleton, prepareTree, sealTree, withChrootBinds, type Tree } from './tree.ts';
@@ -189,7 +189,12 @@ export async function upgrade(deps: AgentDeps, opts: UpgradeOptions = {}): Promi
  * named in its comment and read only by steps after that one (the order of UPGRADE_STEPS).
  */
 class UpgradeRun {
-  readonly deps: AgentDeps;
+  /**
+   * From read-host to plan, with one probe pass of the block devices shared by their label lookups (withDiscovery:
+   * after recover, which may detach what an interrupted run left attached; dropped once planned, before this run
+   * attaches its transition image). Before and after, each lookup makes its own pass.
+   */
+  deps: AgentDeps;
   readonly opts: UpgradeOptions;
   readonly transaction: string;
   readonly log: AgentDeps['log'];
@@ -429,6 +434,7 @@ async function markStep(run: UpgradeRun, step: UpgradeStepName): Promise<void> {
  * Read-only, its mounts undone at once: COS_STATE is mounted rw only after verification.
  */
 async function readHostBefore(run: UpgradeRun): Promise<void> {
+  run.deps = withDiscovery(run.deps);
   run.before = await readHostOnce(run.deps, run.config);
   const { boot } = run.before;
   run.log.info({ bootedFrom: boot.bootedFrom, running: run.before.state.running, staged: run.before.state.staged, upgradeFailure: run.before.facts.upgradeFailure, target: run.target }, 'starting upgrade');
@@ -561,6 +567,9 @@ async function plan(run: UpgradeRun): Promise<void> {
   }
   run.plan = planUpgrade({ target: opts.recovery ? 'recovery' : 'system', bootState, bootedFrom: before.boot.bootedFrom, upgradeFailure: before.facts.upgradeFailure, recoveryFlavour: flavour, labels: config.labels });
   if (run.plan.keepPassiveReason) run.log.info({ reason: run.plan.keepPassiveReason }, 'passive slot kept');
+  // The probe pass shared since read-host ends here: the transition image attached next is a new device.
+  const { discovery: _shared, ...unscoped } = run.deps;
+  run.deps = unscoped;
 }
 
 /** Leftovers of an interrupted run never block a new one; this run's own are removed when it stops before the commit. */
