@@ -10,6 +10,7 @@
  *
  * Callers are remembered by their unique bus name until the bus says they are gone (alive() asks it, once a period).
  */
+import { unrefTimer, type SetTimer } from '../sys/timer.ts';
 
 export interface IdleMonitorOptions {
   /** The idle period; 0 turns the monitor off (resident daemon). */
@@ -20,15 +21,8 @@ export interface IdleMonitorOptions {
   alive(names: readonly string[]): Promise<string[]>;
   /** A whole period was idle: leave. Resolves with 'left', or 'stay' (the monitor re-arms), or 'resident' (it stops). */
   onIdle(): Promise<'left' | 'stay' | 'resident'>;
-  setTimer?: (fn: () => void, ms: number) => { cancel(): void };
+  setTimer?: SetTimer;
 }
-
-const realTimer = (fn: () => void, ms: number): { cancel(): void } => {
-  const t = setTimeout(fn, ms);
-  // The idle timer alone never keeps the process up.
-  t.unref();
-  return { cancel: () => clearTimeout(t) };
-};
 
 export class IdleMonitor {
   readonly #opts: IdleMonitorOptions;
@@ -42,7 +36,7 @@ export class IdleMonitor {
 
   constructor(opts: IdleMonitorOptions) {
     this.#opts = opts;
-    this.#setTimer = opts.setTimer ?? realTimer;
+    this.#setTimer = opts.setTimer ?? unrefTimer;
   }
 
   get enabled(): boolean {

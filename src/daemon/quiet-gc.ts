@@ -4,6 +4,8 @@
  * burst of calls or a job's announcements grew: this does it once per burst, from a one-shot timer armed only by
  * activity, so the idle daemon still never wakes up (bench/daemon.ts counts its wake-ups).
  */
+import { unrefTimer, type SetTimer } from '../sys/timer.ts';
+
 export interface QuietGcOptions {
   /** How long after the last activity (ms). */
   quietMs: number;
@@ -11,15 +13,8 @@ export interface QuietGcOptions {
   busy: () => boolean;
   /** The collection (globalThis.gc with cosd's --expose-gc). */
   collect: () => void;
-  setTimer?: (fn: () => void, ms: number) => { cancel(): void };
+  setTimer?: SetTimer;
 }
-
-const realTimer = (fn: () => void, ms: number): { cancel(): void } => {
-  const t = setTimeout(fn, ms);
-  // never what keeps the daemon alive
-  t.unref();
-  return { cancel: () => clearTimeout(t) };
-};
 
 export class QuietGc {
   readonly #opts: QuietGcOptions;
@@ -29,7 +24,7 @@ export class QuietGc {
 
   constructor(opts: QuietGcOptions) {
     this.#opts = opts;
-    this.#setTimer = opts.setTimer ?? realTimer;
+    this.#setTimer = opts.setTimer ?? unrefTimer;
   }
 
   /** Something happened: collect once `quietMs` passes with nothing else (and no job under way). */
