@@ -18,7 +18,8 @@ import { REAL_ACTIONS } from './daemon/job-actions.ts';
 import type { FromJob, JobData, LogLevel, ToJob } from './daemon/job-process.ts';
 
 // Only as a forked job (an IPC channel) does this do anything; run by hand it says what it is, imported it is inert.
-const forked = process.send !== undefined;
+// (an IPC channel and the name src/daemon/job-process.ts gives it: a test runner's own channel is not one)
+const forked = process.send !== undefined && (process.argv[2] ?? '').startsWith('cosd-');
 if (!forked && process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
   process.stderr.write('job-worker: this is a cosd job process, started by cosd (src/daemon/job-process.ts), not a command\n');
   process.exit(2);
@@ -35,8 +36,10 @@ function forwardingLogger(bindings: Record<string, unknown>): Logger {
     try {
       post({ t: 'log', level, obj: fields, ...(msg !== undefined ? { msg } : {}) });
     } catch {
-      // a field the serializer cannot copy (a function): its JSON form, as the log line would have shown it
-      post({ t: 'log', level, obj: JSON.parse(JSON.stringify(fields)) as object, ...(msg !== undefined ? { msg } : {}) });
+      // a field the serializer cannot copy (a function): its JSON form, as the log line would have shown it (a
+      // BigInt as its decimal text)
+      const json = JSON.stringify(fields, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+      post({ t: 'log', level, obj: JSON.parse(json) as object, ...(msg !== undefined ? { msg } : {}) });
     }
   };
   return { debug: line('debug'), info: line('info'), warn: line('warn'), error: line('error'), child: (b) => forwardingLogger({ ...bindings, ...b }) };
@@ -96,6 +99,8 @@ async function job(data: JobData): Promise<FromJob> {
       t: 'failed',
       code: e instanceof AgentError ? e.code : null,
       message: e instanceof Error ? e.message : String(e),
+      // a cancel this job took (before its point of no return), not one that came too late
+      cancelled: abort.signal.aborted && !committed,
       ...(outcome !== undefined ? { outcome } : {}),
     };
   }
@@ -108,8 +113,13 @@ if (forked) process.on('message', (m: ToJob) => {
     started = true;
     void job(m.data).then((report) => {
       // the report written (or the daemon gone), the job ends: nothing it started is still running
-      if (process.connected) process.send?.(report, () => process.exit(0));
-      else process.exit(0);
+      if (!process.connected) process.exit(0);
+      try {
+        process.send?.(report, () => process.exit(0));
+      } catch {
+        // an outcome the serializer cannot copy: its JSON form (what the record and the bus carry anyway)
+        process.send?.(JSON.parse(JSON.stringify(report)) as FromJob, () => process.exit(0));
+      }
     });
   }
 });

@@ -181,7 +181,8 @@ export async function startDaemon(argv: readonly string[], io: DaemonIo): Promis
   });
   // A full GC once quiet after calls or a job (no memory reducer: see quiet-gc.ts); with --expose-gc (bin/cosd.js).
   const gc = (globalThis as { gc?: (o?: object) => void }).gc;
-  const quietGc = gc === undefined ? undefined : new QuietGc({ quietMs: 2000, busy, collect: () => gc({ type: 'major', flavor: 'last-resort' }) });
+  const quietGc = gc === undefined ? undefined
+    : new QuietGc({ quietMs: 2000, busy: () => daemon.state.operation !== 'idle', collect: () => gc({ type: 'major', flavor: 'last-resort' }) });
   const unsubscribeGc = quietGc === undefined ? undefined : daemon.subscribe({ completed: () => quietGc.activity() });
   const stop = (reason: string, code = 0): Promise<void> => {
     stopping ??= (async () => {

@@ -8,7 +8,7 @@
  * runs in a process of its own (DaemonDeps.jobActions: the daemon never holds that code or its memory, and staging
  * never blocks the bus); without jobActions (tests) it is imported on the first job. The status reader is imported at start because the properties come from disk.
  */
-import { AgentError } from '../model/errors.ts';
+import { AgentError, JobLostError } from '../model/errors.ts';
 import { displayText, TEXT_LIMITS } from '../model/text.ts';
 import type { AgentConfig } from '../model/config.ts';
 import type { ConfigSnapshot } from '../config/load.ts';
@@ -368,19 +368,19 @@ export class AgentDaemon implements AgentPort {
    * lock; skipped when someone holds it (their run does the same). Never stops the daemon from starting: what it
    * cannot do is logged.
    */
-  private async recoverAtStart(deps: AgentDeps): Promise<void> {
+  private async recoverAtStart(deps: AgentDeps, when = 'at start'): Promise<void> {
     const snapshot = deps.config?.();
     if (snapshot === undefined) return;
     const [{ acquireLock }, { recoverInterrupted }] = await Promise.all([import('../host/lock.ts'), import('../actions/recover.ts')]);
-    const held = await acquireLock(deps.root.path('/run/cos-agent/upgrade.lock'), 'cosd start: recovery').catch((e: unknown) => {
-      this.log.info({ err: e instanceof Error ? e.message : String(e) }, 'recovery at start skipped: the host lock is held');
+    const held = await acquireLock(deps.root.path('/run/cos-agent/upgrade.lock'), `cosd: recovery ${when}`).catch((e: unknown) => {
+      this.log.info({ err: e instanceof Error ? e.message : String(e) }, `recovery ${when} skipped: the host lock is held`);
       return null;
     });
     if (held === null) return;
     try {
       await recoverInterrupted(deps, snapshot.config);
     } catch (e) {
-      this.log.error({ err: e instanceof Error ? e.message : String(e) }, 'recovery at start failed');
+      this.log.error({ err: e instanceof Error ? e.message : String(e) }, `recovery ${when} failed`);
     }
     try {
       const { ensureOemGrubenv } = await import('../host/bootchooser.ts');
@@ -628,6 +628,12 @@ export class AgentDaemon implements AgentPort {
       ...(configured && kind === 'check' && details.updateAvailable !== undefined ? { updateAvailable: details.updateAvailable } : {}),
       ...(configured && kind === 'upgrade' ? { updateAvailable: false } : {}),
     });
+    // A job that died without a report (its process killed, out of memory) left what a crash leaves: undone (or
+    // finished, past its switch) now, as cosd's start would, not at the next job; then the status is re-read.
+    if (error instanceof JobLostError) {
+      log.warn({ kind }, 'the job process ended without an outcome: recovering what it left, as after a crash');
+      await this.recoverAtStart(this.jobDeps, 'after a lost job');
+    }
     if (kind !== 'check' || this.refreshDeferred) {
       this.refreshDeferred = false;
       await this.refresh();

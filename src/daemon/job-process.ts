@@ -11,13 +11,14 @@
  * the Node code pages and malloc arenas it touched stay resident, 108 MB after an upgrade); and staging's CPU work
  * never runs on the daemon's event loop, so GetStatus and Cancel are answered at once while an image is staged.
  *
- * A job that ends without reporting (killed, crashed) fails with STAGE_FAILED naming how it ended; the host is then
- * as a crash of cosd would have left it, and the next upgrade finds the run and recovers it (actions/recover.ts).
- * A SIGTERM of the unit reaches the job too: before its point of no return it cancels, after it the job finishes
- * (src/job-worker.ts); cosd waits for it either way (AgentDaemon.stop). A job whose cosd dies (the IPC channel
- * closes) cancels the same way and exits: no job outlives its daemon by more than its cleanup.
+ * A job that ends without reporting (killed, crashed, out of memory) fails with JobLostError (STAGE_FAILED naming
+ * how it ended), and cosd recovers what it left at once, as its own start would (AgentDaemon.finish). The unit's
+ * SIGTERM goes to cosd only (KillMode=mixed): cosd cancels the job and waits for it (AgentDaemon.stop); a SIGTERM sent
+ * to the job itself, or its cosd dying (the IPC channel closes), cancels it the same way: before its point of no
+ * return it cleans up, after it it finishes, and it exits. Whether a failed job was cancelled is the job's verdict
+ * (`cancelled` in its report): a Cancel that crossed the job's commit on the way cancelled nothing.
  */
-import { AgentError, type ErrorCode } from '../model/errors.ts';
+import { AgentError, JobLostError, type ErrorCode } from '../model/errors.ts';
 import type { ConfigSnapshot } from '../config/load.ts';
 import type { AgentDeps, Progress } from '../host/deps.ts';
 import { forkModule, type NodeChild } from '../sys/node-child.ts';
@@ -46,12 +47,15 @@ export type FromJob =
   | { t: 'progress'; p: Progress }
   | { t: 'commit' }
   | { t: 'done'; outcome: unknown }
-  | { t: 'failed'; code: ErrorCode | null; message: string; outcome?: unknown };
+  | { t: 'failed'; code: ErrorCode | null; message: string; cancelled: boolean; outcome?: unknown };
 
 /** The job's entry: next to this module's chunk in the bundle (dist/cosd/job-worker.mjs), else the source. */
 function jobModule(): URL {
   return import.meta.url.endsWith('.ts') ? new URL('../job-worker.ts', import.meta.url) : new URL('./job-worker.mjs', import.meta.url);
 }
+
+/** How long after a job's exit its report may still arrive (the IPC channel drained). */
+const CLOSE_GRACE_MS = 2000;
 
 interface Callbacks {
   signal?: AbortSignal | undefined;
@@ -92,27 +96,40 @@ function runJob<T>(deps: AgentDeps, action: keyof JobActions, args: unknown, cb:
           report = { ok: true, outcome: m.outcome };
           break;
         case 'failed': {
-          const err = new AgentError(m.code ?? 'STAGE_FAILED', m.message);
+          // the job's own verdict on whether it was cancelled (JobManager keys the result on it)
+          const err = Object.assign(new AgentError(m.code ?? 'STAGE_FAILED', m.message), { cancelled: m.cancelled });
           report = { ok: false, err: m.outcome !== undefined ? Object.assign(err, { outcome: m.outcome }) : err };
           break;
         }
       }
     });
     let spawnError: Error | null = null;
-    child.on('error', (e) => {
-      spawnError = e;
-    });
-    // Settled when the job has exited (its report in, its child processes waited for): never two jobs at once.
-    child.on('close', (code, sig) => {
+    let settled = false;
+    const settle = (code: number | null, sig: NodeJS.Signals | null): void => {
+      if (settled) return;
+      settled = true;
       cb.signal?.removeEventListener('abort', onAbort);
       if (report?.ok === true) resolve(report.outcome as T);
       else if (report !== null) reject(report.err);
       else {
         const how = spawnError !== null ? `could not start (${spawnError.message})` : sig !== null ? `was killed by ${sig}` : `exited with status ${code}`;
-        reject(new AgentError('STAGE_FAILED', `the ${action} job process ${how} before it reported an outcome`, { cause: spawnError ?? undefined }));
+        reject(new JobLostError(`the ${action} job process ${how} before it reported an outcome`, { cause: spawnError ?? undefined }));
       }
+    };
+    child.on('error', (e) => {
+      spawnError = e;
     });
-    send(child, { t: 'start', data });
+    // Settled once the job has exited (never two jobs at once), with its report: read by then, or by the time the
+    // IPC channel closes, or within a grace period (a process the job left behind may hold the channel open).
+    child.on('exit', (code, sig) => {
+      if (report !== null) settle(code, sig);
+      else setTimeout(() => settle(code, sig), CLOSE_GRACE_MS).unref();
+    });
+    child.on('close', (code, sig) => settle(code, sig));
+    child.send({ t: 'start', data } satisfies ToJob, (err) => {
+      // a job that cannot be told what to do is ended: it would wait for its start for ever
+      if (err) child.kill('SIGKILL');
+    });
     if (cb.signal?.aborted === true) onAbort();
     else cb.signal?.addEventListener('abort', onAbort, { once: true });
   });

@@ -5,7 +5,7 @@
  * real ones in this process, or in a job process of their own), so tests drive the job logic with fakes, without root.
  */
 import { randomUUID } from 'node:crypto';
-import { AgentError } from '../model/errors.ts';
+import { AgentError, cancelVerdict } from '../model/errors.ts';
 import type { AgentDeps, Operation, Progress } from '../host/deps.ts';
 import type { upgrade, UpgradeOptions, UpgradeOutcome } from '../actions/upgrade/upgrade.ts';
 import type { rollback, RollbackOptions, RollbackOutcome } from '../actions/rollback.ts';
@@ -142,7 +142,9 @@ export class JobManager {
         error = e instanceof AgentError ? e : new AgentError('STAGE_FAILED', e instanceof Error ? e.message : String(e), { cause: e });
         // A failure that still has an outcome to report (a strict run-stage: what ran, the errors).
         if (typeof e === 'object' && e !== null && 'outcome' in e) outcome = (e as { outcome: JobOutcome }).outcome;
-        result = abort.signal.aborted ? RESULT_CANCELLED : RESULT_FAILED;
+        // The job's own verdict when it has one (a job process: a cancel that arrived after its point of no return
+        // cancelled nothing); else whether it was cancelled here.
+        result = (cancelVerdict(e) ?? abort.signal.aborted) ? RESULT_CANCELLED : RESULT_FAILED;
       } finally {
         this.job = null;
         this.listener.operation('idle', null);

@@ -9,7 +9,10 @@ import { unrefTimer, type SetTimer } from '../sys/timer.ts';
 export interface QuietGcOptions {
   /** How long after the last activity (ms). */
   quietMs: number;
-  /** Whether work is under way (a job): then the collection waits for the next quiet period. */
+  /**
+   * Whether a job runs: then nothing is collected and nothing re-armed (the job's completion is activity, and arms
+   * it again), so no timer fires while the daemon waits, however long (a reboot window, a random delay).
+   */
   busy: () => boolean;
   /** The collection (globalThis.gc with cosd's --expose-gc). */
   collect: () => void;
@@ -33,8 +36,7 @@ export class QuietGc {
     this.#timer?.cancel();
     this.#timer = this.#setTimer(() => {
       this.#timer = undefined;
-      if (this.#opts.busy()) this.activity();
-      else this.#opts.collect();
+      if (!this.#opts.busy()) this.#opts.collect();
     }, this.#opts.quietMs);
   }
 

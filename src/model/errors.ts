@@ -118,6 +118,26 @@ export function errorCode(err: unknown): ErrorCode | undefined {
   return err instanceof AgentError ? err.code : undefined;
 }
 
+/**
+ * A job ended without reporting an outcome (its process was killed, crashed or ran out of memory): what it left on
+ * the host is to be recovered as after a crash. STAGE_FAILED, the message says how it ended.
+ */
+export class JobLostError extends AgentError {
+  override name = 'JobLostError';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('STAGE_FAILED', message, options);
+  }
+}
+
+/**
+ * An error that says itself whether it is a cancel (the job's own verdict, from the process that ran it): a Cancel
+ * that reached a job past its point of no return did not cancel it, whatever the caller's signal says.
+ */
+export function cancelVerdict(e: unknown): boolean | undefined {
+  const v = typeof e === 'object' && e !== null ? (e as { cancelled?: unknown }).cancelled : undefined;
+  return typeof v === 'boolean' ? v : undefined;
+}
+
 /** A job stopped at the user's request (Cancel, Ctrl-C) before its point of no return. */
 export class CancelledError extends AgentError {
   override name = 'CancelledError';

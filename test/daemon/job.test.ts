@@ -186,6 +186,27 @@ test('cancel() after the upgrade reached its commit (onCommit) is refused: the s
   t.deepEqual(rec.events.at(-1), { type: 'completed', transaction: tx, kind: 'upgrade', result: RESULT_OK, code: null, message: null, outcome: UPGRADE_OUTCOME });
 });
 
+test('a job that says whether it was cancelled is believed over the signal: a cancel that reached a job process past its point of no return, then a failure, is FAILED, not CANCELLED', async (t) => {
+  const rec = recorder();
+  const failed = deferred<UpgradeOutcome>();
+  const jobs = new JobManager(DEPS, rec.listener, actions({
+    // as src/daemon/job-process.ts reports it: the job process's own verdict on the error
+    upgrade: () => failed.promise,
+  }));
+  const tx = jobs.upgrade({});
+  t.true(jobs.cancel(), 'the commit message has not arrived yet: the cancel is sent');
+  failed.reject(Object.assign(new AgentError('STAGE_FAILED', 'switching slots: rename failed'), { cancelled: false }));
+  await jobs.idle();
+  t.like(rec.events.at(-1), { type: 'completed', transaction: tx, kind: 'upgrade', result: RESULT_FAILED, code: 'STAGE_FAILED' });
+
+  const cancelled = deferred<UpgradeOutcome>();
+  const jobs2 = new JobManager(DEPS, rec.listener, actions({ upgrade: () => cancelled.promise }));
+  const tx2 = jobs2.upgrade({});
+  cancelled.reject(Object.assign(new AgentError('STAGE_FAILED', 'cancelled (SIGTERM)'), { cancelled: true }));
+  await jobs2.idle();
+  t.like(rec.events.at(-1), { type: 'completed', transaction: tx2, result: RESULT_CANCELLED }, 'a cancel the job took itself (its SIGTERM) is CANCELLED though nobody called cancel() here');
+});
+
 test('cancel() with nothing running, or while a job other than an upgrade runs, returns false and changes nothing', async (t) => {
   const rec = recorder();
   const check = deferred<CheckOutcome>();
