@@ -8,7 +8,7 @@
  *   /usr/lib/cos-agent/node                 the pinned Node.js runtime (the npm package `node`), stripped; the agent
  *                                           never uses the distribution's node
  *   /usr/lib/cos-agent/cosd.mjs, cosctl.mjs packaging/cosd.mjs, packaging/cosctl.mjs: call main() of the bundles
- *   /usr/lib/cos-agent/cosd/                dist/cosd/ (main.mjs, its chunks, cron-next.mjs)
+ *   /usr/lib/cos-agent/cosd/                dist/cosd/ (main.mjs, its chunks, cron-next.mjs, job-worker.mjs)
  *   /usr/lib/cos-agent/cosctl/              dist/cosctl/ (cli.mjs)
  *   the unit, bus policy, activation file, interface XML, polkit actions and docs: packaging/install.sh DESTDIR
  *
@@ -151,7 +151,7 @@ async function main(): Promise<void> {
   const arch = DEBIAN_ARCH[process.arch] ?? fail(`no package architecture for Node's ${process.arch} (known: ${Object.keys(DEBIAN_ARCH).join(', ')})`);
   const tarball = path.join(outDir, `cos-agent-${pkg.version}-linux-${arch}.tar.gz`);
 
-  for (const built of ['dist/cosd/main.mjs', 'dist/cosd/cron-next.mjs', 'dist/cosctl/cli.mjs']) {
+  for (const built of ['dist/cosd/main.mjs', 'dist/cosd/cron-next.mjs', 'dist/cosd/job-worker.mjs', 'dist/cosctl/cli.mjs']) {
     await stat(path.join(repo, built)).catch(() => fail(`${built} is missing: run \`npm run build\` first (or \`npm run package\`)`));
   }
 
