@@ -25,22 +25,28 @@ if (!forked && process.argv[1] !== undefined && import.meta.url === pathToFileUR
   process.exit(2);
 }
 
-const post = (m: FromJob): void => {
-  if (process.connected) process.send?.(m, () => {});
-};
+/**
+ * Send `m` to cosd (nothing when it is gone), then `then`. A value the serializer cannot copy (a function in a log
+ * field or an outcome) goes as its JSON form, what the log line, the record and the bus would show (a BigInt as its
+ * decimal text).
+ */
+function post(m: FromJob, then: () => void = () => {}): void {
+  if (!process.connected) {
+    then();
+    return;
+  }
+  try {
+    process.send?.(m, then);
+  } catch {
+    const json = JSON.stringify(m, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+    process.send?.(JSON.parse(json) as FromJob, then);
+  }
+}
 
 /** Log lines go to the daemon's logger: one format, one destination, the job's transaction on every line. */
 function forwardingLogger(bindings: Record<string, unknown>): Logger {
   const line = (level: LogLevel) => (obj: object, msg?: string): void => {
-    const fields = { ...bindings, ...obj };
-    try {
-      post({ t: 'log', level, obj: fields, ...(msg !== undefined ? { msg } : {}) });
-    } catch {
-      // a field the serializer cannot copy (a function): its JSON form, as the log line would have shown it (a
-      // BigInt as its decimal text)
-      const json = JSON.stringify(fields, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
-      post({ t: 'log', level, obj: JSON.parse(json) as object, ...(msg !== undefined ? { msg } : {}) });
-    }
+    post({ t: 'log', level, obj: { ...bindings, ...obj }, ...(msg !== undefined ? { msg } : {}) });
   };
   return { debug: line('debug'), info: line('info'), warn: line('warn'), error: line('error'), child: (b) => forwardingLogger({ ...bindings, ...b }) };
 }
@@ -111,15 +117,7 @@ if (forked) process.on('message', (m: ToJob) => {
   if (m.t === 'cancel') cancel(new AgentError(m.code, m.message));
   else if (m.t === 'start' && !started) {
     started = true;
-    void job(m.data).then((report) => {
-      // the report written (or the daemon gone), the job ends: nothing it started is still running
-      if (!process.connected) process.exit(0);
-      try {
-        process.send?.(report, () => process.exit(0));
-      } catch {
-        // an outcome the serializer cannot copy: its JSON form (what the record and the bus carry anyway)
-        process.send?.(JSON.parse(JSON.stringify(report)) as FromJob, () => process.exit(0));
-      }
-    });
+    // the report written (or the daemon gone), the job ends: nothing it started is still running
+    void job(m.data).then((report) => post(report, () => process.exit(0)));
   }
 });

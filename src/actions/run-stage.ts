@@ -9,9 +9,6 @@
 import { writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { checkStageName, type RunStageOutcome } from '../model/stage.ts';
-
-// Pure, in src/model so the daemon validates names and judges --strict without loading yip: re-exported for callers here.
-export { checkStageName, strictFailure, type RunStageOutcome } from '../model/stage.ts';
 import { shellConsole } from '../sys/console.ts';
 import { parseOsRelease } from '../host/os-release.ts';
 import { loadConfig } from '../config/load.ts';
@@ -40,7 +37,8 @@ export interface RunStageActionOptions {
   storeRoot?: SysRoot;
 }
 
-
+// Pure, in src/model so the daemon validates names and judges --strict without loading yip: re-exported for callers here.
+export { checkStageName, strictFailure, type RunStageOutcome } from '../model/stage.ts';
 
 export async function runStageAction(deps: AgentDeps, opts: RunStageActionOptions): Promise<RunStageOutcome> {
   checkStageName(opts.stage);
@@ -118,7 +116,6 @@ export async function runStageAction(deps: AgentDeps, opts: RunStageActionOption
   }
   return outcome;
 }
-
 
 /** One line for an op error: its first line, and the last line a failed command printed (yip's "command output:"). */
 function errorLine(e: string): string {

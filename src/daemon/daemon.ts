@@ -6,7 +6,8 @@
  *
  * Memory: the job machinery (got, the OCI and signature stack, the actions) is never imported here in cosd: each job
  * runs in a process of its own (DaemonDeps.jobActions: the daemon never holds that code or its memory, and staging
- * never blocks the bus); without jobActions (tests) it is imported on the first job. The status reader is imported at start because the properties come from disk.
+ * never blocks the bus); without jobActions (tests) it is imported on the first job. The status reader is imported at
+ * start because the properties come from disk.
  */
 import { AgentError, JobLostError } from '../model/errors.ts';
 import { displayText, TEXT_LIMITS } from '../model/text.ts';
@@ -348,7 +349,7 @@ export class AgentDaemon implements AgentPort {
       // One probe pass of the block devices for the whole start: the recovery, /oem/grubenv and the first status read.
       const { newDiscovery } = await import('../host/access.ts');
       const discovery = newDiscovery(this.agentDeps);
-      await this.recoverAtStart({ ...this.jobDeps, discovery });
+      await this.recoverInterruptedRun({ ...this.jobDeps, discovery });
       await this.refresh({ ...this.agentDeps, discovery });
       // "The last upgrade was rolled back by boot assessment": it succeeded in an earlier boot, and this boot is
       // the fallback (upgrade_failure on the cmdline or /run/cos/upgrade_failure).
@@ -363,12 +364,13 @@ export class AgentDaemon implements AgentPort {
   }
 
   /**
-   * What a crashed run (of cosd or of an in-process cosctl) left is undone before the first status read: stale
-   * mounts and loop devices, a committed switch finished; and /oem/grubenv is created when missing. Under the host
-   * lock; skipped when someone holds it (their run does the same). Never stops the daemon from starting: what it
-   * cannot do is logged.
+   * What a crashed run (of cosd, of an in-process cosctl, or a job process that died) left is undone: stale mounts
+   * and loop devices, a committed switch finished; and /oem/grubenv is created when missing. At start, before the
+   * first status read, and after a lost job (`when` says which, in the lock's owner and the log lines). Under the host
+   * lock; skipped when someone holds it (their run does the same). Never fails the daemon: what it cannot do is
+   * logged.
    */
-  private async recoverAtStart(deps: AgentDeps, when = 'at start'): Promise<void> {
+  private async recoverInterruptedRun(deps: AgentDeps, when = 'at start'): Promise<void> {
     const snapshot = deps.config?.();
     if (snapshot === undefined) return;
     const [{ acquireLock }, { recoverInterrupted }] = await Promise.all([import('../host/lock.ts'), import('../actions/recover.ts')]);
@@ -632,7 +634,7 @@ export class AgentDaemon implements AgentPort {
     // finished, past its switch) now, as cosd's start would, not at the next job; then the status is re-read.
     if (error instanceof JobLostError) {
       log.warn({ kind }, 'the job process ended without an outcome: recovering what it left, as after a crash');
-      await this.recoverAtStart(this.jobDeps, 'after a lost job');
+      await this.recoverInterruptedRun(this.jobDeps, 'after a lost job');
     }
     if (kind !== 'check' || this.refreshDeferred) {
       this.refreshDeferred = false;

@@ -1,5 +1,5 @@
 /**
- * The agent's real dependencies, as its three composition roots build them: cosd (src/main.ts), cosd's job thread
+ * The agent's real dependencies, as its three composition roots build them: cosd (src/main.ts), cosd's job process
  * (src/job-worker.ts) and cosctl (src/cli/commands.ts). The spawn runner, the real clock, no hooks yet (each caller
  * fills in the yip hooks, which need these deps), and the test seams the environment turns on, inert on real hosts:
  * AGENT_TEST_DISK (label lookups narrowed to one disk), AGENT_TEST_CRASH_AT / AGENT_TEST_PAUSE_AT (src/sys/crash.ts),

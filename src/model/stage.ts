@@ -1,6 +1,6 @@
 /**
  * yip stage names and outcomes, pure: the daemon checks a RunStage request and judges a --strict run with these
- * without loading the yip engine (src/yip, src/actions/run-stage.ts), which runs in the job thread.
+ * without loading the yip engine (src/yip, src/actions/run-stage.ts), which runs in the job process.
  */
 import { AgentError } from './errors.ts';
 
