@@ -13,7 +13,7 @@ import { SpawnRunner } from './sys/runner.ts';
 import type { Logger } from './sys/log.ts';
 import { agentDeps } from './host/agent-deps.ts';
 import type { AgentDeps } from './host/deps.ts';
-import { YipHooks } from './actions/hooks.ts';
+import type { HookRunner } from './host/hooks.ts';
 import { REAL_ACTIONS } from './daemon/job-actions.ts';
 import type { FromJob, JobData, LogLevel, ToJob } from './daemon/job-process.ts';
 
@@ -70,7 +70,9 @@ async function run(data: JobData): Promise<unknown> {
     // Tool runs are logged at debug level (the daemon adds the transaction).
     runner: new SpawnRunner({ onCommand: (argv) => log.debug({ argv: [...argv] }, 'run') }),
   });
-  base.hooks = new YipHooks(base);
+  // The yip engine loads when a hook runs (an upgrade), not for the other jobs.
+  const hooks: HookRunner = { run: async (name, ctx) => new (await import('./actions/hooks.ts')).YipHooks(base).run(name, ctx) };
+  base.hooks = hooks;
   // The jobs read the daemon's config snapshot (the hooks read the files, as in the daemon).
   const deps: AgentDeps = { ...base, config: () => data.config };
   const a = REAL_ACTIONS;

@@ -14,6 +14,7 @@ import type { Logger } from '../../src/sys/log.ts';
 import { agentDeps } from '../../src/host/agent-deps.ts';
 import { processActions } from '../../src/daemon/job-process.ts';
 import { REAL_ACTIONS } from '../../src/daemon/job-actions.ts';
+import { loadedModules } from '../helpers/loaded-modules.ts';
 
 function recordingLogger(lines: Array<{ level: string; obj: object; msg?: string }>): Logger {
   const at = (level: string) => (obj: object, msg?: string): void => {
@@ -67,4 +68,18 @@ test('an upgrade cancelled before its job process starts work fails as cancelled
   t.is(failed?.level, 'error', JSON.stringify(lines));
   t.like(failed?.obj ?? {}, { code: 'STAGE_FAILED' });
   t.regex(String((failed?.obj as { transaction?: unknown } | undefined)?.transaction), /^[0-9a-f-]{36}$/, 'the child logger\'s bindings (the transaction) travel with the line');
+});
+
+test('a job process loads only its action: the worker and the actions table load no action module; mark and rollback load neither the upgrade pipeline, the registry client, signature verification nor the yip engine', async (t) => {
+  const worker = await loadedModules('src/job-worker.ts');
+  t.true(worker.includes('src/daemon/job-actions.ts'), worker.join('\n'));
+  t.deepEqual(worker.filter((m) => /^src\/(actions|yip|oci|verify)\/|^node_modules\//.test(m)), [], 'before its start message, a job process has loaded no action');
+  for (const action of ['src/actions/mark.ts', 'src/actions/rollback.ts']) {
+    const loaded = await loadedModules(action);
+    t.true(loaded.includes(action), loaded.join('\n'));
+    t.deepEqual(loaded.filter((m) => /^src\/(yip|oci|verify)\/|^src\/actions\/upgrade\/upgrade\.ts$|^node_modules\/(got|@sigstore|tar-stream)\//.test(m)), [], `${action} loads only what it needs`);
+  }
+  // the upgrade does load them (the check above would pass vacuously if the paths were wrong)
+  const upgrade = await loadedModules('src/actions/upgrade/upgrade.ts');
+  for (const want of [/^src\/oci\//, /^src\/verify\//, /^node_modules\/got\//]) t.true(upgrade.some((m) => want.test(m)), `the upgrade loads ${String(want)}`);
 });
